@@ -1,0 +1,309 @@
+//! The `tidesync` binary: parses arguments and wires the engine together.
+//!
+//! Exit codes: 0 success; 1 the work failed (a pipeline stopped with an error, the demo's
+//! replica differs from its master); 2 bad usage or an invalid configuration.
+
+mod status;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tidesync_engine::demo::{DemoOptions, Progress, run_demo};
+use tidesync_engine::{Config, Engine};
+use tokio_util::sync::CancellationToken;
+
+/// tidesync: keep data in many places equal.
+#[derive(Debug, Parser)]
+#[command(name = "tidesync", version, about, long_about = None)]
+struct Args {
+    /// Log filter, e.g. `info`, `debug`, `tidesync_engine=debug` (also TIDESYNC_LOG).
+    #[arg(long, global = true, env = "TIDESYNC_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a commented example configuration.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "tidesync.toml")]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate a configuration: exit 0, or print where it is wrong and exit 2.
+    Check { config: PathBuf },
+    /// Run the configuration's pipelines until stopped (Ctrl-C or SIGTERM).
+    Run { config: PathBuf },
+    /// Print each pipeline's source position, log head, and each sink's cursor and lag.
+    Status {
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a shop master -> replica sync on this machine (SQLite, no other service needed),
+    /// then check that the replica equals the master row by row.
+    Demo {
+        /// How long the shop keeps writing, in seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Where to put the databases and the configuration (default: a new temporary folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Row changes per second the shop writes.
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+        /// Products in the catalogue at the start.
+        #[arg(long, default_value_t = 2000)]
+        products: u32,
+    },
+}
+
+/// An error with the exit code it maps to.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+fn usage(error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 2,
+        error: error.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(&args.log);
+    match dispatch(args.command) {
+        Ok(code) => code,
+        Err(Failure { code, error }) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let targets: Targets = filter.parse().unwrap_or_else(|e| {
+        eprintln!("warning: ignoring log filter {filter:?}: {e}; using `info`");
+        Targets::new().with_default(tracing::Level::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(targets)
+        .init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?)
+}
+
+fn load(path: &Path) -> Result<Config, Failure> {
+    // ConfigError's Display already names the file, line and column with a caret.
+    Config::load(path).map_err(usage)
+}
+
+fn dispatch(command: Command) -> Result<ExitCode, Failure> {
+    match command {
+        Command::Init { path, force } => {
+            if path.exists() && !force {
+                return Err(usage(anyhow::anyhow!(
+                    "{} already exists (use --force to overwrite)",
+                    path.display()
+                )));
+            }
+            std::fs::write(&path, tidesync_engine::config::TEMPLATE)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {}", path.display());
+            println!(
+                "set SOURCE_URL, TARGET_URL and STATE_DIR, then: tidesync run {}",
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let cfg = load(&config)?;
+            let names: Vec<&str> = cfg.pipelines.iter().map(|p| p.name.as_str()).collect();
+            println!(
+                "{}: ok ({} pipeline{}: {})",
+                config.display(),
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            let cfg = load(&config)?;
+            let rt = runtime()?;
+            rt.block_on(async {
+                let engine = Engine::build(&cfg).context("opening the store")?;
+                let cancel = CancellationToken::new();
+                let signals = tokio::spawn(stop_on_signal(cancel.clone()));
+                let result = engine.run(cancel.clone()).await;
+                signals.abort();
+                result?;
+                Ok::<_, Failure>(ExitCode::SUCCESS)
+            })
+        }
+        Command::Status { config, json } => {
+            let cfg = load(&config)?;
+            status::print(&cfg, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            duration,
+            dir,
+            rate,
+            products,
+        } => demo(duration, dir, rate, products),
+    }
+}
+
+/// Cancels `cancel` on Ctrl-C or SIGTERM; a second signal exits at once.
+async fn stop_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        tracing::warn!("cannot listen for SIGTERM");
+        return;
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        if round == 0 {
+            tracing::info!(
+                "stopping: finishing the batches in flight (signal again to exit at once)"
+            );
+            cancel.cancel();
+        } else {
+            std::process::exit(130);
+        }
+    }
+}
+
+fn demo(
+    duration: u64,
+    dir: Option<PathBuf>,
+    rate: u32,
+    products: u32,
+) -> Result<ExitCode, Failure> {
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            std::env::temp_dir().join(format!("tidesync-demo-{stamp}-{}", std::process::id()))
+        }
+    };
+    println!("tidesync demo: a shop's master database kept equal to its replica (pattern P2)");
+    println!("  folder:   {}", dir.display());
+    println!(
+        "  workload: {products} products, then {rate} row changes/s for {duration} s (prices, stock, new and discontinued products)"
+    );
+    let tty = std::io::stdout().is_terminal();
+    let show = |p: &Progress| {
+        let line = format!(
+            "  {:>5.1}s {} written {:>9}  captured {:>9}  applied {:>9}  lag {:>6}",
+            p.elapsed.as_secs_f64(),
+            if p.catching_up {
+                "catching up"
+            } else {
+                "writing    "
+            },
+            p.written,
+            p.captured,
+            p.applied,
+            p.lag,
+        );
+        if tty {
+            print!("\r{line}\x1b[K");
+        } else {
+            println!("{line}");
+        }
+        let _ = std::io::stdout().flush();
+    };
+    let rt = runtime()?;
+    let report = rt.block_on(run_demo(
+        DemoOptions {
+            dir: dir.clone(),
+            duration: Duration::from_secs(duration),
+            rate,
+            products,
+        },
+        show,
+    ));
+    if tty {
+        println!();
+    }
+    let report = report.map_err(|e| anyhow::anyhow!("demo failed: {e}"))?;
+    println!(
+        "  wrote {} row changes in {:.1} s; {} captured, {} applied; the replica caught up {:.0} ms after the last write",
+        report.written,
+        report.write_time.as_secs_f64(),
+        report.captured,
+        report.applied,
+        report.catch_up_time.as_secs_f64() * 1000.0
+    );
+    for t in &report.tables {
+        let verdict = if t.is_equal() { "equal" } else { "DIFFERENT" };
+        println!(
+            "  {:<9} master {:>7} rows, replica {:>7} rows: {verdict}",
+            t.table, t.source_rows, t.target_rows
+        );
+        if !t.is_equal() {
+            println!(
+                "            {} missing, {} extra, {} different; e.g. {}",
+                t.missing,
+                t.extra,
+                t.different,
+                t.examples.join(", ")
+            );
+        }
+    }
+    println!(
+        "  rerun the pipeline:  tidesync run {}",
+        report.config_path.display()
+    );
+    println!(
+        "  inspect it:          tidesync status {}",
+        report.config_path.display()
+    );
+    if report.is_equal() {
+        println!("result: replica equals master, row by row");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("result: replica DIFFERS from master");
+        Ok(ExitCode::from(1))
+    }
+}

@@ -1,0 +1,82 @@
+//! `tidesync status`: where each pipeline stands, read from the store (works beside a running
+//! `tidesync run`: the store is opened read-only and WAL lets it read while `run` writes).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde_json::json;
+use tidesync_core::time::format_timestamp;
+use tidesync_engine::Config;
+use tidesync_store::SqliteStore;
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn print(config: &Config, as_json: bool) -> anyhow::Result<()> {
+    let store = SqliteStore::open_read_only(&config.store.path)?;
+    let mut out = Vec::new();
+    for p in &config.pipelines {
+        let st = store
+            .status_blocking(&p.name)
+            .with_context(|| format!("reading the status of pipeline {}", p.name))?;
+        let sinks: Vec<_> = p
+            .sinks
+            .iter()
+            .map(|name| {
+                let cursor = st.cursors.iter().find(|(c, _)| c == name).map(|(_, s)| s.0);
+                (
+                    name.clone(),
+                    cursor,
+                    cursor.map(|c| st.head.0.saturating_sub(c)),
+                )
+            })
+            .collect();
+        if as_json {
+            out.push(json!({
+                "pipeline": p.name,
+                "source": p.source,
+                "position": st.position.as_ref().map(ToString::to_string),
+                "head_seq": st.head.0,
+                "oldest_seq": st.tail.0,
+                "head_commit_time": st.head_commit_time_us.map(format_timestamp),
+                "sinks": sinks.iter().map(|(name, cursor, lag)| json!({
+                    "sink": name, "cursor": cursor, "lag": lag,
+                })).collect::<Vec<_>>(),
+            }));
+            continue;
+        }
+        println!("pipeline {} (source {})", p.name, p.source);
+        match &st.position {
+            Some(pos) => println!("  source position  {pos}"),
+            None => println!("  source position  none yet (not started)"),
+        }
+        let age = st
+            .head_commit_time_us
+            .map(|t| {
+                format!(
+                    ", last change committed {} ({:.1} s ago)",
+                    format_timestamp(t),
+                    (now_us() - t) as f64 / 1e6
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "  log              head seq {}, oldest kept seq {}{age}",
+            st.head, st.tail
+        );
+        for (name, cursor, lag) in &sinks {
+            match (cursor, lag) {
+                (Some(c), Some(l)) => println!("  sink {name:<11} cursor {c}, lag {l} changes"),
+                _ => println!("  sink {name:<11} not started"),
+            }
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}

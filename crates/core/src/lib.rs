@@ -1,0 +1,23 @@
+//! tidesync's core model, shared by every other crate. No I/O happens here.
+//!
+//! - [`Value`], [`Row`], [`Key`]: typed data, converted losslessly (decimals stay exact text,
+//!   timestamps keep microseconds).
+//! - [`Change`], [`LogEntry`], [`Batch`], [`Seq`], [`Position`]: what flows through a pipeline.
+//! - [`codec`]: the JSON form (for HTTP, agents and people), the compact binary form used in the
+//!   change log, and zstd/gzip compression with a size limit.
+//! - [`Source`], [`Sink`], [`Log`]: the traits the capture modes, sinks and stores implement.
+
+pub mod change;
+pub mod codec;
+pub mod position;
+pub mod stage;
+pub mod time;
+pub mod value;
+
+pub use change::{Batch, BatchKind, Change, Key, LogEntry, Op, Row, Seq};
+pub use position::Position;
+pub use stage::{
+    BoxError, BoxFuture, Captured, ColumnSchema, Log, LogStatus, Sink, Source, StageError,
+    TableSchema,
+};
+pub use value::{Decimal, Value, ValueError};

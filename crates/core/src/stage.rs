@@ -1,0 +1,161 @@
+//! The traits every stage implements: [`Source`] (capture), [`Sink`] (delivery) and [`Log`]
+//! (the durable change log with current state, cursors and positions).
+//!
+//! The runtime drives them with these rules, which each implementation may rely on:
+//! - A source's batch and its new position are committed to the log in one transaction; only
+//!   then is [`Source::ack`] called with that position, so the source may release it upstream.
+//! - A sink's cursor moves only after [`Sink::apply`] returned, i.e. after the target durably
+//!   accepted the batch. Batches reach a sink in seq order and never with a gap in what it
+//!   subscribed to; after a crash a sink may see entries again that it already applied: a sink
+//!   that promises exactly-once skips entries at or below the seq it recorded itself.
+//! - Futures are dropped when the pipeline is cancelled: an implementation must leave no
+//!   half-applied state behind when that happens between two awaits.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Batch, BatchKind, Change, LogEntry, Position, Seq};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An error from a source, sink or log, classified for the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Bad data or bad setup: retrying cannot help. The pipeline stops and says why.
+    #[error("{0}")]
+    Definite(BoxError),
+    /// Network trouble, a restarting server, a busy lock: retried with backoff.
+    #[error("{0}")]
+    Transient(BoxError),
+}
+
+impl StageError {
+    pub fn definite(e: impl Into<BoxError>) -> Self {
+        StageError::Definite(e.into())
+    }
+
+    pub fn transient(e: impl Into<BoxError>) -> Self {
+        StageError::Transient(e.into())
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StageError::Transient(_))
+    }
+}
+
+/// A column of a captured table, as the source declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnSchema {
+    pub name: String,
+    /// The source's own type name (e.g. `INTEGER`, `numeric(12,2)`), used to create targets.
+    pub type_name: String,
+    pub nullable: bool,
+}
+
+/// A captured table: its columns in order and its key columns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSchema {
+    pub name: String,
+    pub columns: Vec<ColumnSchema>,
+    pub key: Vec<String>,
+}
+
+/// What a source hands to the log: changes and the position just after them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Captured {
+    pub kind: BatchKind,
+    pub changes: Vec<Change>,
+    pub position: Position,
+}
+
+/// A capture mode on one database.
+pub trait Source: Send {
+    /// Checks prerequisites, prepares capture (e.g. installs triggers) and resumes after
+    /// `from` (`None`: from the beginning). Returns the schemas of the captured tables.
+    fn open(
+        &mut self,
+        from: Option<Position>,
+    ) -> BoxFuture<'_, Result<Vec<TableSchema>, StageError>>;
+
+    /// Returns up to `max` changes after the last polled ones, waiting at most `wait` for the
+    /// first; `None` when nothing arrived. Polling again without an ack re-reads nothing: the
+    /// source remembers what it handed out.
+    fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Option<Captured>, StageError>>;
+
+    /// Everything up to `position` is committed to the log: the source may release it upstream.
+    fn ack(&mut self, position: Position) -> BoxFuture<'_, Result<(), StageError>>;
+}
+
+/// A delivery target.
+pub trait Sink: Send {
+    /// Connects and prepares the target (e.g. creates tables from `schemas` when configured).
+    /// Returns the last seq the target itself recorded as applied, for sinks that record one
+    /// (exactly-once); the runtime resumes after the larger of that and the stored cursor.
+    fn open(&mut self, schemas: Vec<TableSchema>)
+    -> BoxFuture<'_, Result<Option<Seq>, StageError>>;
+
+    /// Applies a batch durably; returns only after the target accepted all of it. The batch is
+    /// shared so that a sink can hand it to a blocking thread and the runtime can retry it.
+    fn apply(&mut self, batch: Arc<Batch>) -> BoxFuture<'_, Result<(), StageError>>;
+}
+
+/// Where a pipeline's log stands, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct LogStatus {
+    /// The last seq appended (0: nothing yet).
+    pub head: Seq,
+    /// The oldest seq still kept (0: empty).
+    pub tail: Seq,
+    pub position: Option<Position>,
+    /// Commit time of the change at `head`, microseconds since the epoch.
+    pub head_commit_time_us: Option<i64>,
+    pub cursors: Vec<(String, Seq)>,
+}
+
+/// The durable change log of one node, with current state, cursors and source positions.
+pub trait Log: Send + Sync {
+    /// Appends `captured` to `pipeline`'s log, updates current state and stores the position,
+    /// all in one transaction. Returns the seqs given to the changes (`None` if there were none).
+    fn append(
+        &self,
+        pipeline: &str,
+        captured: Arc<Captured>,
+    ) -> BoxFuture<'_, Result<Option<(Seq, Seq)>, StageError>>;
+
+    /// Up to `max` entries with seq greater than `after`, in seq order.
+    fn read(
+        &self,
+        pipeline: &str,
+        after: Seq,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<LogEntry>, StageError>>;
+
+    /// The last committed source position of `pipeline`.
+    fn position(&self, pipeline: &str) -> BoxFuture<'_, Result<Option<Position>, StageError>>;
+
+    /// The durable cursor of `consumer` in `pipeline` (0 if it has none yet).
+    fn cursor(&self, pipeline: &str, consumer: &str) -> BoxFuture<'_, Result<Seq, StageError>>;
+
+    /// Moves `consumer`'s cursor to `seq` (never backwards).
+    fn set_cursor(
+        &self,
+        pipeline: &str,
+        consumer: &str,
+        seq: Seq,
+    ) -> BoxFuture<'_, Result<(), StageError>>;
+
+    /// Deletes entries every cursor has passed and that are older than `retain_us` micros;
+    /// returns how many went.
+    fn trim(&self, pipeline: &str, retain_us: i64) -> BoxFuture<'_, Result<u64, StageError>>;
+
+    fn status(&self, pipeline: &str) -> BoxFuture<'_, Result<LogStatus, StageError>>;
+}

@@ -1,0 +1,185 @@
+#![allow(clippy::unwrap_used)]
+
+use tidesync_core::{BatchKind, Change, ColumnSchema, Decimal, Key, LogEntry, Row};
+
+use super::*;
+
+fn schema() -> Vec<TableSchema> {
+    let col = |name: &str, ty: &str, nullable| ColumnSchema {
+        name: name.into(),
+        type_name: ty.into(),
+        nullable,
+    };
+    vec![TableSchema {
+        name: "items".into(),
+        columns: vec![
+            col("id", "INTEGER", false),
+            col("sku", "TEXT", false),
+            col("price", "", true),
+        ],
+        key: vec!["id".into()],
+    }]
+}
+
+fn entry(seq: u64, op: Op, id: i64, price: Option<Value>) -> LogEntry {
+    LogEntry {
+        seq: Seq(seq),
+        change: Change {
+            stream: "items".into(),
+            op,
+            key: Key(vec![Value::Int(id)]),
+            before: None,
+            after: price.map(|p| {
+                Row(vec![
+                    ("id".into(), Value::Int(id)),
+                    ("sku".into(), Value::Text(format!("sku-{id}"))),
+                    ("price".into(), p),
+                ])
+            }),
+            commit_time_us: 0,
+            position: None,
+            txn: None,
+        },
+    }
+}
+
+fn batch(entries: Vec<LogEntry>) -> Arc<Batch> {
+    Arc::new(Batch {
+        pipeline: "p".into(),
+        kind: BatchKind::Incremental,
+        first_seq: entries.first().map_or(Seq(0), |e| e.seq),
+        last_seq: entries.last().map_or(Seq(0), |e| e.seq),
+        entries,
+    })
+}
+
+fn rows(path: &Path) -> Vec<(i64, String, rusqlite::types::Value)> {
+    let conn = Connection::open(path).unwrap();
+    let mut st = conn
+        .prepare("SELECT id, sku, price FROM items ORDER BY id")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn batches_upsert_and_delete_and_record_the_applied_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica/target.db");
+    let mut sink = SqliteSink::new(&path, "p", "replica", true);
+    assert_eq!(sink.open(schema()).await.unwrap(), None);
+    sink.apply(batch(vec![
+        entry(1, Op::Insert, 1, Some(Value::Float(1.5))),
+        entry(
+            2,
+            Op::Insert,
+            2,
+            Some(Value::Decimal(Decimal::parse("2.50").unwrap())),
+        ),
+        entry(3, Op::Update, 1, Some(Value::Null)),
+        entry(4, Op::Delete, 2, None),
+        entry(5, Op::Read, 3, Some(Value::Int(3))),
+    ]))
+    .await
+    .unwrap();
+    use rusqlite::types::Value as V;
+    assert_eq!(
+        rows(&path),
+        [
+            (1, "sku-1".to_owned(), V::Null),
+            (3, "sku-3".to_owned(), V::Integer(3))
+        ]
+    );
+    let mut again = SqliteSink::new(&path, "p", "replica", false);
+    assert_eq!(again.open(schema()).await.unwrap(), Some(Seq(5)));
+    // Another sink name on the same database keeps its own seq.
+    let mut other = SqliteSink::new(&path, "p", "other", false);
+    assert_eq!(other.open(schema()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_replayed_batch_is_not_applied_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("target.db");
+    let mut sink = SqliteSink::new(&path, "p", "replica", true);
+    sink.open(schema()).await.unwrap();
+    sink.apply(batch(vec![entry(1, Op::Insert, 1, Some(Value::Int(1)))]))
+        .await
+        .unwrap();
+    sink.apply(batch(vec![entry(2, Op::Delete, 1, None)]))
+        .await
+        .unwrap();
+    // The store's cursor did not move before a crash: the first batch arrives again. Applying
+    // it would resurrect the deleted row.
+    sink.apply(batch(vec![entry(1, Op::Insert, 1, Some(Value::Int(1)))]))
+        .await
+        .unwrap();
+    assert!(rows(&path).is_empty());
+    // A batch straddling the applied seq applies only its new part.
+    sink.apply(batch(vec![
+        entry(2, Op::Insert, 9, Some(Value::Int(9))),
+        entry(3, Op::Insert, 4, Some(Value::Int(4))),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(rows(&path).iter().map(|r| r.0).collect::<Vec<_>>(), [4]);
+}
+
+#[tokio::test]
+async fn a_failing_change_rolls_back_the_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("target.db");
+    let mut sink = SqliteSink::new(&path, "p", "replica", true);
+    sink.open(schema()).await.unwrap();
+    let mut bad = entry(2, Op::Insert, 2, Some(Value::Int(2)));
+    bad.change.after.as_mut().unwrap().0[1].1 = Value::Null; // sku is NOT NULL
+    let err = sink
+        .apply(batch(vec![
+            entry(1, Op::Insert, 1, Some(Value::Int(1))),
+            bad,
+        ]))
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient());
+    let msg = err.to_string();
+    assert!(
+        msg.contains("seq 2 on `items` key (2): NOT NULL constraint failed: items.sku"),
+        "{msg}"
+    );
+    assert!(
+        rows(&path).is_empty(),
+        "nothing of the failed batch may remain"
+    );
+    let mut again = SqliteSink::new(&path, "p", "replica", false);
+    assert_eq!(again.open(schema()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn missing_tables_are_an_error_unless_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = SqliteSink::new(&dir.path().join("t.db"), "p", "replica", false);
+    let err = sink.open(schema()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("table `items` does not exist (set create_tables = true"),
+        "{err}"
+    );
+}
+
+#[test]
+fn generated_sql_quotes_identifiers() {
+    assert_eq!(
+        upsert_sql("we\"ird", &["id".into(), "a b".into()], &["id".into()]),
+        "INSERT INTO \"we\"\"ird\" (\"id\", \"a b\") VALUES (?1, ?2) ON CONFLICT (\"id\") DO UPDATE SET \"a b\" = excluded.\"a b\""
+    );
+    assert_eq!(
+        upsert_sql("t", &["k".into()], &["k".into()]),
+        "INSERT INTO \"t\" (\"k\") VALUES (?1) ON CONFLICT (\"k\") DO NOTHING"
+    );
+    assert_eq!(
+        delete_sql("t", &["a".into(), "b".into()]),
+        "DELETE FROM \"t\" WHERE \"a\" = ?1 AND \"b\" = ?2"
+    );
+}

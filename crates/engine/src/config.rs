@@ -1,0 +1,1352 @@
+//! The tidesync configuration file: parsing, checking and resolving it into a [`Config`].
+//!
+//! Loading happens in two stages (see STYLE.md, "Config"):
+//!
+//! 1. **Parse** the TOML into raw serde structs that mirror the file exactly
+//!    (`deny_unknown_fields`, no `flatten`, no internally-tagged enums, so toml's own errors
+//!    stay precise: unknown keys, wrong types and missing keys all carry a span). Every value
+//!    that is checked later is wrapped in [`toml::Spanned`] so it keeps its byte range.
+//! 2. **Resolve** the raw structs into [`Config`]: substitute `${VAR}`, work out each
+//!    database's kind from its URL, apply defaults, check ranges, names and references.
+//!
+//! Every error, from either stage, is a [`ConfigError`] with the file, a 1-based line and
+//! column, and the offending source line with a caret under it.
+//!
+//! Invariants of a resolved [`Config`]: every pipeline's `source` is a key of
+//! [`Config::sources`], every one of its `sinks` is a key of [`Config::sinks`] (no duplicates,
+//! at least one), at least one pipeline exists, and all numbers are within their documented
+//! ranges. Callers may index the maps with a pipeline's names without checking.
+//!
+//! `${VAR}` substitution happens *after* parsing, on the spanned strings, so an unset variable
+//! is reported at the string in the original file rather than somewhere in an expanded copy.
+//! Nothing else is expanded: no `~`, and relative paths stay relative (the caller resolves
+//! them against the process's current directory).
+//!
+//! Database kinds and capture modes are closed enums ([`DbKind`], [`Mode`]); each
+//! source/sink is resolved by one `match` on (kind, mode). Supporting a new kind later means a
+//! new [`SourceSpec`]/[`SinkSpec`] variant and a new match arm; until then the kind parses
+//! fine and is rejected with a "not supported yet by this build" error at its URL.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A commented example configuration covering every key; `tidesync init` writes it.
+///
+/// It uses `${SOURCE_URL}`, `${TARGET_URL}` and `${STATE_DIR}`, so it runs as-is once those
+/// are set.
+pub const TEMPLATE: &str = include_str!("config_template.toml");
+
+const DEFAULT_RETENTION_SECS: i64 = 3600;
+const DEFAULT_POLL_INTERVAL_MS: i64 = 50;
+const POLL_INTERVAL_MS_RANGE: (i64, i64) = (1, 60_000);
+const DEFAULT_BATCH_SIZE: i64 = 1000;
+const BATCH_SIZE_RANGE: (i64, i64) = (1, 100_000);
+const DEFAULT_MAX_LAG: i64 = 100_000;
+const MAX_PIPELINE_NAME_LEN: usize = 48;
+
+// ---------------------------------------------------------------------------------------------
+// Resolved configuration
+// ---------------------------------------------------------------------------------------------
+
+/// A validated configuration. See the module docs for its invariants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from (as given; used in messages).
+    pub file: PathBuf,
+    pub store: StoreConfig,
+    /// Sources by name. Sources no pipeline uses are kept (and not opened by the engine).
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Sinks by name. A sink may be used by several pipelines.
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// Pipelines in the order they appear in the file.
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+/// `[store]`: where tidesync keeps its change log, current state, cursors and source positions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The store's SQLite file; relative paths are relative to the current directory.
+    pub path: PathBuf,
+    /// How long changes that every sink has passed are kept (`retention_secs`).
+    pub retention: Duration,
+}
+
+/// `[sources.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConfig {
+    pub name: String,
+    pub spec: SourceSpec,
+}
+
+/// What a source is and how changes are captured from it: one variant per (kind, mode) this
+/// build supports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// A SQLite database captured by triggers that write into a change table, polled.
+    SqliteTrigger {
+        path: PathBuf,
+        /// Plain identifiers, optionally `schema.table`, no duplicates, at least one.
+        tables: Vec<String>,
+        poll_interval: Duration,
+    },
+}
+
+/// `[sinks.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkConfig {
+    pub name: String,
+    pub spec: SinkSpec,
+}
+
+/// What a sink is: one variant per kind this build supports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkSpec {
+    Sqlite {
+        path: PathBuf,
+        /// Create missing target tables from the source schema.
+        create_tables: bool,
+    },
+}
+
+/// `[pipelines.NAME]`: one source feeding one or more sinks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineConfig {
+    /// `[a-z0-9_]{1,48}`, starting with a letter.
+    pub name: String,
+    /// A key of [`Config::sources`].
+    pub source: String,
+    /// Keys of [`Config::sinks`]; at least one, no duplicates, in file order.
+    pub sinks: Vec<String>,
+    /// Most changes per batch, `1..=100000`.
+    pub batch_size: usize,
+    /// Capture pauses while the slowest sink is this many changes behind (at least 1).
+    pub max_lag: u64,
+}
+
+impl Config {
+    /// Reads and resolves the file at `path`, taking `${VAR}` from the process environment.
+    ///
+    /// A variable whose value is not valid UTF-8 counts as unset.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read config file: {err}"),
+            excerpt: None,
+        })?;
+        Config::from_str(&text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and resolves `text`. `file` is only used in messages and stored in
+    /// [`Config::file`]; `env` looks up `${VAR}` values.
+    pub fn from_str(
+        text: &str,
+        file: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let doc = Doc { text, file };
+        let raw: RawConfig = toml::from_str(text).map_err(|err| doc.toml_error(&err))?;
+        Resolver { doc, env }.config(raw)
+    }
+
+    /// The pipeline called `name`, if any.
+    pub fn pipeline(&self, name: &str) -> Option<&PipelineConfig> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// A configuration error with its position.
+///
+/// Displays as `{file}:{line}:{column}: {message}` followed by the offending source line and a
+/// caret under the column. When the file could not be read, `line` and `column` are 0 and it
+/// displays as `{file}: {message}`.
+// Display is written by hand below (thiserror's derive only provides `Error` here).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when there is no position (the file could not be read).
+    pub line: usize,
+    /// 1-based, counted in characters; 0 when there is no position.
+    pub column: usize,
+    /// What is wrong and what was expected, without the position.
+    pub message: String,
+    /// The source line and how many characters to underline, for display.
+    excerpt: Option<Excerpt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Excerpt {
+    text: String,
+    width: usize,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        if self.line == 0 {
+            return write!(f, "{file}: {}", self.message);
+        }
+        write!(f, "{file}:{}:{}: {}", self.line, self.column, self.message)?;
+        if let Some(excerpt) = &self.excerpt {
+            let number = self.line.to_string();
+            let gutter = " ".repeat(number.len());
+            // Keep tabs from the source line in the padding so the caret lines up.
+            let pad: String = excerpt
+                .text
+                .chars()
+                .take(self.column.saturating_sub(1))
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            write!(
+                f,
+                "\n{gutter} |\n{number} | {}\n{gutter} | {pad}{}",
+                excerpt.text,
+                "^".repeat(excerpt.width.max(1))
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The text being parsed, for turning byte spans into positioned errors.
+#[derive(Clone, Copy)]
+struct Doc<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Doc<'_> {
+    /// An error at the byte range `span` of the text.
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let text = self.text;
+        let start = floor_char_boundary(text, span.start);
+        let end = floor_char_boundary(text, span.end.max(start));
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        let line = text[..start].matches('\n').count() + 1;
+        let column = text[line_start..start].chars().count() + 1;
+        let line_text = text[line_start..line_end].trim_end_matches('\r');
+        let width = text[start..end.min(line_end)]
+            .trim_end_matches('\r')
+            .chars()
+            .count();
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+            excerpt: Some(Excerpt {
+                text: line_text.to_owned(),
+                width,
+            }),
+        }
+    }
+
+    /// Re-renders one of toml's errors in our format. toml's `message()` is only the
+    /// description (its "TOML parse error at line .." header and excerpt come from `Display`),
+    /// so nothing is doubled.
+    fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
+        // Our integers are read as i64; say what that means to someone writing the file.
+        let message = err
+            .message()
+            .trim_end()
+            .replace("expected i64", "expected an integer");
+        self.error(err.span().unwrap_or(0..0), message)
+    }
+}
+
+fn floor_char_boundary(text: &str, mut index: usize) -> usize {
+    index = index.min(text.len());
+    while !text.is_char_boundary(index) {
+        index -= 1;
+    }
+    index
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage 1: the file as written
+// ---------------------------------------------------------------------------------------------
+
+type Names<T> = BTreeMap<Spanned<String>, Spanned<T>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    // Optional here so a missing `[store]` gets our own message at the file start.
+    store: Option<RawStore>,
+    #[serde(default)]
+    sources: Names<RawSource>,
+    #[serde(default)]
+    sinks: Names<RawSink>,
+    #[serde(default)]
+    pipelines: Names<RawPipeline>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: Spanned<String>,
+    retention_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    url: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    tables: Spanned<Vec<Spanned<String>>>,
+    poll_interval_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    url: Spanned<String>,
+    create_tables: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    source: Spanned<String>,
+    sinks: Spanned<Vec<Spanned<String>>>,
+    batch_size: Option<Spanned<i64>>,
+    max_lag: Option<Spanned<i64>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Database kinds and capture modes
+// ---------------------------------------------------------------------------------------------
+
+/// The kind of database a URL names. Parsing a kind does not mean this build supports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DbKind {
+    Postgres,
+    Mysql,
+    Sqlite { path: PathBuf },
+}
+
+impl DbKind {
+    fn name(&self) -> &'static str {
+        match self {
+            DbKind::Postgres => "postgres",
+            DbKind::Mysql => "mysql",
+            DbKind::Sqlite { .. } => "sqlite",
+        }
+    }
+
+    /// `postgres://`/`postgresql://`, `mysql://`/`mariadb://`, `sqlite://PATH`, or a plain
+    /// file path (anything without `://`), which means SQLite.
+    fn from_url(url: &str) -> Result<DbKind, String> {
+        if url.trim().is_empty() {
+            return Err("is empty (expected a database URL or a SQLite file path)".to_owned());
+        }
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Ok(DbKind::Sqlite {
+                path: PathBuf::from(url),
+            });
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "postgres" | "postgresql" => Ok(DbKind::Postgres),
+            "mysql" | "mariadb" => Ok(DbKind::Mysql),
+            "sqlite" if rest.is_empty() => {
+                Err("sqlite:// URL has no path (expected sqlite://PATH)".to_owned())
+            }
+            "sqlite" => Ok(DbKind::Sqlite {
+                path: PathBuf::from(rest),
+            }),
+            _ => Err(format!(
+                "unknown URL scheme \"{scheme}\" (expected postgres://, postgresql://, mysql://, \
+                 mariadb://, sqlite://PATH or a SQLite file path)"
+            )),
+        }
+    }
+}
+
+/// How changes are captured from a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Triggers write each change into a change table.
+    Trigger,
+    /// The server's replication log (WAL, binlog).
+    Log,
+    /// Periodic full comparison.
+    Diff,
+    /// Polling by an increasing column.
+    Incremental,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [Mode::Trigger, Mode::Log, Mode::Diff, Mode::Incremental];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Trigger => "trigger",
+            Mode::Log => "log",
+            Mode::Diff => "diff",
+            Mode::Incremental => "incremental",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// The mode used when a source does not set one.
+    fn default_for(kind: &DbKind) -> Mode {
+        match kind {
+            DbKind::Sqlite { .. } => Mode::Trigger,
+            DbKind::Postgres | DbKind::Mysql => Mode::Log,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage 2: resolve and check
+// ---------------------------------------------------------------------------------------------
+
+struct Resolver<'a> {
+    doc: Doc<'a>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Resolver<'_> {
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let Some(store) = raw.store else {
+            return Err(self
+                .doc
+                .error(0..0, "missing [store] table (it needs at least `path`)"));
+        };
+        let store = self.store(store)?;
+
+        let mut sources = BTreeMap::new();
+        for (name, raw) in raw.sources {
+            let source = self.source(name.get_ref(), raw.into_inner())?;
+            sources.insert(source.name.clone(), source);
+        }
+        let mut sinks = BTreeMap::new();
+        for (name, raw) in raw.sinks {
+            let sink = self.sink(name.get_ref(), raw.into_inner())?;
+            sinks.insert(sink.name.clone(), sink);
+        }
+
+        if raw.pipelines.is_empty() {
+            return Err(self.doc.error(0..0, "no [pipelines.NAME] defined"));
+        }
+        // toml hands tables over sorted by key; the key spans give back the file order.
+        let mut raw_pipelines: Vec<_> = raw.pipelines.into_iter().collect();
+        raw_pipelines.sort_by_key(|(name, _)| name.span().start);
+        let pipelines = raw_pipelines
+            .into_iter()
+            .map(|(name, raw)| self.pipeline(&name, raw.into_inner(), &sources, &sinks))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(Config {
+            file: self.doc.file.to_path_buf(),
+            store,
+            sources,
+            sinks,
+            pipelines,
+        })
+    }
+
+    fn store(&self, raw: RawStore) -> Result<StoreConfig, ConfigError> {
+        let path = self.string(&raw.path, "store.path")?;
+        if path.trim().is_empty() {
+            return Err(self.doc.error(raw.path.span(), "store.path: is empty"));
+        }
+        let retention_secs = self.int(
+            raw.retention_secs.as_ref(),
+            DEFAULT_RETENTION_SECS,
+            0,
+            None,
+            "store.retention_secs",
+        )?;
+        Ok(StoreConfig {
+            path: PathBuf::from(path),
+            retention: Duration::from_secs(retention_secs.unsigned_abs()),
+        })
+    }
+
+    fn source(&self, name: &str, raw: RawSource) -> Result<SourceConfig, ConfigError> {
+        let at = format!("sources.{name}");
+        let kind = self.kind(&raw.url, &format!("{at}.url"))?;
+        let mode = match &raw.mode {
+            None => Mode::default_for(&kind),
+            Some(spanned) => {
+                let mode = self.string(spanned, &format!("{at}.mode"))?;
+                Mode::parse(&mode).ok_or_else(|| {
+                    let known: Vec<_> = Mode::ALL.iter().map(|m| m.name()).collect();
+                    self.doc.error(
+                        spanned.span(),
+                        format!(
+                            "{at}.mode: unknown mode \"{mode}\" (known: {})",
+                            known.join(", ")
+                        ),
+                    )
+                })?
+            }
+        };
+        let tables = self.tables(&raw.tables, &format!("{at}.tables"))?;
+        let poll_interval_ms = self.int(
+            raw.poll_interval_ms.as_ref(),
+            DEFAULT_POLL_INTERVAL_MS,
+            POLL_INTERVAL_MS_RANGE.0,
+            Some(POLL_INTERVAL_MS_RANGE.1),
+            &format!("{at}.poll_interval_ms"),
+        )?;
+        let poll_interval = Duration::from_millis(poll_interval_ms.unsigned_abs());
+
+        let spec = match (kind, mode) {
+            (DbKind::Sqlite { path }, Mode::Trigger) => SourceSpec::SqliteTrigger {
+                path,
+                tables,
+                poll_interval,
+            },
+            (DbKind::Sqlite { .. }, mode) => {
+                let span = raw.mode.as_ref().map_or(raw.url.span(), Spanned::span);
+                return Err(self.doc.error(
+                    span,
+                    format!(
+                        "{at}.mode: mode \"{}\" is not supported for sqlite sources yet \
+                         (supported: trigger)",
+                        mode.name()
+                    ),
+                ));
+            }
+            (kind @ (DbKind::Postgres | DbKind::Mysql), _) => {
+                return Err(self.doc.error(
+                    raw.url.span(),
+                    format!(
+                        "{at}.url: {} sources are not supported yet by this build \
+                         (supported: sqlite)",
+                        kind.name()
+                    ),
+                ));
+            }
+        };
+        Ok(SourceConfig {
+            name: name.to_owned(),
+            spec,
+        })
+    }
+
+    fn sink(&self, name: &str, raw: RawSink) -> Result<SinkConfig, ConfigError> {
+        let at = format!("sinks.{name}");
+        let kind = self.kind(&raw.url, &format!("{at}.url"))?;
+        let create_tables = raw.create_tables.unwrap_or(true);
+        let spec = match kind {
+            DbKind::Sqlite { path } => SinkSpec::Sqlite {
+                path,
+                create_tables,
+            },
+            kind @ (DbKind::Postgres | DbKind::Mysql) => {
+                return Err(self.doc.error(
+                    raw.url.span(),
+                    format!(
+                        "{at}.url: {} sinks are not supported yet by this build \
+                         (supported: sqlite)",
+                        kind.name()
+                    ),
+                ));
+            }
+        };
+        Ok(SinkConfig {
+            name: name.to_owned(),
+            spec,
+        })
+    }
+
+    fn pipeline(
+        &self,
+        name: &Spanned<String>,
+        raw: RawPipeline,
+        sources: &BTreeMap<String, SourceConfig>,
+        sinks: &BTreeMap<String, SinkConfig>,
+    ) -> Result<PipelineConfig, ConfigError> {
+        let at = format!("pipelines.{}", name.get_ref());
+        if !is_pipeline_name(name.get_ref()) {
+            return Err(self.doc.error(
+                name.span(),
+                format!(
+                    "{at}: bad pipeline name \"{}\" (expected 1 to {MAX_PIPELINE_NAME_LEN} of \
+                     a-z, 0-9 and _, starting with a letter)",
+                    name.get_ref()
+                ),
+            ));
+        }
+
+        let source = self.string(&raw.source, &format!("{at}.source"))?;
+        if !sources.contains_key(&source) {
+            return Err(self.doc.error(
+                raw.source.span(),
+                format!(
+                    "{at}.source: no source named \"{source}\" ({})",
+                    defined(sources.keys())
+                ),
+            ));
+        }
+
+        if raw.sinks.get_ref().is_empty() {
+            return Err(self.doc.error(
+                raw.sinks.span(),
+                format!("{at}.sinks: is empty (expected at least one sink name)"),
+            ));
+        }
+        let mut sink_names = Vec::new();
+        for (i, spanned) in raw.sinks.get_ref().iter().enumerate() {
+            let sink = self.string(spanned, &format!("{at}.sinks[{i}]"))?;
+            if !sinks.contains_key(&sink) {
+                return Err(self.doc.error(
+                    spanned.span(),
+                    format!(
+                        "{at}.sinks[{i}]: no sink named \"{sink}\" ({})",
+                        defined(sinks.keys())
+                    ),
+                ));
+            }
+            if sink_names.contains(&sink) {
+                return Err(self.doc.error(
+                    spanned.span(),
+                    format!("{at}.sinks[{i}]: sink \"{sink}\" is listed twice"),
+                ));
+            }
+            sink_names.push(sink);
+        }
+
+        let batch_size = self.int(
+            raw.batch_size.as_ref(),
+            DEFAULT_BATCH_SIZE,
+            BATCH_SIZE_RANGE.0,
+            Some(BATCH_SIZE_RANGE.1),
+            &format!("{at}.batch_size"),
+        )?;
+        let max_lag = self.int(
+            raw.max_lag.as_ref(),
+            DEFAULT_MAX_LAG,
+            1,
+            None,
+            &format!("{at}.max_lag"),
+        )?;
+
+        Ok(PipelineConfig {
+            name: name.get_ref().clone(),
+            source,
+            sinks: sink_names,
+            // In range (at most 100000), so these conversions cannot truncate.
+            batch_size: usize::try_from(batch_size).unwrap_or(usize::MAX),
+            max_lag: max_lag.unsigned_abs(),
+        })
+    }
+
+    /// The database kind named by a URL (after `${VAR}` substitution).
+    fn kind(&self, url: &Spanned<String>, at: &str) -> Result<DbKind, ConfigError> {
+        let text = self.string(url, at)?;
+        DbKind::from_url(&text).map_err(|why| self.doc.error(url.span(), format!("{at}: {why}")))
+    }
+
+    fn tables(
+        &self,
+        tables: &Spanned<Vec<Spanned<String>>>,
+        at: &str,
+    ) -> Result<Vec<String>, ConfigError> {
+        if tables.get_ref().is_empty() {
+            return Err(self.doc.error(
+                tables.span(),
+                format!("{at}: is empty (expected at least one table name)"),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for (i, spanned) in tables.get_ref().iter().enumerate() {
+            let table = self.string(spanned, &format!("{at}[{i}]"))?;
+            if !is_table_name(&table) {
+                return Err(self.doc.error(
+                    spanned.span(),
+                    format!(
+                        "{at}[{i}]: bad table name \"{table}\" (expected a plain identifier of \
+                         letters, digits and _ not starting with a digit, optionally \
+                         schema.table)"
+                    ),
+                ));
+            }
+            if !seen.insert(table.clone()) {
+                return Err(self.doc.error(
+                    spanned.span(),
+                    format!("{at}[{i}]: table \"{table}\" is listed twice"),
+                ));
+            }
+            out.push(table);
+        }
+        Ok(out)
+    }
+
+    /// An optional integer with a default, checked against `min..=max` (`max: None` means no
+    /// upper bound). Returns a value `>= min`.
+    fn int(
+        &self,
+        value: Option<&Spanned<i64>>,
+        default: i64,
+        min: i64,
+        max: Option<i64>,
+        at: &str,
+    ) -> Result<i64, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let n = *value.get_ref();
+        if n < min || max.is_some_and(|max| n > max) {
+            let rule = match max {
+                Some(max) => format!("must be between {min} and {max}"),
+                None => format!("must be at least {min}"),
+            };
+            return Err(self
+                .doc
+                .error(value.span(), format!("{at}: {rule} (got {n})")));
+        }
+        Ok(n)
+    }
+
+    /// A string value with `${VAR}` substituted; errors point at the string.
+    fn string(&self, value: &Spanned<String>, at: &str) -> Result<String, ConfigError> {
+        substitute(value.get_ref(), self.env, at)
+            .map_err(|message| self.doc.error(value.span(), message))
+    }
+}
+
+/// Replaces `${VAR}` with `env(VAR)`; `$${` stands for a literal `${`. Any other `$` is kept.
+/// `at` names the value in messages.
+fn substitute(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    at: &str,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let Some(end) = after.find('}') else {
+                return Err(format!(
+                    "unterminated ${{ in {at} (write $${{ for a literal ${{)"
+                ));
+            };
+            let name = &after[..end];
+            if !is_env_name(name) {
+                return Err(format!(
+                    "bad environment variable name \"{name}\" in {at} (expected letters, digits \
+                     and _, not starting with a digit; write $${{ for a literal ${{)"
+                ));
+            }
+            let value = env(name)
+                .ok_or_else(|| format!("environment variable {name} is not set (used in {at})"))?;
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_env_name(s: &str) -> bool {
+    is_identifier(s)
+}
+
+/// `table` or `schema.table`, each part a plain identifier.
+fn is_table_name(s: &str) -> bool {
+    match s.split_once('.') {
+        Some((schema, table)) => is_identifier(schema) && is_identifier(table),
+        None => is_identifier(s),
+    }
+}
+
+/// `[a-z0-9_]{1,48}`, starting with a letter.
+fn is_pipeline_name(s: &str) -> bool {
+    s.len() <= MAX_PIPELINE_NAME_LEN
+        && s.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn defined<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        "none defined".to_owned()
+    } else {
+        format!("defined: {}", names.join(", "))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A valid config; tests derive broken ones from it with `str::replace`.
+    /// Line numbers are in the comments of each test.
+    const VALID: &str = r#"[store]
+path = "${STATE_DIR}/tidesync.db"
+
+[sources.shop]
+url = "${SOURCE_URL}"
+tables = ["items"]
+
+[sinks.replica]
+url = "${TARGET_URL}"
+
+[pipelines.items]
+source = "shop"
+sinks = ["replica"]
+"#;
+
+    fn test_env(name: &str) -> Option<String> {
+        match name {
+            "SOURCE_URL" => Some("shop.db".to_owned()),
+            "TARGET_URL" => Some("sqlite:///data/replica.db".to_owned()),
+            "STATE_DIR" => Some("/state".to_owned()),
+            _ => None,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(text, Path::new("tidesync.toml"), &test_env)
+    }
+
+    fn parse_err(text: &str) -> ConfigError {
+        parse(text).unwrap_err()
+    }
+
+    /// `VALID` with `from` replaced by `to`; panics if `from` is not there, so tests cannot
+    /// silently test the valid file.
+    fn with(from: &str, to: &str) -> String {
+        assert!(VALID.contains(from), "{from:?} not in VALID");
+        VALID.replacen(from, to, 1)
+    }
+
+    fn assert_at(err: &ConfigError, line: usize, column: usize) {
+        assert_eq!((err.line, err.column), (line, column), "{err}");
+    }
+
+    #[test]
+    fn valid_config_resolves_with_defaults() {
+        let config = parse(VALID).unwrap();
+        let expected = Config {
+            file: PathBuf::from("tidesync.toml"),
+            store: StoreConfig {
+                path: PathBuf::from("/state/tidesync.db"),
+                retention: Duration::from_secs(3600),
+            },
+            sources: BTreeMap::from([(
+                "shop".to_owned(),
+                SourceConfig {
+                    name: "shop".to_owned(),
+                    spec: SourceSpec::SqliteTrigger {
+                        path: PathBuf::from("shop.db"),
+                        tables: vec!["items".to_owned()],
+                        poll_interval: Duration::from_millis(50),
+                    },
+                },
+            )]),
+            sinks: BTreeMap::from([(
+                "replica".to_owned(),
+                SinkConfig {
+                    name: "replica".to_owned(),
+                    spec: SinkSpec::Sqlite {
+                        path: PathBuf::from("/data/replica.db"),
+                        create_tables: true,
+                    },
+                },
+            )]),
+            pipelines: vec![PipelineConfig {
+                name: "items".to_owned(),
+                source: "shop".to_owned(),
+                sinks: vec!["replica".to_owned()],
+                batch_size: 1000,
+                max_lag: 100_000,
+            }],
+        };
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn every_optional_key_is_read() {
+        let text = r#"
+[store]
+path = "state.db"
+retention_secs = 0
+
+[sources.shop]
+url = "sqlite://shop.db"
+mode = "trigger"
+tables = ["items", "main.orders"]
+poll_interval_ms = 60000
+
+[sinks.replica]
+url = "replica.db"
+create_tables = false
+
+[pipelines.items]
+source = "shop"
+sinks = ["replica"]
+batch_size = 100000
+max_lag = 1
+"#;
+        let config = parse(text).unwrap();
+        assert_eq!(config.store.path, PathBuf::from("state.db"));
+        assert_eq!(config.store.retention, Duration::ZERO);
+        assert_eq!(
+            config.sources["shop"].spec,
+            SourceSpec::SqliteTrigger {
+                path: PathBuf::from("shop.db"),
+                tables: vec!["items".to_owned(), "main.orders".to_owned()],
+                poll_interval: Duration::from_secs(60),
+            }
+        );
+        assert_eq!(
+            config.sinks["replica"].spec,
+            SinkSpec::Sqlite {
+                path: PathBuf::from("replica.db"),
+                create_tables: false,
+            }
+        );
+        let pipeline = config.pipeline("items").unwrap();
+        assert_eq!((pipeline.batch_size, pipeline.max_lag), (100_000, 1));
+    }
+
+    #[test]
+    fn pipelines_keep_file_order() {
+        let text = format!(
+            "{VALID}\n[pipelines.zeta]\nsource = \"shop\"\nsinks = [\"replica\"]\n\n\
+             [pipelines.alpha]\nsource = \"shop\"\nsinks = [\"replica\"]\n"
+        );
+        let config = parse(&text).unwrap();
+        let names: Vec<_> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["items", "zeta", "alpha"]);
+        assert_eq!(config.pipeline("alpha").unwrap().name, "alpha");
+        assert!(config.pipeline("nope").is_none());
+    }
+
+    #[test]
+    fn unknown_key_points_at_the_key_and_lists_expected_keys() {
+        // line 6: tabels = ["items"]
+        let err = parse_err(&with("tables = [", "tabels = ["));
+        assert_at(&err, 6, 1);
+        assert!(err.message.contains("`tabels`"), "{err}");
+        assert!(
+            err.message
+                .contains("expected one of `url`, `mode`, `tables`, `poll_interval_ms`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_table_is_an_error() {
+        let err = parse_err(&format!("{VALID}[sourcs.x]\nurl = \"a\"\n"));
+        assert_at(&err, 14, 2);
+        assert!(err.message.contains("unknown field `sourcs`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_points_at_the_value() {
+        // line 14: batch_size = "big"
+        let err = parse_err(&format!("{VALID}batch_size = \"big\"\n"));
+        assert_at(&err, 14, 14);
+        assert_eq!(
+            err.message,
+            "invalid type: string \"big\", expected an integer"
+        );
+    }
+
+    #[test]
+    fn missing_required_key_points_at_its_table() {
+        // line 8: [sinks.replica], its url removed
+        let err = parse_err(&with("url = \"${TARGET_URL}\"\n", ""));
+        assert_at(&err, 8, 1);
+        assert_eq!(err.message, "missing field `url`");
+    }
+
+    #[test]
+    fn syntax_error_has_a_position() {
+        // line 12: source = "shop  (unterminated)
+        let err = parse_err(&with("source = \"shop\"", "source = \"shop"));
+        assert_eq!(err.line, 12, "{err}");
+        assert!(!err.message.contains("TOML parse error"), "{err}");
+    }
+
+    #[test]
+    fn missing_store_is_an_error_at_file_start() {
+        let text = with("[store]\npath = \"${STATE_DIR}/tidesync.db\"\n", "");
+        let err = parse_err(&text);
+        assert_at(&err, 1, 1);
+        assert!(err.message.contains("missing [store]"), "{err}");
+    }
+
+    #[test]
+    fn no_pipelines_is_an_error_at_file_start() {
+        let text = with(
+            "[pipelines.items]\nsource = \"shop\"\nsinks = [\"replica\"]\n",
+            "",
+        );
+        let err = parse_err(&text);
+        assert_at(&err, 1, 1);
+        assert_eq!(err.message, "no [pipelines.NAME] defined");
+    }
+
+    #[test]
+    fn unset_env_var_points_at_the_string() {
+        let text = with("${SOURCE_URL}", "${SHOP_URL}");
+        let err = parse_err(&text);
+        // line 5: url = "${SHOP_URL}", the string starts at column 7
+        assert_at(&err, 5, 7);
+        assert_eq!(
+            err.message,
+            "environment variable SHOP_URL is not set (used in sources.shop.url)"
+        );
+    }
+
+    #[test]
+    fn env_var_inside_a_longer_string_is_substituted() {
+        let config = parse(VALID).unwrap();
+        assert_eq!(config.store.path, PathBuf::from("/state/tidesync.db"));
+    }
+
+    #[test]
+    fn double_dollar_brace_is_a_literal_dollar_brace() {
+        let config = parse(&with("${STATE_DIR}/tidesync.db", "$${STATE_DIR}/a$b$$.db")).unwrap();
+        assert_eq!(config.store.path, PathBuf::from("${STATE_DIR}/a$b$$.db"));
+    }
+
+    #[test]
+    fn unterminated_env_reference_is_an_error() {
+        let err = parse_err(&with("${STATE_DIR}/tidesync.db", "${STATE_DIR/tidesync.db"));
+        assert_at(&err, 2, 8);
+        assert!(
+            err.message.contains("unterminated ${ in store.path"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_env_reference_is_an_error() {
+        let err = parse_err(&with("${STATE_DIR}/tidesync.db", "${}/tidesync.db"));
+        assert_at(&err, 2, 8);
+        assert!(
+            err.message.contains("bad environment variable name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_source_reference_lists_defined_sources() {
+        // line 12: source = "shopp"
+        let err = parse_err(&with("source = \"shop\"", "source = \"shopp\""));
+        assert_at(&err, 12, 10);
+        assert_eq!(
+            err.message,
+            "pipelines.items.source: no source named \"shopp\" (defined: shop)"
+        );
+    }
+
+    #[test]
+    fn unknown_sink_reference_points_at_the_list_item() {
+        // line 13: sinks = ["replica", "backup"]
+        let err = parse_err(&with("[\"replica\"]", "[\"replica\", \"backup\"]"));
+        assert_at(&err, 13, 21);
+        assert_eq!(
+            err.message,
+            "pipelines.items.sinks[1]: no sink named \"backup\" (defined: replica)"
+        );
+    }
+
+    #[test]
+    fn duplicate_sink_in_a_pipeline_is_an_error() {
+        let err = parse_err(&with("[\"replica\"]", "[\"replica\", \"replica\"]"));
+        assert_at(&err, 13, 21);
+        assert!(err.message.contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn empty_sink_list_is_an_error() {
+        let err = parse_err(&with("[\"replica\"]", "[]"));
+        assert_at(&err, 13, 9);
+        assert!(
+            err.message.contains("pipelines.items.sinks: is empty"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sink_shared_by_two_pipelines_is_allowed() {
+        let text =
+            format!("{VALID}\n[pipelines.again]\nsource = \"shop\"\nsinks = [\"replica\"]\n");
+        assert_eq!(parse(&text).unwrap().pipelines.len(), 2);
+    }
+
+    #[test]
+    fn batch_size_out_of_range_names_the_range() {
+        let err = parse_err(&format!("{VALID}batch_size = 0\n"));
+        assert_at(&err, 14, 14);
+        assert_eq!(
+            err.message,
+            "pipelines.items.batch_size: must be between 1 and 100000 (got 0)"
+        );
+        let err = parse_err(&format!("{VALID}batch_size = 100001\n"));
+        assert!(err.message.contains("(got 100001)"), "{err}");
+    }
+
+    #[test]
+    fn poll_interval_out_of_range_names_the_range() {
+        let err = parse_err(&with(
+            "tables = [\"items\"]",
+            "tables = [\"items\"]\npoll_interval_ms = 0",
+        ));
+        assert_at(&err, 7, 20);
+        assert_eq!(
+            err.message,
+            "sources.shop.poll_interval_ms: must be between 1 and 60000 (got 0)"
+        );
+    }
+
+    #[test]
+    fn negative_retention_is_an_error() {
+        let err = parse_err(&with("tidesync.db\"", "tidesync.db\"\nretention_secs = -1"));
+        assert_at(&err, 3, 18);
+        assert_eq!(
+            err.message,
+            "store.retention_secs: must be at least 0 (got -1)"
+        );
+    }
+
+    #[test]
+    fn zero_max_lag_is_an_error() {
+        let err = parse_err(&format!("{VALID}max_lag = 0\n"));
+        assert_at(&err, 14, 11);
+        assert_eq!(
+            err.message,
+            "pipelines.items.max_lag: must be at least 1 (got 0)"
+        );
+    }
+
+    #[test]
+    fn empty_table_list_is_an_error() {
+        let err = parse_err(&with("tables = [\"items\"]", "tables = []"));
+        assert_at(&err, 6, 10);
+        assert!(
+            err.message.contains("sources.shop.tables: is empty"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_table_name_points_at_the_name() {
+        let err = parse_err(&with("[\"items\"]", "[\"items\", \"drop table;\"]"));
+        assert_at(&err, 6, 20);
+        assert!(
+            err.message
+                .starts_with("sources.shop.tables[1]: bad table name \"drop table;\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn table_name_may_not_start_with_a_digit_or_have_two_dots() {
+        for bad in ["1items", "a.b.c", ".items", "items."] {
+            let err = parse_err(&with("[\"items\"]", &format!("[\"{bad}\"]")));
+            assert!(err.message.contains("bad table name"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn duplicate_table_is_an_error() {
+        let err = parse_err(&with("[\"items\"]", "[\"items\", \"items\"]"));
+        assert_at(&err, 6, 20);
+        assert!(err.message.contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn bad_pipeline_name_points_at_the_name() {
+        for (bad, column) in [("Items", 12), ("1items", 12), ("\"items-x\"", 12)] {
+            let err = parse_err(&with("[pipelines.items]", &format!("[pipelines.{bad}]")));
+            assert_at(&err, 11, column);
+            assert!(err.message.contains("bad pipeline name"), "{bad}: {err}");
+        }
+        let long = "a".repeat(49);
+        let err = parse_err(&with("[pipelines.items]", &format!("[pipelines.{long}]")));
+        assert!(err.message.contains("bad pipeline name"), "{err}");
+        let longest = "a".repeat(48);
+        assert!(
+            parse(&with(
+                "[pipelines.items]",
+                &format!("[pipelines.{longest}]")
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn postgres_source_is_not_supported_yet() {
+        let err = parse_err(&with("${SOURCE_URL}", "postgres://u@localhost/shop"));
+        assert_at(&err, 5, 7);
+        assert_eq!(
+            err.message,
+            "sources.shop.url: postgres sources are not supported yet by this build \
+             (supported: sqlite)"
+        );
+        let err = parse_err(&with("${SOURCE_URL}", "postgresql://localhost/shop"));
+        assert!(err.message.contains("postgres sources"), "{err}");
+    }
+
+    #[test]
+    fn mysql_sink_is_not_supported_yet() {
+        let err = parse_err(&with("${TARGET_URL}", "mariadb://localhost/shop"));
+        assert_at(&err, 9, 7);
+        assert_eq!(
+            err.message,
+            "sinks.replica.url: mysql sinks are not supported yet by this build \
+             (supported: sqlite)"
+        );
+    }
+
+    #[test]
+    fn unsupported_mode_for_sqlite_points_at_the_mode() {
+        // line 6: mode = "diff"
+        let err = parse_err(&with("tables = ", "mode = \"diff\"\ntables = "));
+        assert_at(&err, 6, 8);
+        assert_eq!(
+            err.message,
+            "sources.shop.mode: mode \"diff\" is not supported for sqlite sources yet \
+             (supported: trigger)"
+        );
+    }
+
+    #[test]
+    fn unknown_mode_lists_known_modes() {
+        let err = parse_err(&with("tables = ", "mode = \"cdc\"\ntables = "));
+        assert_at(&err, 6, 8);
+        assert_eq!(
+            err.message,
+            "sources.shop.mode: unknown mode \"cdc\" (known: trigger, log, diff, incremental)"
+        );
+    }
+
+    #[test]
+    fn unknown_url_scheme_is_an_error() {
+        let err = parse_err(&with("${TARGET_URL}", "http://example.com"));
+        assert_at(&err, 9, 7);
+        assert!(err.message.contains("unknown URL scheme \"http\""), "{err}");
+    }
+
+    #[test]
+    fn empty_url_is_an_error() {
+        let err = parse_err(&with("${SOURCE_URL}", ""));
+        assert_at(&err, 5, 7);
+        assert!(err.message.contains("sources.shop.url: is empty"), "{err}");
+    }
+
+    #[test]
+    fn sqlite_url_and_plain_path_give_the_path_unchanged() {
+        assert_eq!(
+            DbKind::from_url("sqlite://rel/dir/a.db"),
+            Ok(DbKind::Sqlite {
+                path: PathBuf::from("rel/dir/a.db")
+            })
+        );
+        assert_eq!(
+            DbKind::from_url("sqlite:///abs/a.db"),
+            Ok(DbKind::Sqlite {
+                path: PathBuf::from("/abs/a.db")
+            })
+        );
+        assert_eq!(
+            DbKind::from_url("./a.db"),
+            Ok(DbKind::Sqlite {
+                path: PathBuf::from("./a.db")
+            })
+        );
+        assert!(DbKind::from_url("sqlite://").is_err());
+        assert_eq!(DbKind::from_url("MySQL://h/db"), Ok(DbKind::Mysql));
+    }
+
+    #[test]
+    fn display_shows_position_line_and_caret() {
+        let err = parse_err(&with("source = \"shop\"", "source = \"shopp\""));
+        assert_eq!(
+            err.to_string(),
+            "tidesync.toml:12:10: pipelines.items.source: no source named \"shopp\" \
+             (defined: shop)\n   |\n12 | source = \"shopp\"\n   |          ^^^^^^^"
+        );
+    }
+
+    #[test]
+    fn display_caret_keeps_tabs_aligned() {
+        let err = parse_err(&format!("{VALID}\tbatch_size = 0\n"));
+        assert_at(&err, 14, 15);
+        assert!(
+            err.to_string()
+                .ends_with("14 | \tbatch_size = 0\n   | \t             ^")
+        );
+    }
+
+    #[test]
+    fn unreadable_file_has_no_position() {
+        let err = Config::load(Path::new("/nonexistent/tidesync.toml")).unwrap_err();
+        assert_eq!((err.line, err.column), (0, 0));
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("/nonexistent/tidesync.toml: cannot read config file: "),
+            "{shown}"
+        );
+        assert!(!shown.contains('\n'), "{shown}");
+    }
+
+    #[test]
+    fn template_parses() {
+        let config = parse(TEMPLATE).unwrap();
+        assert_eq!(config.pipelines.len(), 1);
+        assert_eq!(config.store.path, PathBuf::from("/state/tidesync.db"));
+    }
+
+    #[test]
+    fn example_parses() {
+        let text = include_str!("../../../examples/sqlite-to-sqlite.toml");
+        let config = parse(text).unwrap();
+        let pipeline = config.pipeline("items").unwrap();
+        assert_eq!(pipeline.source, "shop");
+        assert_eq!(pipeline.sinks, ["replica"]);
+        assert_eq!(
+            config.sources["shop"].spec,
+            SourceSpec::SqliteTrigger {
+                path: PathBuf::from("shop.db"),
+                tables: vec!["items".to_owned()],
+                poll_interval: Duration::from_millis(50),
+            }
+        );
+        assert_eq!(config.store.path, PathBuf::from("/state/tidesync.db"));
+    }
+}

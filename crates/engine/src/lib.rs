@@ -1,0 +1,112 @@
+//! tidesync's engine: the configuration, the pipeline runtime, and the wiring from a
+//! configuration to running pipelines.
+
+pub mod compare;
+pub mod config;
+pub mod demo;
+mod retry;
+pub mod runtime;
+
+use std::sync::Arc;
+
+use tidesync_capture::sqlite::TriggerSource;
+use tidesync_core::{Sink, Source};
+use tidesync_deliver::sqlite::SqliteSink;
+use tidesync_store::{SqliteStore, StoreError};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, ConfigError};
+pub use runtime::{Pipeline, PipelineError, PipelineOptions, PipelineStats};
+
+use config::{PipelineConfig, SinkSpec, SourceSpec};
+
+/// Every pipeline of a configuration, built and ready to run.
+#[derive(Debug)]
+pub struct Engine {
+    pub store: SqliteStore,
+    pub pipelines: Vec<Pipeline>,
+}
+
+/// Builds the source a configuration names.
+fn build_source(config: &Config, pipeline: &PipelineConfig) -> Box<dyn Source> {
+    match &config.sources[&pipeline.source].spec {
+        SourceSpec::SqliteTrigger {
+            path,
+            tables,
+            poll_interval,
+        } => Box::new(TriggerSource::new(
+            path,
+            &pipeline.name,
+            tables.clone(),
+            *poll_interval,
+        )),
+    }
+}
+
+fn build_sink(config: &Config, pipeline: &PipelineConfig, sink: &str) -> Box<dyn Sink> {
+    match &config.sinks[sink].spec {
+        SinkSpec::Sqlite {
+            path,
+            create_tables,
+        } => Box::new(SqliteSink::new(path, &pipeline.name, sink, *create_tables)),
+    }
+}
+
+impl Engine {
+    /// Opens the store and builds every pipeline. Connections to sources and sinks are made
+    /// when the pipelines start.
+    pub fn build(config: &Config) -> Result<Engine, StoreError> {
+        let store = SqliteStore::open(&config.store.path)?;
+        let log: Arc<dyn tidesync_core::Log> = Arc::new(store.clone());
+        let pipelines = config
+            .pipelines
+            .iter()
+            .map(|p| {
+                let sinks = p
+                    .sinks
+                    .iter()
+                    .map(|s| (s.clone(), build_sink(config, p, s)))
+                    .collect();
+                Pipeline::new(
+                    &p.name,
+                    &p.source,
+                    build_source(config, p),
+                    sinks,
+                    log.clone(),
+                    PipelineOptions {
+                        batch_size: p.batch_size,
+                        max_lag: p.max_lag,
+                        retention: config.store.retention,
+                        ..PipelineOptions::default()
+                    },
+                )
+            })
+            .collect();
+        Ok(Engine { store, pipelines })
+    }
+
+    /// Runs every pipeline until `cancel` fires or one fails; a failure stops the others and
+    /// is returned.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), PipelineError> {
+        let mut tasks = JoinSet::new();
+        for pipeline in self.pipelines {
+            tasks.spawn(pipeline.run(cancel.child_token()));
+        }
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            let result = joined.unwrap_or_else(|e| {
+                Err(PipelineError {
+                    pipeline: "?".into(),
+                    stage: "runtime".into(),
+                    source: tidesync_core::StageError::definite(format!("task panicked: {e}")),
+                })
+            });
+            if let Err(e) = result {
+                cancel.cancel();
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

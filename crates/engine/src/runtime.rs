@@ -1,0 +1,476 @@
+//! The pipeline runtime: source -> store -> sinks, each sink on its own cursor.
+//!
+//! One capture task and one task per sink, in a `JoinSet`, all under the pipeline's
+//! cancellation token:
+//! - capture: poll the source, append the batch with its position in one store transaction,
+//!   then ack the source, then announce the new head. It pauses while the slowest sink is more
+//!   than `max_lag` changes behind (backpressure: the log, not memory, is the buffer, and it is
+//!   bounded too).
+//! - sink: resume after the larger of its stored cursor and the seq the target recorded
+//!   itself; read up to `batch_size` entries after the cursor, apply, and only then move the
+//!   cursor. Entries reach each sink in seq order, so per-key order holds.
+//! - transient errors are retried with backoff; a definite error stops the pipeline and is
+//!   returned, naming the stage.
+//! - the log is trimmed below the slowest cursor, past the retention time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tidesync_core::{Batch, BatchKind, Log, Seq, Sink, Source, StageError, TableSchema};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::retry::{Stop, retry};
+
+/// A pipeline that stopped because of a definite error.
+#[derive(Debug, thiserror::Error)]
+#[error("pipeline {pipeline}: {stage}: {source}")]
+pub struct PipelineError {
+    pub pipeline: String,
+    /// `source NAME`, `sink NAME` or `store`.
+    pub stage: String,
+    #[source]
+    pub source: StageError,
+}
+
+/// Live counters of one pipeline, for progress output and tests.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Changes appended to the log since start.
+    pub captured: AtomicU64,
+    /// The log head seq.
+    pub head: AtomicU64,
+    pub sinks: Vec<SinkStats>,
+}
+
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub name: String,
+    /// Changes applied since start.
+    pub applied: AtomicU64,
+    /// The durable cursor.
+    pub cursor: AtomicU64,
+}
+
+impl PipelineStats {
+    /// How far the slowest sink is behind the head, in changes.
+    pub fn lag(&self) -> u64 {
+        let head = self.head.load(Ordering::Acquire);
+        let slowest = self
+            .sinks
+            .iter()
+            .map(|s| s.cursor.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(head);
+        head.saturating_sub(slowest)
+    }
+}
+
+/// Tunables of one pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub batch_size: usize,
+    pub max_lag: u64,
+    pub retention: Duration,
+    /// How long one source poll waits for changes before checking for shutdown and trimming.
+    pub poll_wait: Duration,
+    pub trim_every: Duration,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            batch_size: 1000,
+            max_lag: 100_000,
+            retention: Duration::from_secs(3600),
+            poll_wait: Duration::from_millis(250),
+            trim_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One pipeline, ready to run.
+pub struct Pipeline {
+    pub name: String,
+    pub source_name: String,
+    pub source: Box<dyn Source>,
+    pub sinks: Vec<(String, Box<dyn Sink>)>,
+    pub log: Arc<dyn Log>,
+    pub options: PipelineOptions,
+    pub stats: Arc<PipelineStats>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.name)
+            .field("source", &self.source_name)
+            .field(
+                "sinks",
+                &self.sinks.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    pub fn new(
+        name: &str,
+        source_name: &str,
+        source: Box<dyn Source>,
+        sinks: Vec<(String, Box<dyn Sink>)>,
+        log: Arc<dyn Log>,
+        options: PipelineOptions,
+    ) -> Pipeline {
+        let stats = Arc::new(PipelineStats {
+            sinks: sinks
+                .iter()
+                .map(|(n, _)| SinkStats {
+                    name: n.clone(),
+                    ..SinkStats::default()
+                })
+                .collect(),
+            ..PipelineStats::default()
+        });
+        Pipeline {
+            name: name.to_owned(),
+            source_name: source_name.to_owned(),
+            source,
+            sinks,
+            log,
+            options,
+            stats,
+        }
+    }
+
+    /// Runs until `cancel` fires (returns `Ok`) or a stage fails definitely (returns the error
+    /// after stopping the other tasks).
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), PipelineError> {
+        let Pipeline {
+            name,
+            source_name,
+            mut source,
+            sinks,
+            log,
+            options,
+            stats,
+        } = self;
+        let fail = |stage: String| {
+            let pipeline = name.clone();
+            move |stop: Stop| match stop {
+                Stop::Cancelled => None,
+                Stop::Failed(source) => Some(PipelineError {
+                    pipeline,
+                    stage,
+                    source,
+                }),
+            }
+        };
+        let store_stage = || fail("store".into());
+        let mut log_ref: &dyn Log = &*log;
+        let position = match retry("read position", &cancel, &mut log_ref, |l| {
+            l.position(&name)
+        })
+        .await
+        {
+            Ok(p) => p,
+            Err(stop) => return store_stage()(stop).map_or(Ok(()), Err),
+        };
+        let status = match retry("read status", &cancel, &mut log_ref, |l| l.status(&name)).await {
+            Ok(s) => s,
+            Err(stop) => return store_stage()(stop).map_or(Ok(()), Err),
+        };
+        tracing::info!(pipeline = %name, position = ?position.as_ref().map(ToString::to_string), head = status.head.0, "starting");
+        let schemas = match retry("open source", &cancel, &mut *source, |s| {
+            s.open(position.clone())
+        })
+        .await
+        {
+            Ok(s) => Arc::new(s),
+            Err(stop) => return fail(format!("source {source_name}"))(stop).map_or(Ok(()), Err),
+        };
+        stats.head.store(status.head.0, Ordering::Release);
+        let (head_tx, head_rx) = watch::channel(status.head);
+        let (cursor_tx, cursor_rx) = watch::channel(());
+        let mut tasks: JoinSet<Result<(), PipelineError>> = JoinSet::new();
+        let child = cancel.child_token();
+
+        for (i, (sink_name, sink)) in sinks.into_iter().enumerate() {
+            let ctx = SinkTask {
+                pipeline: name.clone(),
+                sink_name,
+                index: i,
+                log: log.clone(),
+                options: options.clone(),
+                stats: stats.clone(),
+                schemas: schemas.clone(),
+                head: head_rx.clone(),
+                cursor_moved: cursor_tx.clone(),
+                cancel: child.clone(),
+            };
+            tasks.spawn(ctx.run(sink));
+        }
+        let capture = CaptureTask {
+            pipeline: name.clone(),
+            source_name,
+            log: log.clone(),
+            options: options.clone(),
+            stats: stats.clone(),
+            head: head_tx,
+            cursor_moved: cursor_rx,
+            cancel: child.clone(),
+        };
+        tasks.spawn(capture.run(source));
+
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            let result = joined.unwrap_or_else(|e| {
+                Err(PipelineError {
+                    pipeline: name.clone(),
+                    stage: "runtime".into(),
+                    source: StageError::definite(format!("task panicked: {e}")),
+                })
+            });
+            if let Err(e) = result {
+                tracing::error!(pipeline = %name, error = %e, "stopping pipeline");
+                child.cancel();
+                first_error.get_or_insert(e);
+            }
+        }
+        tracing::info!(pipeline = %name, "stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+struct CaptureTask {
+    pipeline: String,
+    source_name: String,
+    log: Arc<dyn Log>,
+    options: PipelineOptions,
+    stats: Arc<PipelineStats>,
+    head: watch::Sender<Seq>,
+    cursor_moved: watch::Receiver<()>,
+    cancel: CancellationToken,
+}
+
+impl CaptureTask {
+    fn stop(&self, stage: &str, stop: Stop) -> Result<(), PipelineError> {
+        match stop {
+            Stop::Cancelled => Ok(()),
+            Stop::Failed(source) => Err(PipelineError {
+                pipeline: self.pipeline.clone(),
+                stage: stage.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    async fn run(mut self, mut source: Box<dyn Source>) -> Result<(), PipelineError> {
+        let source_stage = format!("source {}", self.source_name);
+        let mut last_trim = Instant::now();
+        let mut log_ref: &dyn Log = &*self.log.clone();
+        loop {
+            // Backpressure: wait while the slowest sink is too far behind.
+            loop {
+                self.cursor_moved.borrow_and_update();
+                if self.stats.lag() < self.options.max_lag || self.stats.sinks.is_empty() {
+                    break;
+                }
+                tokio::select! {
+                    () = self.cancel.cancelled() => return Ok(()),
+                    changed = self.cursor_moved.changed() => if changed.is_err() { return Ok(()) },
+                }
+            }
+            let (batch_size, wait) = (self.options.batch_size, self.options.poll_wait);
+            let polled = match retry("poll source", &self.cancel, &mut *source, |s| {
+                s.poll(batch_size, wait)
+            })
+            .await
+            {
+                Ok(p) => p,
+                Err(stop) => return self.stop(&source_stage, stop),
+            };
+            if let Some(captured) = polled {
+                let position = captured.position.clone();
+                let n = captured.changes.len() as u64;
+                let captured = Arc::new(captured);
+                let pipeline = self.pipeline.clone();
+                // The batch and its position commit together; only then is the source acked.
+                let appended = match retry("append to log", &self.cancel, &mut log_ref, |l| {
+                    l.append(&pipeline, captured.clone())
+                })
+                .await
+                {
+                    Ok(r) => r,
+                    Err(stop) => return self.stop("store", stop),
+                };
+                if let Err(stop) = retry("ack source", &self.cancel, &mut *source, |s| {
+                    s.ack(position.clone())
+                })
+                .await
+                {
+                    return self.stop(&source_stage, stop);
+                }
+                if let Some((_, last)) = appended {
+                    self.stats.captured.fetch_add(n, Ordering::Relaxed);
+                    self.stats.head.store(last.0, Ordering::Release);
+                    self.head.send_replace(last);
+                    tracing::debug!(pipeline = %self.pipeline, changes = n, head = last.0, position = %position, "captured");
+                }
+            }
+            if last_trim.elapsed() >= self.options.trim_every {
+                last_trim = Instant::now();
+                let (pipeline, retain) = (
+                    self.pipeline.clone(),
+                    self.options.retention.as_micros() as i64,
+                );
+                match retry("trim log", &self.cancel, &mut log_ref, |l| {
+                    l.trim(&pipeline, retain)
+                })
+                .await
+                {
+                    Ok(n) if n > 0 => {
+                        tracing::debug!(pipeline = %self.pipeline, trimmed = n, "trimmed log")
+                    }
+                    Ok(_) => {}
+                    Err(stop) => return self.stop("store", stop),
+                }
+            }
+            if self.cancel.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+struct SinkTask {
+    pipeline: String,
+    sink_name: String,
+    index: usize,
+    log: Arc<dyn Log>,
+    options: PipelineOptions,
+    stats: Arc<PipelineStats>,
+    schemas: Arc<Vec<TableSchema>>,
+    head: watch::Receiver<Seq>,
+    cursor_moved: watch::Sender<()>,
+    cancel: CancellationToken,
+}
+
+impl SinkTask {
+    fn stop(&self, stage: &str, stop: Stop) -> Result<(), PipelineError> {
+        match stop {
+            Stop::Cancelled => Ok(()),
+            Stop::Failed(source) => Err(PipelineError {
+                pipeline: self.pipeline.clone(),
+                stage: stage.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    async fn run(mut self, mut sink: Box<dyn Sink>) -> Result<(), PipelineError> {
+        let stage = format!("sink {}", self.sink_name);
+        let schemas = self.schemas.clone();
+        let applied = match retry("open sink", &self.cancel, &mut *sink, |s| {
+            s.open(schemas.to_vec())
+        })
+        .await
+        {
+            Ok(a) => a,
+            Err(stop) => return self.stop(&stage, stop),
+        };
+        let log = self.log.clone();
+        let mut log_ref: &dyn Log = &*log;
+        let (pipeline, name) = (self.pipeline.clone(), self.sink_name.clone());
+        let stored = match retry("read cursor", &self.cancel, &mut log_ref, |l| {
+            l.cursor(&pipeline, &name)
+        })
+        .await
+        {
+            Ok(c) => c,
+            Err(stop) => return self.stop("store", stop),
+        };
+        // The target's own record wins when it is ahead: the store's cursor moves after the
+        // target's commit, so a crash in between leaves the store behind, never ahead.
+        let mut cursor = stored.max(applied.unwrap_or(Seq::ZERO));
+        let head = *self.head.borrow();
+        if cursor > head {
+            // The target (or the store's cursor) is ahead of the log: the store was reset or
+            // belongs to another setup. Resuming would silently skip the next changes.
+            return self.stop(
+                &stage,
+                Stop::Failed(StageError::definite(format!(
+                    "the target has applied up to seq {cursor} of pipeline {pipeline}, but the store's log ends at seq {head}; \
+                     the store was reset or belongs to another setup. Restore the store, or clear the target's \
+                     _tidesync_applied row for this pipeline and re-sync the target"
+                ))),
+            );
+        }
+        if let Err(stop) = retry("register cursor", &self.cancel, &mut log_ref, |l| {
+            l.set_cursor(&pipeline, &name, cursor)
+        })
+        .await
+        {
+            return self.stop("store", stop);
+        }
+        let my_stats = &self.stats.sinks[self.index];
+        my_stats.cursor.store(cursor.0, Ordering::Release);
+        self.cursor_moved.send_replace(());
+        tracing::info!(pipeline = %pipeline, sink = %name, cursor = cursor.0, "sink resumes");
+        loop {
+            let max = self.options.batch_size;
+            let entries = match retry("read log", &self.cancel, &mut log_ref, |l| {
+                l.read(&pipeline, cursor, max)
+            })
+            .await
+            {
+                Ok(e) => e,
+                Err(stop) => return self.stop("store", stop),
+            };
+            let Some(last) = entries.last().map(|e| e.seq) else {
+                // Caught up: wait for the head to move past the cursor. A head already past it
+                // was announced between our read and now: read again (after a breath, in case
+                // the reader's view lags the writer's).
+                if *self.head.borrow_and_update() > cursor {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
+                tokio::select! {
+                    () = self.cancel.cancelled() => return Ok(()),
+                    changed = self.head.changed() => if changed.is_err() { return Ok(()) },
+                }
+                continue;
+            };
+            let n = entries.len() as u64;
+            let batch = Arc::new(Batch {
+                pipeline: pipeline.clone(),
+                kind: BatchKind::Incremental,
+                first_seq: entries[0].seq,
+                last_seq: last,
+                entries,
+            });
+            if let Err(stop) = retry("apply", &self.cancel, &mut *sink, |s| {
+                s.apply(batch.clone())
+            })
+            .await
+            {
+                return self.stop(&stage, stop);
+            }
+            // Only after the target accepted the batch does the cursor move.
+            if let Err(stop) = retry("move cursor", &self.cancel, &mut log_ref, |l| {
+                l.set_cursor(&pipeline, &name, last)
+            })
+            .await
+            {
+                return self.stop("store", stop);
+            }
+            cursor = last;
+            my_stats.applied.fetch_add(n, Ordering::Relaxed);
+            my_stats.cursor.store(cursor.0, Ordering::Release);
+            self.cursor_moved.send_replace(());
+            tracing::debug!(pipeline = %pipeline, sink = %name, changes = n, cursor = cursor.0, "applied");
+        }
+    }
+}

@@ -1,0 +1,625 @@
+//! The embedded store: one SQLite file per node (WAL mode) holding, per pipeline,
+//! - `changes`: the change log (seq, stream, op, key, before, after, commit time, position, txn),
+//!   rows and keys in the compact binary encoding of `tidesync_core::codec::binary`;
+//! - `current`: (stream, key) -> latest row, the seq that wrote it and a row hash;
+//! - `cursors`: consumer -> last durably delivered seq;
+//! - `positions`: the source's last committed position and the log head.
+//!
+//! Rules (DESIGN.md, "Log and state"):
+//! - [`SqliteStore::append`] writes a captured batch, the current state it implies, the new head
+//!   and the source position in ONE transaction. The caller acknowledges the source only after it
+//!   returned, so a crash anywhere loses nothing (the source re-delivers after the stored
+//!   position) and duplicates nothing (the position moved with the batch).
+//! - Cursors never move backwards.
+//! - [`SqliteStore::trim`] deletes only entries every registered cursor has passed.
+//! - `synchronous=FULL`: a commit is on disk before we acknowledge a source, even on power loss.
+//!
+//! Blocking SQLite calls run on tokio's blocking pool; one connection writes and another
+//! reads, so WAL lets sinks read the log while the source appends.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tidesync_core::codec::DecodeError;
+use tidesync_core::codec::binary::{self, decode_key, decode_row};
+use tidesync_core::{
+    BoxFuture, Captured, Change, Key, Log, LogEntry, LogStatus, Op, Position, Row, Seq, StageError,
+};
+
+/// What went wrong in the store, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("no store at {0} (has `tidesync run` started with this configuration?)")]
+    Missing(PathBuf),
+    #[error("store {context}: {source}")]
+    Sqlite {
+        context: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("corrupt log entry: pipeline {pipeline}, seq {seq}: {source}")]
+    Corrupt {
+        pipeline: String,
+        seq: u64,
+        #[source]
+        source: DecodeError,
+    },
+    #[error(
+        "store was written by a newer tidesync (schema version {found}, this build knows {known})"
+    )]
+    Version { found: i64, known: i64 },
+}
+
+impl StoreError {
+    fn sqlite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+        move |source| StoreError::Sqlite { context, source }
+    }
+}
+
+impl From<StoreError> for StageError {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::Corrupt { .. } | StoreError::Version { .. } | StoreError::Missing(_) => {
+                StageError::definite(e)
+            }
+            // Busy, locked, I/O, disk full: worth another try.
+            _ => StageError::transient(e),
+        }
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn op_code(op: Op) -> i64 {
+    match op {
+        Op::Insert => 0,
+        Op::Update => 1,
+        Op::Delete => 2,
+        Op::Read => 3,
+    }
+}
+
+fn op_from_code(code: i64) -> Option<Op> {
+    Some(match code {
+        0 => Op::Insert,
+        1 => Op::Update,
+        2 => Op::Delete,
+        3 => Op::Read,
+        _ => return None,
+    })
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding the lock cannot leave SQLite half-written (the transaction rolls
+    // back when dropped), so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The SQLite change log and current state of one node. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                open_err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                    Some(format!("cannot create {}: {e}", dir.display())),
+                ))
+            })?;
+        }
+        let writer = Connection::open(path).map_err(open_err)?;
+        schema::configure(&writer).map_err(open_err)?;
+        schema::migrate(&writer)?;
+        let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(open_err)?;
+        schema::configure_reader(&reader).map_err(open_err)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+            }),
+        })
+    }
+
+    /// Opens an existing store read-only, e.g. for `tidesync status` beside a running
+    /// `tidesync run`. Fails with [`StoreError::Missing`] if there is none.
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_owned()));
+        }
+        let open = || {
+            let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
+                |source| StoreError::Open {
+                    path: path.to_owned(),
+                    source,
+                },
+            )?;
+            schema::configure_reader(&c).map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+            Ok::<_, StoreError>(c)
+        };
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(open()?),
+                reader: Mutex::new(open()?),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs blocking store work on tokio's blocking pool.
+    fn blocking<T, F>(&self, f: F) -> BoxFuture<'static, Result<T, StageError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(&inner))
+                .await
+                .map_err(|e| StageError::transient(format!("store task failed: {e}")))?
+                .map_err(StageError::from)
+        })
+    }
+
+    /// Synchronous form of [`Log::append`].
+    pub fn append_blocking(
+        &self,
+        pipeline: &str,
+        captured: &Captured,
+    ) -> Result<Option<(Seq, Seq)>, StoreError> {
+        append(&mut lock(&self.inner.writer), pipeline, captured)
+    }
+
+    /// Synchronous form of [`Log::read`].
+    pub fn read_blocking(
+        &self,
+        pipeline: &str,
+        after: Seq,
+        max: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        read(&lock(&self.inner.reader), pipeline, after, max)
+    }
+
+    /// Synchronous form of [`Log::status`].
+    pub fn status_blocking(&self, pipeline: &str) -> Result<LogStatus, StoreError> {
+        status(&lock(&self.inner.reader), pipeline)
+    }
+
+    /// Synchronous form of [`Log::set_cursor`].
+    pub fn set_cursor_blocking(
+        &self,
+        pipeline: &str,
+        consumer: &str,
+        seq: Seq,
+    ) -> Result<(), StoreError> {
+        set_cursor(&lock(&self.inner.writer), pipeline, consumer, seq)
+    }
+
+    /// The latest row of `key` in `stream`, with the seq that wrote it.
+    pub fn current_row(
+        &self,
+        pipeline: &str,
+        stream: &str,
+        key: &Key,
+    ) -> Result<Option<(Row, Seq)>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        let found: Option<(Vec<u8>, i64)> = conn
+            .prepare_cached(
+                "SELECT row, seq FROM current WHERE pipeline = ?1 AND stream = ?2 AND key = ?3",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![pipeline, stream, binary::key_to_vec(key)], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+            })
+            .map_err(StoreError::sqlite("reading current state"))?;
+        found
+            .map(|(bytes, seq)| {
+                decode_row(&bytes)
+                    .map(|row| (row, Seq(seq as u64)))
+                    .map_err(|source| StoreError::Corrupt {
+                        pipeline: pipeline.to_owned(),
+                        seq: seq as u64,
+                        source,
+                    })
+            })
+            .transpose()
+    }
+
+    /// How many rows the current-state table holds for `pipeline`, per stream.
+    pub fn current_counts(&self, pipeline: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        let mut st = conn
+            .prepare_cached(
+                "SELECT stream, count(*) FROM current WHERE pipeline = ?1 GROUP BY stream ORDER BY stream",
+            )
+            .map_err(StoreError::sqlite("counting current state"))?;
+        st.query_map([pipeline], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .and_then(|rows| rows.collect())
+            .map_err(StoreError::sqlite("counting current state"))
+    }
+
+    /// The pipelines this store has seen.
+    pub fn pipelines(&self) -> Result<Vec<String>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        let mut st = conn
+            .prepare("SELECT pipeline FROM positions ORDER BY pipeline")
+            .map_err(StoreError::sqlite("listing pipelines"))?;
+        st.query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(StoreError::sqlite("listing pipelines"))
+    }
+}
+
+fn append(
+    conn: &mut Connection,
+    pipeline: &str,
+    captured: &Captured,
+) -> Result<Option<(Seq, Seq)>, StoreError> {
+    let e = StoreError::sqlite;
+    // IMMEDIATE: take the write lock up front so the head we read stays ours.
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(e("beginning an append"))?;
+    let head: i64 = tx
+        .query_row(
+            "SELECT head FROM positions WHERE pipeline = ?1",
+            [pipeline],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(e("reading the log head"))?
+        .unwrap_or(0);
+    let mut seq = head;
+    let mut last_commit_us = None;
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO changes (pipeline, seq, stream, op, key, before, after, commit_us, position, txn)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .map_err(e("preparing the log insert"))?;
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO current (pipeline, stream, key, row, seq, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (pipeline, stream, key) DO UPDATE SET row = excluded.row, seq = excluded.seq, hash = excluded.hash",
+            )
+            .map_err(e("preparing the current-state upsert"))?;
+        let mut delete = tx
+            .prepare_cached("DELETE FROM current WHERE pipeline = ?1 AND stream = ?2 AND key = ?3")
+            .map_err(e("preparing the current-state delete"))?;
+        let mut row_buf = Vec::with_capacity(256);
+        for change in &captured.changes {
+            seq += 1;
+            let key = binary::key_to_vec(&change.key);
+            let before = change.before.as_ref().map(binary::row_to_vec);
+            row_buf.clear();
+            let after = change.after.as_ref().map(|row| {
+                binary::encode_row(&mut row_buf, row);
+                &row_buf[..]
+            });
+            insert
+                .execute(params![
+                    pipeline,
+                    seq,
+                    change.stream,
+                    op_code(change.op),
+                    key,
+                    before,
+                    after,
+                    change.commit_time_us,
+                    change.position.as_ref().map(Position::to_json),
+                    change.txn,
+                ])
+                .map_err(e("appending to the log"))?;
+            update_current(change, &key, after, seq, pipeline, &mut upsert, &mut delete)?;
+            #[cfg(test)]
+            tests::failpoint(seq - head)?;
+            last_commit_us = Some(change.commit_time_us);
+        }
+    }
+    tx.execute(
+        "INSERT INTO positions (pipeline, position, head, head_commit_us, updated_us) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (pipeline) DO UPDATE SET position = excluded.position, head = excluded.head,
+           head_commit_us = coalesce(excluded.head_commit_us, head_commit_us), updated_us = excluded.updated_us",
+        params![pipeline, captured.position.to_json(), seq, last_commit_us, now_us()],
+    )
+    .map_err(e("storing the source position"))?;
+    tx.commit().map_err(e("committing an append"))?;
+    Ok((seq > head).then(|| (Seq(head as u64 + 1), Seq(seq as u64))))
+}
+
+fn update_current(
+    change: &Change,
+    key: &[u8],
+    after: Option<&[u8]>,
+    seq: i64,
+    pipeline: &str,
+    upsert: &mut rusqlite::CachedStatement<'_>,
+    delete: &mut rusqlite::CachedStatement<'_>,
+) -> Result<(), StoreError> {
+    let e = StoreError::sqlite;
+    match (change.op, after) {
+        (Op::Delete, _) | (_, None) => delete
+            .execute(params![pipeline, change.stream, key])
+            .map_err(e("deleting from current state"))?,
+        (_, Some(row)) => upsert
+            .execute(params![
+                pipeline,
+                change.stream,
+                key,
+                row,
+                seq,
+                binary::row_hash(row)
+            ])
+            .map_err(e("updating current state"))?,
+    };
+    Ok(())
+}
+
+fn read(
+    conn: &Connection,
+    pipeline: &str,
+    after: Seq,
+    max: usize,
+) -> Result<Vec<LogEntry>, StoreError> {
+    let e = StoreError::sqlite;
+    let mut st = conn
+        .prepare_cached(
+            "SELECT seq, stream, op, key, before, after, commit_us, position, txn FROM changes
+             WHERE pipeline = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .map_err(e("preparing a log read"))?;
+    let mut rows = st
+        .query(params![pipeline, after.0 as i64, max as i64])
+        .map_err(e("reading the log"))?;
+    let mut out = Vec::with_capacity(max.min(4096));
+    while let Some(r) = rows.next().map_err(e("reading the log"))? {
+        let seq = r.get::<_, i64>(0).map_err(e("reading the log"))? as u64;
+        let corrupt = |source| StoreError::Corrupt {
+            pipeline: pipeline.to_owned(),
+            seq,
+            source,
+        };
+        let op_raw: i64 = r.get(2).map_err(e("reading the log"))?;
+        let op = op_from_code(op_raw).ok_or_else(|| {
+            corrupt(DecodeError::Binary {
+                what: "op",
+                offset: 0,
+                problem: format!("unknown op code {op_raw}"),
+            })
+        })?;
+        let blob = |i: usize| -> Result<Option<&[u8]>, StoreError> {
+            r.get_ref(i)
+                .and_then(|v| v.as_blob_or_null().map_err(rusqlite::Error::from))
+                .map_err(e("reading the log"))
+        };
+        let key = decode_key(blob(3)?.unwrap_or_default()).map_err(corrupt)?;
+        let before = blob(4)?.map(decode_row).transpose().map_err(corrupt)?;
+        let after_row = blob(5)?.map(decode_row).transpose().map_err(corrupt)?;
+        let position = r
+            .get::<_, Option<String>>(7)
+            .map_err(e("reading the log"))?
+            .map(|p| Position::from_json(&p))
+            .transpose()
+            .map_err(|err| {
+                corrupt(DecodeError::Binary {
+                    what: "position",
+                    offset: 0,
+                    problem: err.to_string(),
+                })
+            })?;
+        out.push(LogEntry {
+            seq: Seq(seq),
+            change: Change {
+                stream: r.get(1).map_err(e("reading the log"))?,
+                op,
+                key,
+                before,
+                after: after_row,
+                commit_time_us: r.get(6).map_err(e("reading the log"))?,
+                position,
+                txn: r.get(8).map_err(e("reading the log"))?,
+            },
+        });
+    }
+    Ok(out)
+}
+
+fn set_cursor(
+    conn: &Connection,
+    pipeline: &str,
+    consumer: &str,
+    seq: Seq,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO cursors (pipeline, consumer, seq, updated_us) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (pipeline, consumer) DO UPDATE SET seq = max(seq, excluded.seq), updated_us = excluded.updated_us",
+    )
+    .and_then(|mut st| st.execute(params![pipeline, consumer, seq.0 as i64, now_us()]))
+    .map_err(StoreError::sqlite("moving a cursor"))?;
+    Ok(())
+}
+
+fn status(conn: &Connection, pipeline: &str) -> Result<LogStatus, StoreError> {
+    let e = StoreError::sqlite;
+    let head: Option<(Option<String>, i64, Option<i64>)> = conn
+        .query_row(
+            "SELECT position, head, head_commit_us FROM positions WHERE pipeline = ?1",
+            [pipeline],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(e("reading the log head"))?;
+    let tail: Option<i64> = conn
+        .query_row(
+            "SELECT min(seq) FROM changes WHERE pipeline = ?1",
+            [pipeline],
+            |r| r.get(0),
+        )
+        .map_err(e("reading the log tail"))?;
+    let mut st = conn
+        .prepare_cached("SELECT consumer, seq FROM cursors WHERE pipeline = ?1 ORDER BY consumer")
+        .map_err(e("reading cursors"))?;
+    let cursors = st
+        .query_map([pipeline], |r| {
+            Ok((r.get::<_, String>(0)?, Seq(r.get::<_, i64>(1)? as u64)))
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(e("reading cursors"))?;
+    let (position, head, head_commit_time_us) = head.unwrap_or((None, 0, None));
+    let position = position
+        .map(|p| Position::from_json(&p))
+        .transpose()
+        .map_err(|err| StoreError::Corrupt {
+            pipeline: pipeline.to_owned(),
+            seq: head as u64,
+            source: DecodeError::Binary {
+                what: "position",
+                offset: 0,
+                problem: err.to_string(),
+            },
+        })?;
+    Ok(LogStatus {
+        head: Seq(head as u64),
+        tail: Seq(tail.unwrap_or(0) as u64),
+        position,
+        head_commit_time_us,
+        cursors,
+    })
+}
+
+fn trim(conn: &Connection, pipeline: &str, retain_us: i64) -> Result<u64, StoreError> {
+    // Only entries that every registered cursor has passed; with no cursor, nothing.
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM changes WHERE pipeline = ?1
+               AND seq <= (SELECT min(seq) FROM cursors WHERE pipeline = ?1)
+               AND commit_us < ?2",
+        )
+        .and_then(|mut st| st.execute(params![pipeline, now_us().saturating_sub(retain_us)]))
+        .map_err(StoreError::sqlite("trimming the log"))?;
+    Ok(n as u64)
+}
+
+impl Log for SqliteStore {
+    fn append(
+        &self,
+        pipeline: &str,
+        captured: Arc<Captured>,
+    ) -> BoxFuture<'_, Result<Option<(Seq, Seq)>, StageError>> {
+        let pipeline = pipeline.to_owned();
+        self.blocking(move |inner| append(&mut lock(&inner.writer), &pipeline, &captured))
+    }
+
+    fn read(
+        &self,
+        pipeline: &str,
+        after: Seq,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<LogEntry>, StageError>> {
+        let pipeline = pipeline.to_owned();
+        self.blocking(move |inner| read(&lock(&inner.reader), &pipeline, after, max))
+    }
+
+    fn position(&self, pipeline: &str) -> BoxFuture<'_, Result<Option<Position>, StageError>> {
+        let pipeline = pipeline.to_owned();
+        self.blocking(move |inner| {
+            // The writer connection: a restart must see the last commit, whatever the reader's
+            // snapshot.
+            status(&lock(&inner.writer), &pipeline).map(|s| s.position)
+        })
+    }
+
+    fn cursor(&self, pipeline: &str, consumer: &str) -> BoxFuture<'_, Result<Seq, StageError>> {
+        let (pipeline, consumer) = (pipeline.to_owned(), consumer.to_owned());
+        self.blocking(move |inner| {
+            lock(&inner.writer)
+                .query_row(
+                    "SELECT seq FROM cursors WHERE pipeline = ?1 AND consumer = ?2",
+                    [&pipeline, &consumer],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .map(|s| Seq(s.unwrap_or(0) as u64))
+                .map_err(StoreError::sqlite("reading a cursor"))
+        })
+    }
+
+    fn set_cursor(
+        &self,
+        pipeline: &str,
+        consumer: &str,
+        seq: Seq,
+    ) -> BoxFuture<'_, Result<(), StageError>> {
+        let (pipeline, consumer) = (pipeline.to_owned(), consumer.to_owned());
+        self.blocking(move |inner| set_cursor(&lock(&inner.writer), &pipeline, &consumer, seq))
+    }
+
+    fn trim(&self, pipeline: &str, retain_us: i64) -> BoxFuture<'_, Result<u64, StageError>> {
+        let pipeline = pipeline.to_owned();
+        self.blocking(move |inner| trim(&lock(&inner.writer), &pipeline, retain_us))
+    }
+
+    fn status(&self, pipeline: &str) -> BoxFuture<'_, Result<LogStatus, StageError>> {
+        let pipeline = pipeline.to_owned();
+        self.blocking(move |inner| status(&lock(&inner.reader), &pipeline))
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Whether a SQLite error is worth retrying (busy, locked, I/O, full disk) rather than a
+/// problem of data or setup. Shared by the SQLite source and sink.
+pub fn sqlite_is_transient(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    match e.sqlite_error_code() {
+        Some(
+            DatabaseBusy | DatabaseLocked | SystemIoFailure | DiskFull | FileLockingProtocolFailed,
+        ) => true,
+        Some(_) => false,
+        // Not a SQLite engine error (e.g. a type conversion): a bug or bad data.
+        None => false,
+    }
+}

@@ -1,0 +1,213 @@
+#![allow(clippy::unwrap_used)]
+
+use std::cell::Cell;
+
+use tidesync_core::{BatchKind, Value};
+
+use super::*;
+
+thread_local! {
+    /// When set, `append` fails after writing this many changes (inside its transaction).
+    static FAIL_AFTER: Cell<Option<i64>> = const { Cell::new(None) };
+}
+
+pub(crate) fn failpoint(written: i64) -> Result<(), StoreError> {
+    if FAIL_AFTER.get() == Some(written) {
+        return Err(StoreError::Sqlite {
+            context: "failpoint",
+            source: rusqlite::Error::InvalidQuery,
+        });
+    }
+    Ok(())
+}
+
+fn change(op: Op, id: i64, qty: Option<i64>) -> Change {
+    let row = |q: i64| {
+        Row(vec![
+            ("id".into(), Value::Int(id)),
+            ("qty".into(), Value::Int(q)),
+        ])
+    };
+    Change {
+        stream: "items".into(),
+        op,
+        key: Key(vec![Value::Int(id)]),
+        before: None,
+        after: qty.map(row),
+        commit_time_us: 1_000 + id,
+        position: Some(Position::RowId(id)),
+        txn: None,
+    }
+}
+
+fn captured(changes: Vec<Change>, pos: i64) -> Captured {
+    Captured {
+        kind: BatchKind::Incremental,
+        changes,
+        position: Position::RowId(pos),
+    }
+}
+
+fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("state/tidesync.db")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn appended_changes_read_back_in_seq_order() {
+    let (_dir, s) = store();
+    let batch = vec![
+        change(Op::Insert, 1, Some(5)),
+        change(Op::Update, 1, Some(6)),
+    ];
+    assert_eq!(
+        s.append_blocking("p", &captured(batch.clone(), 2)).unwrap(),
+        Some((Seq(1), Seq(2)))
+    );
+    let more = vec![change(Op::Delete, 1, None)];
+    assert_eq!(
+        s.append_blocking("p", &captured(more.clone(), 3)).unwrap(),
+        Some((Seq(3), Seq(3)))
+    );
+    let read = s.read_blocking("p", Seq(0), 10).unwrap();
+    let seqs: Vec<u64> = read.iter().map(|e| e.seq.0).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    let changes: Vec<Change> = read.into_iter().map(|e| e.change).collect();
+    assert_eq!(changes, [batch, more].concat());
+    assert_eq!(s.read_blocking("p", Seq(2), 10).unwrap().len(), 1);
+    assert_eq!(s.read_blocking("p", Seq(0), 1).unwrap().len(), 1);
+    // Pipelines are independent logs.
+    assert!(s.read_blocking("other", Seq(0), 10).unwrap().is_empty());
+}
+
+#[test]
+fn current_state_follows_upserts_and_deletes() {
+    let (_dir, s) = store();
+    let key = Key(vec![Value::Int(1)]);
+    s.append_blocking("p", &captured(vec![change(Op::Insert, 1, Some(5))], 1))
+        .unwrap();
+    s.append_blocking("p", &captured(vec![change(Op::Update, 1, Some(7))], 2))
+        .unwrap();
+    let (row, seq) = s.current_row("p", "items", &key).unwrap().unwrap();
+    assert_eq!(row.get("qty"), Some(&Value::Int(7)));
+    assert_eq!(seq, Seq(2));
+    assert_eq!(s.current_counts("p").unwrap(), [("items".to_owned(), 1)]);
+    s.append_blocking("p", &captured(vec![change(Op::Delete, 1, None)], 3))
+        .unwrap();
+    assert_eq!(s.current_row("p", "items", &key).unwrap(), None);
+}
+
+#[test]
+fn position_and_head_commit_with_the_batch() {
+    let (_dir, s) = store();
+    s.append_blocking("p", &captured(vec![change(Op::Insert, 1, Some(1))], 41))
+        .unwrap();
+    // An empty batch still moves the position (e.g. the source skipped unrelated rows).
+    assert_eq!(s.append_blocking("p", &captured(vec![], 42)).unwrap(), None);
+    let st = s.status_blocking("p").unwrap();
+    assert_eq!(st.position, Some(Position::RowId(42)));
+    assert_eq!(st.head, Seq(1));
+    assert_eq!(st.head_commit_time_us, Some(1_001));
+}
+
+#[test]
+fn a_failure_inside_append_leaves_nothing_behind() {
+    let (dir, s) = store();
+    s.append_blocking("p", &captured(vec![change(Op::Insert, 1, Some(1))], 1))
+        .unwrap();
+    FAIL_AFTER.set(Some(2));
+    let batch = (2..=4).map(|id| change(Op::Insert, id, Some(id))).collect();
+    assert!(s.append_blocking("p", &captured(batch, 4)).is_err());
+    FAIL_AFTER.set(None);
+    // Reopen, as a restarted process would.
+    drop(s);
+    let s = SqliteStore::open(&dir.path().join("state/tidesync.db")).unwrap();
+    let st = s.status_blocking("p").unwrap();
+    assert_eq!((st.head, st.position), (Seq(1), Some(Position::RowId(1))));
+    assert_eq!(s.read_blocking("p", Seq(0), 10).unwrap().len(), 1);
+    assert_eq!(s.current_counts("p").unwrap(), [("items".to_owned(), 1)]);
+    // The source re-delivers from the stored position; seqs continue without a gap.
+    let batch = (2..=4).map(|id| change(Op::Insert, id, Some(id))).collect();
+    assert_eq!(
+        s.append_blocking("p", &captured(batch, 4)).unwrap(),
+        Some((Seq(2), Seq(4)))
+    );
+}
+
+#[test]
+fn cursors_never_move_backwards() {
+    let (_dir, s) = store();
+    s.set_cursor_blocking("p", "sink", Seq(5)).unwrap();
+    s.set_cursor_blocking("p", "sink", Seq(3)).unwrap();
+    assert_eq!(
+        s.status_blocking("p").unwrap().cursors,
+        [("sink".to_owned(), Seq(5))]
+    );
+}
+
+#[tokio::test]
+async fn trim_keeps_what_the_slowest_cursor_still_needs() {
+    let (_dir, s) = store();
+    let batch = (1..=10)
+        .map(|id| change(Op::Insert, id, Some(id)))
+        .collect();
+    s.append("p", Arc::new(captured(batch, 10))).await.unwrap();
+    // No cursor registered: nothing may go.
+    assert_eq!(s.trim("p", 0).await.unwrap(), 0);
+    s.set_cursor("p", "fast", Seq(8)).await.unwrap();
+    s.set_cursor("p", "slow", Seq(3)).await.unwrap();
+    assert_eq!(s.trim("p", 0).await.unwrap(), 3);
+    let st = s.status("p").await.unwrap();
+    assert_eq!((st.tail, st.head), (Seq(4), Seq(10)));
+    // Retention keeps recent entries even past every cursor.
+    s.set_cursor("p", "slow", Seq(10)).await.unwrap();
+    assert_eq!(s.trim("p", i64::MAX / 2).await.unwrap(), 0);
+    // Current state stays whole after trimming.
+    assert_eq!(s.current_counts("p").unwrap(), [("items".to_owned(), 10)]);
+    assert_eq!(s.cursor("p", "slow").await.unwrap(), Seq(10));
+    assert_eq!(s.cursor("p", "never").await.unwrap(), Seq(0));
+}
+
+#[test]
+fn corrupt_entries_are_named_by_pipeline_and_seq() {
+    let (dir, s) = store();
+    s.append_blocking("p", &captured(vec![change(Op::Insert, 1, Some(1))], 1))
+        .unwrap();
+    let raw = Connection::open(dir.path().join("state/tidesync.db")).unwrap();
+    raw.execute("UPDATE changes SET after = x'01ff'", [])
+        .unwrap();
+    let err = s.read_blocking("p", Seq(0), 10).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("corrupt log entry: pipeline p, seq 1: binary row"),
+        "{err}"
+    );
+    assert!(!StageError::from(err).is_transient());
+}
+
+#[test]
+fn status_of_a_missing_store_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = SqliteStore::open_read_only(&dir.path().join("nope.db")).unwrap_err();
+    assert!(
+        err.to_string().contains("has `tidesync run` started"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let (dir, s) = store();
+    drop(s);
+    let path = dir.path().join("state/tidesync.db");
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Version { found: 99, .. }),
+        "{err}"
+    );
+}
