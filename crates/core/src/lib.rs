@@ -9,6 +9,7 @@
 
 pub mod change;
 pub mod codec;
+pub mod failpoint;
 pub mod position;
 pub mod stage;
 pub mod time;

@@ -306,6 +306,7 @@ impl CaptureTask {
                     Ok(r) => r,
                     Err(stop) => return self.stop("store", stop),
                 };
+                tidesync_core::failpoint::hit("after-append");
                 if let Err(stop) = retry("ack source", &self.cancel, &mut *source, |s| {
                     s.ack(position.clone())
                 })
@@ -458,6 +459,7 @@ impl SinkTask {
             {
                 return self.stop(&stage, stop);
             }
+            tidesync_core::failpoint::hit("after-apply");
             // Only after the target accepted the batch does the cursor move.
             if let Err(stop) = retry("move cursor", &self.cancel, &mut log_ref, |l| {
                 l.set_cursor(&pipeline, &name, last)
@@ -474,3 +476,6 @@ impl SinkTask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

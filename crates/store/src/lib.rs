@@ -365,6 +365,7 @@ fn append(
         params![pipeline, captured.position.to_json(), seq, last_commit_us, now_us()],
     )
     .map_err(e("storing the source position"))?;
+    tidesync_core::failpoint::hit("store-before-commit");
     tx.commit().map_err(e("committing an append"))?;
     Ok((seq > head).then(|| (Seq(head as u64 + 1), Seq(seq as u64))))
 }

@@ -1,0 +1,136 @@
+#![allow(clippy::unwrap_used)]
+
+use crate::util::*;
+
+#[test]
+fn demo_passes_and_leaves_a_config_that_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        &[
+            "demo",
+            "--duration",
+            "2",
+            "--rate",
+            "1500",
+            "--products",
+            "300",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("result: replica equals master, row by row"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("stock"), "{stdout}");
+    let config = dir.path().join("tidesync.toml");
+    let check = run(&["check", config.to_str().unwrap()], &[]);
+    assert!(check.status.success());
+    let status = run(&["status", config.to_str().unwrap()], &[]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(text.contains("lag 0 changes"), "{text}");
+}
+
+#[test]
+fn check_points_at_the_line_and_column_of_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[store]\npath = \"state.db\"\n\n[sources.shop]\nurl = \"shop.db\"\ntabels = [\"items\"]\n",
+    )
+    .unwrap();
+    let out = run(&["check", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:6:1:", path.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("tabels"), "{stderr}");
+}
+
+#[test]
+fn check_names_an_unset_variable_where_it_is_used() {
+    let out = tidesync()
+        .args(["check", example("sqlite-to-sqlite.toml").to_str().unwrap()])
+        .env_remove("SOURCE_URL")
+        .env("TARGET_URL", "t.db")
+        .env("STATE_DIR", "s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("environment variable SOURCE_URL is not set"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("sqlite-to-sqlite.toml:16:"), "{stderr}");
+}
+
+#[test]
+fn init_writes_a_template_that_checks_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidesync.toml");
+    let p = path.to_str().unwrap();
+    assert!(run(&["init", p], &[]).status.success());
+    let env = [
+        ("SOURCE_URL", dir.path()),
+        ("TARGET_URL", dir.path()),
+        ("STATE_DIR", dir.path()),
+    ];
+    let check = run(&["check", p], &env);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let again = run(&["init", p], &[]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+#[test]
+fn run_reports_a_missing_source_database_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.db");
+    let target = dir.path().join("t.db");
+    let out = run(
+        &["run", example("sqlite-to-sqlite.toml").to_str().unwrap()],
+        &[
+            ("SOURCE_URL", &missing),
+            ("TARGET_URL", &target),
+            ("STATE_DIR", dir.path()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pipeline items: source shop: source database"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}
+
+#[test]
+fn status_without_a_store_says_run_has_not_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        &["status", example("sqlite-to-sqlite.toml").to_str().unwrap()],
+        &[
+            ("SOURCE_URL", dir.path()),
+            ("TARGET_URL", dir.path()),
+            ("STATE_DIR", dir.path()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has `tidesync run` started"));
+}

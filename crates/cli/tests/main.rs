@@ -1,0 +1,5 @@
+//! Integration tests of the `tidesync` binary: real processes, real SQLite files, kill -9.
+
+mod cli;
+mod crash;
+mod util;

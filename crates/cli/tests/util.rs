@@ -1,0 +1,91 @@
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn tidesync() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidesync"));
+    cmd.env("TIDESYNC_LOG", "warn");
+    cmd
+}
+
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
+/// Runs the binary to completion with the three example variables set.
+pub fn run(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut cmd = tidesync();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+pub fn spawn(args: &[&str], env: &[(&str, &Path)], log: &Path) -> Child {
+    let mut cmd = tidesync();
+    cmd.args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, failing after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGTERM through kill(1) (the workspace forbids unsafe code, so no libc::kill).
+pub fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A seed for the test's randomness that differs between runs; printed so that a failure
+/// can be replayed with TIDESYNC_TEST_SEED.
+pub fn seed() -> u64 {
+    let seed = std::env::var("TIDESYNC_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos() as u64
+                | 1
+        });
+    eprintln!("TIDESYNC_TEST_SEED={seed}");
+    seed
+}
+
+#[derive(Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
