@@ -134,3 +134,72 @@ fn status_without_a_store_says_run_has_not_started() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has `tidesync run` started"));
 }
+
+#[test]
+fn a_restart_before_any_change_does_not_snapshot_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, replica, state) = (
+        dir.path().join("m.db"),
+        dir.path().join("r.db"),
+        dir.path().join("state"),
+    );
+    let conn = rusqlite::Connection::open(&master).unwrap();
+    conn.execute(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, sku TEXT, name TEXT, price NUMERIC, qty INTEGER, updated_at TEXT)",
+        [],
+    )
+    .unwrap();
+    let env = [
+        ("SOURCE_URL", master.as_path()),
+        ("TARGET_URL", replica.as_path()),
+        ("STATE_DIR", state.as_path()),
+    ];
+    let config = example("sqlite-to-sqlite.toml");
+    let config = config.to_str().unwrap();
+    let head = || -> Option<u64> {
+        let out = run(&["status", "--json", config], &env);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let at = text.find("\"head_seq\": ")? + "\"head_seq\": ".len();
+        text[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let log = dir.path().join("run.log");
+    // First start on an empty table: it records where it starts, then stops.
+    let child = spawn(&["run", config], &env, &log);
+    wait_for(
+        "the start position to be stored",
+        std::time::Duration::from_secs(30),
+        || {
+            let out = run(&["status", config], &env);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("source position  row id 0")
+                .then_some(())
+        },
+    );
+    terminate(&child);
+    let mut child = child;
+    assert!(child.wait().unwrap().success());
+    for id in 1..=100 {
+        conn.execute("INSERT INTO items (id, sku) VALUES (?1, 'x')", [id])
+            .unwrap();
+    }
+    let mut child = spawn(&["run", config], &env, &log);
+    wait_for(
+        "the 100 inserts to be captured",
+        std::time::Duration::from_secs(30),
+        || head().filter(|h| *h >= 100),
+    );
+    // Give a wrongly repeated snapshot time to show up, then check nothing travelled twice.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        head(),
+        Some(100),
+        "rows were captured twice: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    terminate(&child);
+    assert!(child.wait().unwrap().success());
+}

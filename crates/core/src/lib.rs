@@ -18,7 +18,7 @@ pub mod value;
 pub use change::{Batch, BatchKind, Change, Key, LogEntry, Op, Row, Seq};
 pub use position::Position;
 pub use stage::{
-    BoxError, BoxFuture, Captured, ColumnSchema, Log, LogStatus, Sink, Source, StageError,
+    BoxError, BoxFuture, Captured, ColumnSchema, Log, LogStatus, Opened, Sink, Source, StageError,
     TableSchema,
 };
 pub use value::{Decimal, Value, ValueError};

@@ -81,7 +81,7 @@ mod tests {
     #[test]
     fn positions_round_trip_through_json() {
         for p in [
-            Position::Lsn(0x1_6B37_48),
+            Position::Lsn(0x016B_3748),
             Position::Binlog {
                 file: "binlog.000003".into(),
                 offset: 4,

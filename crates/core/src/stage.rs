@@ -65,6 +65,17 @@ pub struct TableSchema {
     pub key: Vec<String>,
 }
 
+/// What a source reports when it opens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened {
+    /// The captured tables.
+    pub schemas: Vec<TableSchema>,
+    /// Where a fresh start begins. The runtime stores it at once when the store has no
+    /// position yet, so that a restart before the first change resumes here instead of
+    /// starting (and snapshotting) all over again.
+    pub start: Option<Position>,
+}
+
 /// What a source hands to the log: changes and the position just after them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Captured {
@@ -76,11 +87,8 @@ pub struct Captured {
 /// A capture mode on one database.
 pub trait Source: Send {
     /// Checks prerequisites, prepares capture (e.g. installs triggers) and resumes after
-    /// `from` (`None`: from the beginning). Returns the schemas of the captured tables.
-    fn open(
-        &mut self,
-        from: Option<Position>,
-    ) -> BoxFuture<'_, Result<Vec<TableSchema>, StageError>>;
+    /// `from` (`None`: from the beginning, snapshot included).
+    fn open(&mut self, from: Option<Position>) -> BoxFuture<'_, Result<Opened, StageError>>;
 
     /// Returns up to `max` changes after the last polled ones, waiting at most `wait` for the
     /// first; `None` when nothing arrived. Polling again without an ack re-reads nothing: the

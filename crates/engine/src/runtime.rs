@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tidesync_core::{Batch, BatchKind, Log, Seq, Sink, Source, StageError, TableSchema};
+use tidesync_core::{Batch, BatchKind, Captured, Log, Seq, Sink, Source, StageError, TableSchema};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -183,14 +183,31 @@ impl Pipeline {
             Err(stop) => return store_stage()(stop).map_or(Ok(()), Err),
         };
         tracing::info!(pipeline = %name, position = ?position.as_ref().map(ToString::to_string), head = status.head.0, "starting");
-        let schemas = match retry("open source", &cancel, &mut *source, |s| {
+        let opened = match retry("open source", &cancel, &mut *source, |s| {
             s.open(position.clone())
         })
         .await
         {
-            Ok(s) => Arc::new(s),
+            Ok(o) => o,
             Err(stop) => return fail(format!("source {source_name}"))(stop).map_or(Ok(()), Err),
         };
+        if let (None, Some(start)) = (&position, opened.start) {
+            // Record where this fresh start begins, so that a restart before the first change
+            // resumes here instead of starting (and snapshotting) all over again.
+            let first = Arc::new(Captured {
+                kind: BatchKind::Full,
+                changes: vec![],
+                position: start,
+            });
+            if let Err(stop) = retry("record start", &cancel, &mut log_ref, |l| {
+                l.append(&name, first.clone())
+            })
+            .await
+            {
+                return store_stage()(stop).map_or(Ok(()), Err);
+            }
+        }
+        let schemas = Arc::new(opened.schemas);
         stats.head.store(status.head.0, Ordering::Release);
         let (head_tx, head_rx) = watch::channel(status.head);
         let (cursor_tx, cursor_rx) = watch::channel(());

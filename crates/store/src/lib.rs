@@ -1,7 +1,8 @@
 //! The embedded store: one SQLite file per node (WAL mode) holding, per pipeline,
 //! - `changes`: the change log (seq, stream, op, key, before, after, commit time, position, txn),
 //!   rows and keys in the compact binary encoding of `tidesync_core::codec::binary`;
-//! - `current`: (stream, key) -> latest row, the seq that wrote it and a row hash;
+//! - `current`: (stream, key) -> latest row, the seq that wrote it and a row hash, keyed by
+//!   the order-preserving `key_to_sortable_vec` so sequential ids stay together in the B-tree;
 //! - `cursors`: consumer -> last durably delivered seq;
 //! - `positions`: the source's last committed position and the log head.
 //!
@@ -247,9 +248,10 @@ impl SqliteStore {
                 "SELECT row, seq FROM current WHERE pipeline = ?1 AND stream = ?2 AND key = ?3",
             )
             .and_then(|mut st| {
-                st.query_row(params![pipeline, stream, binary::key_to_vec(key)], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                st.query_row(
+                    params![pipeline, stream, binary::key_to_sortable_vec(key)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()
             })
             .map_err(StoreError::sqlite("reading current state"))?;
@@ -332,6 +334,7 @@ fn append(
         for change in &captured.changes {
             seq += 1;
             let key = binary::key_to_vec(&change.key);
+            let current_key = binary::key_to_sortable_vec(&change.key);
             let before = change.before.as_ref().map(binary::row_to_vec);
             row_buf.clear();
             let after = change.after.as_ref().map(|row| {
@@ -352,7 +355,15 @@ fn append(
                     change.txn,
                 ])
                 .map_err(e("appending to the log"))?;
-            update_current(change, &key, after, seq, pipeline, &mut upsert, &mut delete)?;
+            update_current(
+                change,
+                &current_key,
+                after,
+                seq,
+                pipeline,
+                &mut upsert,
+                &mut delete,
+            )?;
             #[cfg(test)]
             tests::failpoint(seq - head)?;
             last_commit_us = Some(change.commit_time_us);

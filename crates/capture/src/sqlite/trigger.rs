@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tidesync_core::{
-    BatchKind, BoxFuture, Captured, Change, ColumnSchema, Key, Op, Position, Row, Source,
+    BatchKind, BoxFuture, Captured, Change, ColumnSchema, Key, Op, Opened, Position, Row, Source,
     StageError, TableSchema, Value,
 };
 use tidesync_store::sqlite_is_transient;
@@ -88,16 +88,8 @@ impl From<TriggerError> for StageError {
 struct TableShape {
     table: String,
     columns: Vec<String>,
-    key: Vec<String>,
-}
-
-impl TableShape {
-    fn key_indexes(&self) -> Vec<usize> {
-        self.key
-            .iter()
-            .filter_map(|k| self.columns.iter().position(|c| c == k))
-            .collect()
-    }
+    /// Positions of the key columns in `columns`, in key order.
+    key_indexes: Vec<usize>,
 }
 
 /// Quotes an identifier for SQL: `"name"` with embedded quotes doubled.
@@ -112,7 +104,7 @@ struct Inner {
     tables: Vec<String>,
     conn: Option<Connection>,
     /// schema id -> shape, loaded lazily.
-    shapes: HashMap<i64, TableShape>,
+    shapes: HashMap<i64, Arc<TableShape>>,
     /// The last change id handed out by `poll` (not yet necessarily acked).
     last_polled: i64,
 }
@@ -290,11 +282,7 @@ impl Inner {
         let mut out = Vec::new();
         for table in &tables {
             let schema = Self::table_schema(&tx, &path, table)?;
-            let shape = TableShape {
-                table: table.clone(),
-                columns: schema.columns.iter().map(|c| c.name.clone()).collect(),
-                key: schema.key.clone(),
-            };
+            let columns: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
             let quote_list = |names: &[String]| {
                 names
                     .iter()
@@ -302,7 +290,7 @@ impl Inner {
                     .collect::<Vec<_>>()
                     .join(",")
             };
-            let (cols_text, key_text) = (quote_list(&shape.columns), quote_list(&shape.key));
+            let (cols_text, key_text) = (quote_list(&columns), quote_list(&schema.key));
             let current: Option<(i64, String, String)> = tx
                 .query_row(
                     &format!("SELECT id, columns, key FROM {schemas} WHERE tbl = ?1 ORDER BY id DESC LIMIT 1"),
@@ -342,8 +330,7 @@ impl Inner {
                 }
             };
             let row_expr = |prefix: &str| {
-                shape
-                    .columns
+                columns
                     .iter()
                     .map(|c| format!("quote({prefix}{})", quote_ident(c)))
                     .collect::<Vec<_>>()
@@ -400,7 +387,7 @@ impl Inner {
         Ok(out)
     }
 
-    fn shape(&mut self, schema_id: i64, id: i64) -> Result<TableShape, TriggerError> {
+    fn shape(&mut self, schema_id: i64, id: i64) -> Result<Arc<TableShape>, TriggerError> {
         if let Some(shape) = self.shapes.get(&schema_id) {
             return Ok(shape.clone());
         }
@@ -443,11 +430,28 @@ impl Inner {
                 })
                 .collect()
         };
-        let shape = TableShape {
-            columns: names(&columns)?,
-            key: names(&key)?,
+        let columns = names(&columns)?;
+        let key_indexes = names(&key)?
+            .iter()
+            .map(|k| {
+                columns
+                    .iter()
+                    .position(|c| c == k)
+                    .ok_or_else(|| TriggerError::BadChange {
+                        path: path.clone(),
+                        table: table.clone(),
+                        id,
+                        problem: format!(
+                            "capture schema {schema_id}: key column `{k}` is not a column"
+                        ),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let shape = Arc::new(TableShape {
             table: table.clone(),
-        };
+            columns,
+            key_indexes,
+        });
         self.shapes.insert(schema_id, shape.clone());
         Ok(shape)
     }
@@ -510,7 +514,7 @@ impl Inner {
             let (before, after) = (decode(old, "old")?, decode(new, "new")?);
             let key_of = |row: &Row| {
                 Key(shape
-                    .key_indexes()
+                    .key_indexes
                     .iter()
                     .map(|i| row.0[*i].1.clone())
                     .collect())
@@ -556,10 +560,7 @@ impl Inner {
 }
 
 impl Source for TriggerSource {
-    fn open(
-        &mut self,
-        from: Option<Position>,
-    ) -> BoxFuture<'_, Result<Vec<TableSchema>, StageError>> {
+    fn open(&mut self, from: Option<Position>) -> BoxFuture<'_, Result<Opened, StageError>> {
         let from = match from {
             None => None,
             Some(Position::RowId(id)) => Some(id),
@@ -568,7 +569,15 @@ impl Source for TriggerSource {
                 return Box::pin(async move { Err(e.into()) });
             }
         };
-        self.blocking(move |inner| inner.install(from))
+        self.blocking(move |inner| {
+            let schemas = inner.install(from)?;
+            // A fresh start begins before the snapshot rows just queued (or any rows an
+            // earlier store left behind).
+            Ok(Opened {
+                schemas,
+                start: Some(Position::RowId(from.unwrap_or(0))),
+            })
+        })
     }
 
     fn poll(

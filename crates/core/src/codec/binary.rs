@@ -114,6 +114,27 @@ pub fn row_to_vec(row: &Row) -> Vec<u8> {
     out
 }
 
+/// A key encoding whose byte order follows integer order, for keys of B-trees (the store's
+/// current-state table). Integers are a tag and 8 big-endian bytes with the sign bit flipped,
+/// so consecutive ids are neighbours in the tree and a batch of new rows touches few pages
+/// (the LEB128 form scatters them: measured 16.8k vs 79k upserts/s, bench/RESULTS.md). Other
+/// values use the ordinary value encoding. Unique per key; not read back (rows carry their
+/// key values).
+pub fn key_to_sortable_vec(key: &Key) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 9 * key.0.len());
+    put_varint(&mut out, key.0.len() as u64);
+    for v in &key.0 {
+        match v {
+            Value::Int(i) => {
+                out.push(INT);
+                out.extend_from_slice(&((*i as u64) ^ (1 << 63)).to_be_bytes());
+            }
+            other => encode_value(&mut out, other),
+        }
+    }
+    out
+}
+
 /// Reads the binary forms from a byte slice.
 #[derive(Debug)]
 pub struct Reader<'a> {
@@ -332,6 +353,20 @@ mod tests {
         );
         let err = decode_row(&[1, 255, 255, 255, 255, 1]).unwrap_err();
         assert!(err.to_string().contains("exceeds"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn sortable_keys_follow_integer_order(a in any::<i64>(), b in any::<i64>()) {
+            let (ka, kb) = (Key(vec![Value::Int(a)]), Key(vec![Value::Int(b)]));
+            prop_assert_eq!(key_to_sortable_vec(&ka).cmp(&key_to_sortable_vec(&kb)), a.cmp(&b));
+        }
+
+        #[test]
+        fn sortable_keys_are_unique(a in proptest::collection::vec(any_value(), 1..3), b in proptest::collection::vec(any_value(), 1..3)) {
+            let (ka, kb) = (Key(a), Key(b));
+            prop_assert_eq!(key_to_sortable_vec(&ka) == key_to_sortable_vec(&kb), ka == kb);
+        }
     }
 
     #[test]

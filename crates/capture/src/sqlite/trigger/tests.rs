@@ -31,7 +31,7 @@ async fn poll_all(src: &mut TriggerSource) -> Option<Captured> {
 async fn inserts_updates_and_deletes_arrive_with_exact_values() {
     let (_dir, path, conn) = setup();
     let mut src = source(&path, &["items"]);
-    let schemas = src.open(None).await.unwrap();
+    let schemas = src.open(None).await.unwrap().schemas;
     assert_eq!(schemas[0].key, ["id"]);
     assert_eq!(schemas[0].columns[1].type_name, "TEXT");
     assert!(!schemas[0].columns[1].nullable);
@@ -81,7 +81,7 @@ async fn inserts_updates_and_deletes_arrive_with_exact_values() {
 async fn composite_keys_follow_primary_key_order() {
     let (_dir, path, conn) = setup();
     let mut src = source(&path, &["stock"]);
-    let schemas = src.open(None).await.unwrap();
+    let schemas = src.open(None).await.unwrap().schemas;
     assert_eq!(schemas[0].key, ["warehouse", "item"]);
     conn.execute("INSERT INTO stock VALUES (7, 'north', 3)", [])
         .unwrap();
