@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tidesync_core::{Batch, BatchKind, Captured, Log, Seq, Sink, Source, StageError, TableSchema};
+use tidesync_core::{
+    Batch, BatchKind, Captured, Log, LogEntry, Seq, Sink, Source, StageError, TableSchema,
+};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -288,6 +290,8 @@ impl CaptureTask {
         let source_stage = format!("source {}", self.source_name);
         let mut last_trim = Instant::now();
         let mut log_ref: &dyn Log = &*self.log.clone();
+        // A batch read ahead while the previous one was being appended.
+        let mut prefetched = None;
         loop {
             // Backpressure: wait while the slowest sink is too far behind.
             loop {
@@ -301,13 +305,16 @@ impl CaptureTask {
                 }
             }
             let (batch_size, wait) = (self.options.batch_size, self.options.poll_wait);
-            let polled = match retry("poll source", &self.cancel, &mut *source, |s| {
-                s.poll(batch_size, wait)
-            })
-            .await
-            {
-                Ok(p) => p,
-                Err(stop) => return self.stop(&source_stage, stop),
+            let polled = match prefetched.take() {
+                Some(batch) => Some(batch),
+                None => match retry("poll source", &self.cancel, &mut *source, |s| {
+                    s.poll(batch_size, wait)
+                })
+                .await
+                {
+                    Ok(p) => p,
+                    Err(stop) => return self.stop(&source_stage, stop),
+                },
             };
             if let Some(captured) = polled {
                 let position = captured.position.clone();
@@ -315,27 +322,37 @@ impl CaptureTask {
                 let captured = Arc::new(captured);
                 let pipeline = self.pipeline.clone();
                 // The batch and its position commit together; only then is the source acked.
-                let appended = match retry("append to log", &self.cancel, &mut log_ref, |l| {
+                // Meanwhile the source reads the next batch (without waiting for one): the two
+                // work on different databases, and the next batch is appended only after this
+                // one, so order and the ack rule are unchanged.
+                let append = retry("append to log", &self.cancel, &mut log_ref, |l| {
                     l.append(&pipeline, captured.clone())
-                })
-                .await
-                {
+                });
+                let prefetch = retry("poll source", &self.cancel, &mut *source, |s| {
+                    s.poll(batch_size, Duration::ZERO)
+                });
+                let (appended, next) = tokio::join!(append, prefetch);
+                let appended = match appended {
                     Ok(r) => r,
                     Err(stop) => return self.stop("store", stop),
                 };
                 tidesync_core::failpoint::hit("after-append");
+                if let Some((_, last)) = appended {
+                    self.stats.captured.fetch_add(n, Ordering::Relaxed);
+                    self.stats.head.store(last.0, Ordering::Release);
+                    self.head.send_replace(last);
+                    tracing::debug!(pipeline = %self.pipeline, changes = n, head = last.0, position = %position, "captured");
+                }
+                prefetched = match next {
+                    Ok(p) => p,
+                    Err(stop) => return self.stop(&source_stage, stop),
+                };
                 if let Err(stop) = retry("ack source", &self.cancel, &mut *source, |s| {
                     s.ack(position.clone())
                 })
                 .await
                 {
                     return self.stop(&source_stage, stop);
-                }
-                if let Some((_, last)) = appended {
-                    self.stats.captured.fetch_add(n, Ordering::Relaxed);
-                    self.stats.head.store(last.0, Ordering::Release);
-                    self.head.send_replace(last);
-                    tracing::debug!(pipeline = %self.pipeline, changes = n, head = last.0, position = %position, "captured");
                 }
             }
             if last_trim.elapsed() >= self.options.trim_every {
@@ -437,15 +454,20 @@ impl SinkTask {
         my_stats.cursor.store(cursor.0, Ordering::Release);
         self.cursor_moved.send_replace(());
         tracing::info!(pipeline = %pipeline, sink = %name, cursor = cursor.0, "sink resumes");
+        // Entries read ahead while the previous batch was being applied.
+        let mut prefetched: Option<Vec<LogEntry>> = None;
         loop {
             let max = self.options.batch_size;
-            let entries = match retry("read log", &self.cancel, &mut log_ref, |l| {
-                l.read(&pipeline, cursor, max)
-            })
-            .await
-            {
-                Ok(e) => e,
-                Err(stop) => return self.stop("store", stop),
+            let entries = match prefetched.take() {
+                Some(entries) => entries,
+                None => match retry("read log", &self.cancel, &mut log_ref, |l| {
+                    l.read(&pipeline, cursor, max)
+                })
+                .await
+                {
+                    Ok(e) => e,
+                    Err(stop) => return self.stop("store", stop),
+                },
             };
             let Some(last) = entries.last().map(|e| e.seq) else {
                 // Caught up: wait for the head to move past the cursor. A head already past it
@@ -469,13 +491,23 @@ impl SinkTask {
                 last_seq: last,
                 entries,
             });
-            if let Err(stop) = retry("apply", &self.cancel, &mut *sink, |s| {
+            // Apply, and meanwhile read what comes after this batch.
+            let apply = retry("apply", &self.cancel, &mut *sink, |s| {
                 s.apply(batch.clone())
-            })
-            .await
-            {
+            });
+            let mut read_ref: &dyn Log = &*log;
+            let prefetch = retry("read log", &self.cancel, &mut read_ref, |l| {
+                l.read(&pipeline, last, max)
+            });
+            let (applied, next) = tokio::join!(apply, prefetch);
+            if let Err(stop) = applied {
                 return self.stop(&stage, stop);
             }
+            prefetched = match next {
+                Ok(e) if e.is_empty() => None,
+                Ok(e) => Some(e),
+                Err(stop) => return self.stop("store", stop),
+            };
             tidesync_core::failpoint::hit("after-apply");
             // Only after the target accepted the batch does the cursor move.
             if let Err(stop) = retry("move cursor", &self.cancel, &mut log_ref, |l| {

@@ -2,7 +2,6 @@
 
 //! Runtime behaviour with in-memory sources and sinks and the real SQLite store.
 
-use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use tidesync_core::{Captured, Change, Key, LogEntry, Op, Position, Row, Value};
@@ -10,9 +9,13 @@ use tidesync_store::SqliteStore;
 
 use super::*;
 
+/// Behaves like a real source: everything not yet acknowledged is handed out again after a
+/// reopen at the stored position.
 #[derive(Debug, Default)]
 struct SourceState {
-    pending: VecDeque<Captured>,
+    batches: Vec<Captured>,
+    /// Index of the next batch `poll` hands out.
+    next: usize,
     opened_from: Vec<Option<Position>>,
     acked: Vec<Position>,
 }
@@ -29,7 +32,7 @@ impl MemSource {
                 .map(|i| insert(first_id + b * per_batch + i))
                 .collect();
             let last = first_id + (b + 1) * per_batch - 1;
-            s.0.lock().unwrap().pending.push_back(Captured {
+            s.0.lock().unwrap().batches.push(Captured {
                 kind: BatchKind::Incremental,
                 changes,
                 position: Position::RowId(last),
@@ -60,11 +63,16 @@ impl Source for MemSource {
         let state = self.0.clone();
         Box::pin(async move {
             let mut s = state.lock().unwrap();
-            // Drop what the store already has, as a real source resumes after `from`.
-            if let Some(Position::RowId(done)) = &from {
-                s.pending
-                    .retain(|c| !matches!(c.position, Position::RowId(p) if p <= *done));
-            }
+            // Resume after what the store already has.
+            let done = match &from {
+                Some(Position::RowId(done)) => *done,
+                _ => 0,
+            };
+            s.next = s
+                .batches
+                .iter()
+                .position(|c| matches!(c.position, Position::RowId(p) if p > done))
+                .unwrap_or(s.batches.len());
             s.opened_from.push(from);
             Ok(tidesync_core::Opened {
                 schemas: vec![],
@@ -80,7 +88,12 @@ impl Source for MemSource {
     ) -> tidesync_core::BoxFuture<'_, Result<Option<Captured>, StageError>> {
         let state = self.0.clone();
         Box::pin(async move {
-            let next = state.lock().unwrap().pending.pop_front();
+            let next = {
+                let mut s = state.lock().unwrap();
+                let batch = s.batches.get(s.next).cloned();
+                s.next += usize::from(batch.is_some());
+                batch
+            };
             if next.is_none() {
                 tokio::time::sleep(wait.min(Duration::from_millis(10))).await;
             }
@@ -219,6 +232,19 @@ async fn every_change_reaches_every_sink_in_seq_order() {
     let run = tokio::spawn(p.run(cancel.clone()));
     until(|| a.0.lock().unwrap().applied.len() == 70 && b.0.lock().unwrap().applied.len() == 70)
         .await;
+    // The cursors move right after the applies; wait for them before stopping.
+    let cursors_at = |want: u64| {
+        let log = log.clone();
+        async move {
+            let st = log.status("p").await.unwrap();
+            st.cursors.len() == 2 && st.cursors.iter().all(|(_, c)| c.0 == want)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cursors_at(70).await {
+        assert!(Instant::now() < deadline, "cursors did not reach 70");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     cancel.cancel();
     run.await.unwrap().unwrap();
     assert_eq!(a.0.lock().unwrap().applied, seqs(1..=70));
