@@ -106,8 +106,9 @@ pub trait Source: Send {
 /// A delivery target.
 pub trait Sink: Send {
     /// Connects and prepares the target (e.g. creates tables from `schemas` when configured).
-    /// Returns the last seq the target itself recorded as applied, for sinks that record one
-    /// (exactly-once); the runtime resumes after the larger of that and the stored cursor.
+    /// A sink that records its applied seq in the target (exactly-once) returns it
+    /// (`Some(Seq::ZERO)` when nothing was applied yet); the runtime resumes after the larger
+    /// of that and the stored cursor. Other sinks return `None`.
     fn open(&mut self, schemas: Vec<TableSchema>)
     -> BoxFuture<'_, Result<Option<Seq>, StageError>>;
 

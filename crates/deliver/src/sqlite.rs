@@ -241,7 +241,8 @@ impl Inner {
             |r| r.get::<_, i64>(0),
         )
         .optional()
-        .map(|s| s.map(|s| Seq(s as u64)))
+        // Some even when nothing was applied yet: this sink records its seq (exactly-once).
+        .map(|s| Some(Seq(s.unwrap_or(0) as u64)))
         .map_err(err)
     }
 

@@ -26,6 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::retry::{Stop, retry};
 
+/// How often a busy exactly-once sink's stored cursor moves (see `SinkTask::run`).
+const CURSOR_EVERY: Duration = Duration::from_millis(200);
+
 /// A pipeline that stopped because of a definite error.
 #[derive(Debug, thiserror::Error)]
 #[error("pipeline {pipeline}: {stage}: {source}")]
@@ -292,6 +295,8 @@ impl CaptureTask {
         let mut log_ref: &dyn Log = &*self.log.clone();
         // A batch read ahead while the previous one was being appended.
         let mut prefetched = None;
+        // The position of the last appended batch, not yet released to the source.
+        let mut pending_ack: Option<tidesync_core::Position> = None;
         loop {
             // Backpressure: wait while the slowest sink is too far behind.
             loop {
@@ -307,31 +312,52 @@ impl CaptureTask {
             let (batch_size, wait) = (self.options.batch_size, self.options.poll_wait);
             let polled = match prefetched.take() {
                 Some(batch) => Some(batch),
-                None => match retry("poll source", &self.cancel, &mut *source, |s| {
-                    s.poll(batch_size, wait)
-                })
-                .await
-                {
-                    Ok(p) => p,
-                    Err(stop) => return self.stop(&source_stage, stop),
-                },
+                None => {
+                    // Nothing was read ahead: release what is committed before waiting.
+                    if let Some(p) = pending_ack.take()
+                        && let Err(stop) = retry("ack source", &self.cancel, &mut *source, |s| {
+                            s.ack(p.clone())
+                        })
+                        .await
+                    {
+                        return self.stop(&source_stage, stop);
+                    }
+                    match retry("poll source", &self.cancel, &mut *source, |s| {
+                        s.poll(batch_size, wait)
+                    })
+                    .await
+                    {
+                        Ok(p) => p,
+                        Err(stop) => return self.stop(&source_stage, stop),
+                    }
+                }
             };
             if let Some(captured) = polled {
                 let position = captured.position.clone();
                 let n = captured.changes.len() as u64;
                 let captured = Arc::new(captured);
                 let pipeline = self.pipeline.clone();
-                // The batch and its position commit together; only then is the source acked.
-                // Meanwhile the source reads the next batch (without waiting for one): the two
-                // work on different databases, and the next batch is appended only after this
-                // one, so order and the ack rule are unchanged.
+                // The batch and its position commit together. Meanwhile the source releases
+                // the previous batch (committed in the last round) and reads the next one
+                // without waiting: the store and the source are different databases, every
+                // ack still follows its own batch's commit, and batches are appended in order.
                 let append = retry("append to log", &self.cancel, &mut log_ref, |l| {
                     l.append(&pipeline, captured.clone())
                 });
-                let prefetch = retry("poll source", &self.cancel, &mut *source, |s| {
-                    s.poll(batch_size, Duration::ZERO)
-                });
-                let (appended, next) = tokio::join!(append, prefetch);
+                let to_ack = pending_ack.take();
+                let cancel = &self.cancel;
+                let source_side = async {
+                    if let Some(p) = to_ack {
+                        retry("ack source", cancel, &mut *source, |s| s.ack(p.clone())).await?;
+                    }
+                    retry("poll source", cancel, &mut *source, |s| {
+                        s.poll(batch_size, Duration::ZERO)
+                    })
+                    .await
+                };
+                let started = Instant::now();
+                let (appended, next) = tokio::join!(append, source_side);
+                let append_us = started.elapsed().as_micros() as u64;
                 let appended = match appended {
                     Ok(r) => r,
                     Err(stop) => return self.stop("store", stop),
@@ -341,19 +367,13 @@ impl CaptureTask {
                     self.stats.captured.fetch_add(n, Ordering::Relaxed);
                     self.stats.head.store(last.0, Ordering::Release);
                     self.head.send_replace(last);
-                    tracing::debug!(pipeline = %self.pipeline, changes = n, head = last.0, position = %position, "captured");
+                    tracing::debug!(pipeline = %self.pipeline, changes = n, head = last.0, position = %position, append_us, "captured");
                 }
                 prefetched = match next {
                     Ok(p) => p,
                     Err(stop) => return self.stop(&source_stage, stop),
                 };
-                if let Err(stop) = retry("ack source", &self.cancel, &mut *source, |s| {
-                    s.ack(position.clone())
-                })
-                .await
-                {
-                    return self.stop(&source_stage, stop);
-                }
+                pending_ack = Some(position);
             }
             if last_trim.elapsed() >= self.options.trim_every {
                 last_trim = Instant::now();
@@ -456,6 +476,8 @@ impl SinkTask {
         tracing::info!(pipeline = %pipeline, sink = %name, cursor = cursor.0, "sink resumes");
         // Entries read ahead while the previous batch was being applied.
         let mut prefetched: Option<Vec<LogEntry>> = None;
+        let exactly_once = applied.is_some();
+        let mut last_cursor_move = Instant::now();
         loop {
             let max = self.options.batch_size;
             let entries = match prefetched.take() {
@@ -499,7 +521,9 @@ impl SinkTask {
             let prefetch = retry("read log", &self.cancel, &mut read_ref, |l| {
                 l.read(&pipeline, last, max)
             });
+            let started = Instant::now();
             let (applied, next) = tokio::join!(apply, prefetch);
+            let apply_us = started.elapsed().as_micros() as u64;
             if let Err(stop) = applied {
                 return self.stop(&stage, stop);
             }
@@ -509,19 +533,26 @@ impl SinkTask {
                 Err(stop) => return self.stop("store", stop),
             };
             tidesync_core::failpoint::hit("after-apply");
-            // Only after the target accepted the batch does the cursor move.
-            if let Err(stop) = retry("move cursor", &self.cancel, &mut log_ref, |l| {
-                l.set_cursor(&pipeline, &name, last)
-            })
-            .await
-            {
-                return self.stop("store", stop);
+            // Only after the target accepted the batch does the cursor move. A target that
+            // records its own applied seq is the authority on restart (we resume after the
+            // larger of the two), so its stored cursor, which only serves trimming and
+            // `status`, is moved at most every CURSOR_EVERY while busy, sparing the store a
+            // commit per batch; it is always moved when the sink catches up.
+            if !exactly_once || prefetched.is_none() || last_cursor_move.elapsed() >= CURSOR_EVERY {
+                if let Err(stop) = retry("move cursor", &self.cancel, &mut log_ref, |l| {
+                    l.set_cursor(&pipeline, &name, last)
+                })
+                .await
+                {
+                    return self.stop("store", stop);
+                }
+                last_cursor_move = Instant::now();
             }
             cursor = last;
             my_stats.applied.fetch_add(n, Ordering::Relaxed);
             my_stats.cursor.store(cursor.0, Ordering::Release);
             self.cursor_moved.send_replace(());
-            tracing::debug!(pipeline = %pipeline, sink = %name, changes = n, cursor = cursor.0, "applied");
+            tracing::debug!(pipeline = %pipeline, sink = %name, changes = n, cursor = cursor.0, apply_us, cursor_us = started.elapsed().as_micros() as u64 - apply_us, "applied");
         }
     }
 }

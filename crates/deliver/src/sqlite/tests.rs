@@ -69,7 +69,7 @@ async fn batches_upsert_and_delete_and_record_the_applied_seq() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("replica/target.db");
     let mut sink = SqliteSink::new(&path, "p", "replica", true);
-    assert_eq!(sink.open(schema()).await.unwrap(), None);
+    assert_eq!(sink.open(schema()).await.unwrap(), Some(Seq(0)));
     sink.apply(batch(vec![
         entry(1, Op::Insert, 1, Some(Value::Float(1.5))),
         entry(
@@ -96,7 +96,7 @@ async fn batches_upsert_and_delete_and_record_the_applied_seq() {
     assert_eq!(again.open(schema()).await.unwrap(), Some(Seq(5)));
     // Another sink name on the same database keeps its own seq.
     let mut other = SqliteSink::new(&path, "p", "other", false);
-    assert_eq!(other.open(schema()).await.unwrap(), None);
+    assert_eq!(other.open(schema()).await.unwrap(), Some(Seq(0)));
 }
 
 #[tokio::test]
@@ -153,7 +153,7 @@ async fn a_failing_change_rolls_back_the_whole_batch() {
         "nothing of the failed batch may remain"
     );
     let mut again = SqliteSink::new(&path, "p", "replica", false);
-    assert_eq!(again.open(schema()).await.unwrap(), None);
+    assert_eq!(again.open(schema()).await.unwrap(), Some(Seq(0)));
 }
 
 #[tokio::test]
