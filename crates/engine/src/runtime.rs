@@ -478,6 +478,7 @@ impl SinkTask {
         let mut prefetched: Option<Vec<LogEntry>> = None;
         let exactly_once = applied.is_some();
         let mut last_cursor_move = Instant::now();
+        let mut stored_cursor = cursor;
         loop {
             let max = self.options.batch_size;
             let entries = match prefetched.take() {
@@ -492,6 +493,17 @@ impl SinkTask {
                 },
             };
             let Some(last) = entries.last().map(|e| e.seq) else {
+                if stored_cursor < cursor {
+                    if let Err(stop) = retry("move cursor", &self.cancel, &mut log_ref, |l| {
+                        l.set_cursor(&pipeline, &name, cursor)
+                    })
+                    .await
+                    {
+                        return self.stop("store", stop);
+                    }
+                    last_cursor_move = Instant::now();
+                    stored_cursor = cursor;
+                }
                 // Caught up: wait for the head to move past the cursor. A head already past it
                 // was announced between our read and now: read again (after a breath, in case
                 // the reader's view lags the writer's).
@@ -536,9 +548,9 @@ impl SinkTask {
             // Only after the target accepted the batch does the cursor move. A target that
             // records its own applied seq is the authority on restart (we resume after the
             // larger of the two), so its stored cursor, which only serves trimming and
-            // `status`, is moved at most every CURSOR_EVERY while busy, sparing the store a
-            // commit per batch; it is always moved when the sink catches up.
-            if !exactly_once || prefetched.is_none() || last_cursor_move.elapsed() >= CURSOR_EVERY {
+            // `status`, is moved at most every CURSOR_EVERY while busy, and when the sink
+            // runs out of work (below), sparing the store a commit per batch.
+            if !exactly_once || last_cursor_move.elapsed() >= CURSOR_EVERY {
                 if let Err(stop) = retry("move cursor", &self.cancel, &mut log_ref, |l| {
                     l.set_cursor(&pipeline, &name, last)
                 })
@@ -547,6 +559,7 @@ impl SinkTask {
                     return self.stop("store", stop);
                 }
                 last_cursor_move = Instant::now();
+                stored_cursor = last;
             }
             cursor = last;
             my_stats.applied.fetch_add(n, Ordering::Relaxed);
