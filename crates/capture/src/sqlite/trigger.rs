@@ -68,6 +68,16 @@ pub enum TriggerError {
         id: i64,
         schema_id: i64,
     },
+    #[error(
+        "source database {path}: the store has captured up to change row {stored}, but the change table has only issued ids up to {issued}; \
+         the change table was dropped or the database restored from an older copy. Changes since then cannot be told apart: \
+         re-sync the target and start the pipeline with a new store"
+    )]
+    PositionAhead {
+        path: PathBuf,
+        issued: i64,
+        stored: i64,
+    },
     #[error("trigger capture resumes from a row id, but the stored position is {0}")]
     WrongPosition(Position),
 }
@@ -377,6 +387,23 @@ impl Inner {
         // Rows at or below the stored position were committed to the store before a crash
         // kept us from deleting them.
         if let Some(from) = from {
+            // The change table's id counter must have reached the stored position; if it is
+            // behind, the table was dropped or the database restored from an older copy, and
+            // new changes would get ids we consider already captured: refuse, loudly.
+            let issued: i64 = tx
+                .query_row(
+                    "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = ?1",
+                    [change_table(&pipeline)],
+                    |r| r.get(0),
+                )
+                .map_err(e("reading the change table's id counter".into()))?;
+            if issued < from {
+                return Err(TriggerError::PositionAhead {
+                    path,
+                    issued,
+                    stored: from,
+                });
+            }
             tx.execute(&format!("DELETE FROM {changes} WHERE id <= ?1"), [from])
                 .map_err(e("clearing already captured changes".into()))?;
         }

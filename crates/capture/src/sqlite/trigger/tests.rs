@@ -257,3 +257,27 @@ async fn existing_rows_arrive_first_as_a_full_snapshot() {
         .collect();
     assert_eq!(streams, [("stock", Op::Read)]);
 }
+
+#[tokio::test]
+async fn a_reset_change_table_behind_the_stored_position_is_refused() {
+    let (_dir, path, conn) = setup();
+    let mut src = source(&path, &["items"]);
+    src.open(None).await.unwrap();
+    conn.execute("INSERT INTO items (id, sku) VALUES (1, 'a')", [])
+        .unwrap();
+    let got = poll_all(&mut src).await.unwrap();
+    drop(src);
+    // Someone drops the change table: its ids would start again at 1.
+    conn.execute("DROP TABLE _tidesync_p1_changes", []).unwrap();
+    let mut src = source(&path, &["items"]);
+    src.open(Some(Position::RowId(0))).await.unwrap();
+    drop(src);
+    conn.execute("DROP TABLE _tidesync_p1_changes", []).unwrap();
+    let mut src = source(&path, &["items"]);
+    let err = src.open(Some(got.position.clone())).await.unwrap_err();
+    assert!(!err.is_transient());
+    assert!(
+        err.to_string().contains("has only issued ids up to 0"),
+        "{err}"
+    );
+}
