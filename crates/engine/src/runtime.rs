@@ -73,6 +73,19 @@ impl PipelineStats {
     }
 }
 
+/// What a task returns when a retried step ended: `Ok` when cancelled (a clean stop), the
+/// error naming pipeline and stage when it failed definitely.
+fn stopped(pipeline: &str, stage: &str, stop: Stop) -> Result<(), PipelineError> {
+    match stop {
+        Stop::Cancelled => Ok(()),
+        Stop::Failed(source) => Err(PipelineError {
+            pipeline: pipeline.to_owned(),
+            stage: stage.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Tunables of one pipeline.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
@@ -162,18 +175,6 @@ impl Pipeline {
             options,
             stats,
         } = self;
-        let fail = |stage: String| {
-            let pipeline = name.clone();
-            move |stop: Stop| match stop {
-                Stop::Cancelled => None,
-                Stop::Failed(source) => Some(PipelineError {
-                    pipeline,
-                    stage,
-                    source,
-                }),
-            }
-        };
-        let store_stage = || fail("store".into());
         let mut log_ref: &dyn Log = &*log;
         let position = match retry("read position", &cancel, &mut log_ref, |l| {
             l.position(&name)
@@ -181,11 +182,11 @@ impl Pipeline {
         .await
         {
             Ok(p) => p,
-            Err(stop) => return store_stage()(stop).map_or(Ok(()), Err),
+            Err(stop) => return stopped(&name, "store", stop),
         };
         let status = match retry("read status", &cancel, &mut log_ref, |l| l.status(&name)).await {
             Ok(s) => s,
-            Err(stop) => return store_stage()(stop).map_or(Ok(()), Err),
+            Err(stop) => return stopped(&name, "store", stop),
         };
         tracing::info!(pipeline = %name, position = ?position.as_ref().map(ToString::to_string), head = status.head.0, "starting");
         let opened = match retry("open source", &cancel, &mut *source, |s| {
@@ -194,7 +195,7 @@ impl Pipeline {
         .await
         {
             Ok(o) => o,
-            Err(stop) => return fail(format!("source {source_name}"))(stop).map_or(Ok(()), Err),
+            Err(stop) => return stopped(&name, &format!("source {source_name}"), stop),
         };
         if let (None, Some(start)) = (&position, opened.start) {
             // Record where this fresh start begins, so that a restart before the first change
@@ -209,7 +210,7 @@ impl Pipeline {
             })
             .await
             {
-                return store_stage()(stop).map_or(Ok(()), Err);
+                return stopped(&name, "store", stop);
             }
         }
         let schemas = Arc::new(opened.schemas);
@@ -279,14 +280,7 @@ struct CaptureTask {
 
 impl CaptureTask {
     fn stop(&self, stage: &str, stop: Stop) -> Result<(), PipelineError> {
-        match stop {
-            Stop::Cancelled => Ok(()),
-            Stop::Failed(source) => Err(PipelineError {
-                pipeline: self.pipeline.clone(),
-                stage: stage.to_owned(),
-                source,
-            }),
-        }
+        stopped(&self.pipeline, stage, stop)
     }
 
     async fn run(mut self, mut source: Box<dyn Source>) -> Result<(), PipelineError> {
@@ -415,14 +409,7 @@ struct SinkTask {
 
 impl SinkTask {
     fn stop(&self, stage: &str, stop: Stop) -> Result<(), PipelineError> {
-        match stop {
-            Stop::Cancelled => Ok(()),
-            Stop::Failed(source) => Err(PipelineError {
-                pipeline: self.pipeline.clone(),
-                stage: stage.to_owned(),
-                source,
-            }),
-        }
+        stopped(&self.pipeline, stage, stop)
     }
 
     async fn run(mut self, mut sink: Box<dyn Sink>) -> Result<(), PipelineError> {

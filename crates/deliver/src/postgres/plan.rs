@@ -1,0 +1,105 @@
+//! Grouping a batch's entries into statements, keeping seq order.
+//!
+//! Consecutive upserts of one table with the same column list become one multi-row
+//! `INSERT .. ON CONFLICT`, consecutive deletes of one table one `DELETE .. IN (..)`. Only
+//! neighbours are grouped, so the statements run in seq order and every key sees its changes
+//! in order. A group ends before a key it already holds: PostgreSQL refuses to let one
+//! `INSERT .. ON CONFLICT DO UPDATE` touch a row twice. Our key comparison is textual, so
+//! keys the server sees as equal but we do not (e.g. `1` and `1.0`, or a case-insensitive
+//! collation) can still meet in one statement; the sink then replays the batch one row per
+//! statement, which is always correct.
+
+use std::collections::HashSet;
+
+use tidesync_core::{Key, LogEntry, Op, Row};
+
+use super::bind::text_of;
+
+/// At most this many parameters in one statement (the protocol counts them in an i16... as
+/// u16: 65535).
+pub(crate) const MAX_PARAMS: usize = 65_535;
+
+#[derive(Debug)]
+pub(crate) enum Action<'b> {
+    /// Insert or update rows with these columns (in this order).
+    Upsert { columns: Vec<&'b str> },
+    Delete,
+}
+
+/// One statement: an action on one table for one or more entries.
+#[derive(Debug)]
+pub(crate) struct Step<'b> {
+    pub(crate) stream: &'b str,
+    pub(crate) action: Action<'b>,
+    pub(crate) entries: Vec<&'b LogEntry>,
+}
+
+/// The row an entry writes, or `None` if it deletes.
+pub(crate) fn upsert_row(entry: &LogEntry) -> Option<&Row> {
+    match (entry.change.op, &entry.change.after) {
+        (Op::Delete, _) | (_, None) => None,
+        (_, Some(after)) => Some(after),
+    }
+}
+
+/// Splits `entries` (in seq order) into steps of at most `max_rows` entries each.
+pub(crate) fn plan<'b>(
+    entries: impl IntoIterator<Item = &'b LogEntry>,
+    max_rows: usize,
+    key_len: impl Fn(&str) -> usize,
+) -> Vec<Step<'b>> {
+    let mut steps: Vec<Step<'b>> = Vec::new();
+    let mut keys: HashSet<String> = HashSet::new();
+    for entry in entries {
+        let stream = entry.change.stream.as_str();
+        let row = upsert_row(entry);
+        let fingerprint = fingerprint(&entry.change.key);
+        let joins = steps.last().is_some_and(|step| {
+            let width = match &step.action {
+                Action::Upsert { columns } => columns.len(),
+                Action::Delete => key_len(stream),
+            };
+            let room = step.entries.len() < max_rows.min(MAX_PARAMS / width.max(1));
+            let same = step.stream == stream
+                && match (&step.action, row) {
+                    (Action::Upsert { columns }, Some(row)) => {
+                        columns.iter().copied().eq(row.columns()) && !keys.contains(&fingerprint)
+                    }
+                    (Action::Delete, None) => true,
+                    _ => false,
+                };
+            room && same
+        });
+        if !joins {
+            keys.clear();
+            steps.push(Step {
+                stream,
+                action: match row {
+                    Some(row) => Action::Upsert {
+                        columns: row.columns().collect(),
+                    },
+                    None => Action::Delete,
+                },
+                entries: Vec::new(),
+            });
+        }
+        keys.insert(fingerprint);
+        if let Some(step) = steps.last_mut() {
+            step.entries.push(entry);
+        }
+    }
+    steps
+}
+
+/// The key as the server would read it, for spotting a key twice in one statement.
+fn fingerprint(key: &Key) -> String {
+    let mut out = String::new();
+    for v in &key.0 {
+        match text_of(v) {
+            Ok(text) => out.push_str(&text),
+            Err(_) => out.push_str(&v.to_string()),
+        }
+        out.push('\u{1f}');
+    }
+    out
+}

@@ -1,0 +1,161 @@
+//! SQL text: quoted identifiers and `$n` placeholders only, never values.
+
+use tidesync_core::TableSchema;
+
+/// `"name"`, with inner quotes doubled.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    names
+        .into_iter()
+        .map(quote_ident)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The PostgreSQL type for a column the source declared as `declared`, following SQLite's
+/// affinity rules (first match wins), refined within NUMERIC affinity. The table is repeated
+/// in the module docs.
+pub(crate) fn pg_type_for(declared: &str) -> &'static str {
+    let t = declared.to_ascii_uppercase();
+    let has = |part: &str| t.contains(part);
+    if has("INT") {
+        "bigint"
+    } else if has("CHAR") || has("CLOB") || has("TEXT") {
+        "text"
+    } else if has("BLOB") {
+        "bytea"
+    } else if has("REAL") || has("FLOA") || has("DOUB") {
+        "double precision"
+    } else if has("BOOL") {
+        "boolean"
+    } else if has("DATETIME") || has("TIMESTAMP") {
+        "timestamptz"
+    } else if has("DATE") {
+        "date"
+    } else if has("NUMERIC") || has("DECIMAL") {
+        "numeric"
+    } else {
+        // No declared type (SQLite: any value) or one we do not know: text holds every
+        // int, float and text exactly.
+        "text"
+    }
+}
+
+pub(crate) fn create_table_sql(schema: &TableSchema) -> String {
+    let mut defs: Vec<String> = schema
+        .columns
+        .iter()
+        .map(|c| {
+            let null = if c.nullable { "" } else { " NOT NULL" };
+            format!(
+                "{} {}{null}",
+                quote_ident(&c.name),
+                pg_type_for(&c.type_name)
+            )
+        })
+        .collect();
+    defs.push(format!(
+        "PRIMARY KEY ({})",
+        quote_list(schema.key.iter().map(String::as_str))
+    ));
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} ({})",
+        quote_ident(&schema.name),
+        defs.join(", ")
+    )
+}
+
+/// `INSERT INTO t (cols) VALUES (..), (..) ON CONFLICT (key) DO UPDATE SET c = EXCLUDED.c`
+/// for `rows` rows; `DO NOTHING` when every column is a key column.
+pub(crate) fn upsert_sql(table: &str, columns: &[String], key: &[String], rows: usize) -> String {
+    let n = columns.len();
+    let mut values = String::with_capacity(rows * (n * 6 + 4));
+    for r in 0..rows {
+        if r > 0 {
+            values.push_str(", ");
+        }
+        values.push('(');
+        for c in 0..n {
+            if c > 0 {
+                values.push_str(", ");
+            }
+            values.push('$');
+            values.push_str(&(r * n + c + 1).to_string());
+        }
+        values.push(')');
+    }
+    let updates: Vec<String> = columns
+        .iter()
+        .filter(|c| !key.contains(c))
+        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+        .collect();
+    let action = if updates.is_empty() {
+        "NOTHING".to_owned()
+    } else {
+        format!("UPDATE SET {}", updates.join(", "))
+    };
+    format!(
+        "INSERT INTO {} ({}) VALUES {values} ON CONFLICT ({}) DO {action}",
+        quote_ident(table),
+        quote_list(columns.iter().map(String::as_str)),
+        quote_list(key.iter().map(String::as_str)),
+    )
+}
+
+/// `DELETE FROM t WHERE k = $1` for one row, `WHERE (k1, k2) IN (($1, $2), ..)` for several.
+pub(crate) fn delete_sql(table: &str, key: &[String], rows: usize) -> String {
+    let n = key.len();
+    let condition = if rows == 1 {
+        key.iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} = ${}", quote_ident(k), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    } else {
+        let tuples: Vec<String> = (0..rows)
+            .map(|r| {
+                let params: Vec<String> = (0..n).map(|c| format!("${}", r * n + c + 1)).collect();
+                format!("({})", params.join(", "))
+            })
+            .collect();
+        format!(
+            "({}) IN ({})",
+            quote_list(key.iter().map(String::as_str)),
+            tuples.join(", ")
+        )
+    };
+    format!("DELETE FROM {} WHERE {condition}", quote_ident(table))
+}
+
+pub(crate) const CREATE_APPLIED: &str = "CREATE TABLE IF NOT EXISTS _tidesync_applied (
+    pipeline text NOT NULL, sink text NOT NULL, seq bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, sink))";
+
+/// Makes sure our row exists, so that `SELECT .. FOR UPDATE` always has a row to lock.
+pub(crate) const INIT_APPLIED: &str = "INSERT INTO _tidesync_applied (pipeline, sink, seq)
+    VALUES ($1, $2, 0) ON CONFLICT (pipeline, sink) DO NOTHING";
+
+pub(crate) const READ_APPLIED: &str =
+    "SELECT seq FROM _tidesync_applied WHERE pipeline = $1 AND sink = $2";
+
+pub(crate) const LOCK_APPLIED: &str =
+    "SELECT seq FROM _tidesync_applied WHERE pipeline = $1 AND sink = $2 FOR UPDATE";
+
+pub(crate) const WRITE_APPLIED: &str = "INSERT INTO _tidesync_applied (pipeline, sink, seq)
+    VALUES ($1, $2, $3) ON CONFLICT (pipeline, sink)
+    DO UPDATE SET seq = EXCLUDED.seq, updated_at = now()";
+
+/// The table (`$1`: a quoted name, resolved through `search_path`) and whether it has a
+/// primary key or unique index on exactly the columns `$2`. `NULL` when the table is missing.
+pub(crate) const TABLE_HAS_UNIQUE_KEY: &str = "SELECT EXISTS (
+        SELECT 1 FROM pg_index i
+        WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL
+          AND i.indnkeyatts = cardinality($2::text[])
+          AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+               FROM pg_attribute a
+               WHERE a.attrelid = c.oid AND a.attnum = ANY (i.indkey[0:i.indnkeyatts - 1]))
+              = (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k))
+    FROM (SELECT to_regclass($1)::oid AS oid) c WHERE c.oid IS NOT NULL";
