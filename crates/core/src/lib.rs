@@ -11,6 +11,7 @@ pub mod change;
 pub mod codec;
 pub mod failpoint;
 pub mod position;
+pub mod sql;
 pub mod stage;
 pub mod time;
 pub mod value;

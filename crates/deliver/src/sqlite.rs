@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
+use tidesync_core::sql::quote_ident;
 use tidesync_core::time::{format_date, format_time, format_timestamp};
 use tidesync_core::{Batch, BoxFuture, Op, Seq, Sink, StageError, TableSchema, Value};
 use tidesync_store::sqlite_is_transient;
@@ -89,10 +90,6 @@ impl ToSql for Param<'_> {
             Value::Time(t) => ToSqlOutput::Owned(format_time(*t).into()),
         })
     }
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 #[derive(Debug)]

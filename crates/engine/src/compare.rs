@@ -8,6 +8,7 @@ use std::path::Path;
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags};
+use tidesync_core::sql::quote_ident;
 
 /// The outcome of comparing one table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,10 +77,6 @@ fn same(a: &SqlValue, b: &SqlValue) -> bool {
         (SqlValue::Real(x), SqlValue::Real(y)) => x.to_bits() == y.to_bits(),
         _ => a == b,
     }
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Compares `table` in the databases at `source` and `target` row by row, ordered by

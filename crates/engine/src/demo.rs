@@ -331,9 +331,7 @@ pub async fn run_demo(
     let catch_up_started = Instant::now();
     let pending_sql = format!(
         "SELECT count(*) FROM {}",
-        tidesync_capture::sqlite::trigger::quote_ident(
-            &tidesync_capture::sqlite::trigger::change_table("shop")
-        )
+        tidesync_core::sql::quote_ident(&tidesync_capture::sqlite::trigger::change_table("shop"))
     );
     let check = Connection::open(&master)?;
     loop {

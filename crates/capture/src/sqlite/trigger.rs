@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tidesync_core::sql::quote_ident;
 use tidesync_core::{
     BatchKind, BoxFuture, Captured, Change, ColumnSchema, Key, Op, Opened, Position, Row, Source,
     StageError, TableSchema, Value,
@@ -100,11 +101,6 @@ struct TableShape {
     columns: Vec<String>,
     /// Positions of the key columns in `columns`, in key order.
     key_indexes: Vec<usize>,
-}
-
-/// Quotes an identifier for SQL: `"name"` with embedded quotes doubled.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 #[derive(Debug)]
