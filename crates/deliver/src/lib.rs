@@ -2,5 +2,7 @@
 //!
 //! - [`sqlite`]: database apply into SQLite, exactly-once (the applied seq is written in the
 //!   same transaction as the rows).
+//! - [`postgres`]: database apply into PostgreSQL, exactly-once in the same way.
 
+pub mod postgres;
 pub mod sqlite;

@@ -112,6 +112,13 @@ pub enum SinkSpec {
         /// Create missing target tables from the source schema.
         create_tables: bool,
     },
+    Postgres {
+        /// The connection URL (`postgres://user:password@host:port/db?...`), secrets
+        /// substituted.
+        url: String,
+        /// Create missing target tables from the source schema.
+        create_tables: bool,
+    },
 }
 
 /// `[pipelines.NAME]`: one source feeding one or more sinks.
@@ -551,12 +558,16 @@ impl Resolver<'_> {
                 path,
                 create_tables,
             },
-            kind @ (DbKind::Postgres | DbKind::Mysql) => {
+            DbKind::Postgres => SinkSpec::Postgres {
+                url: self.string(&raw.url, &format!("{at}.url"))?,
+                create_tables,
+            },
+            kind @ DbKind::Mysql => {
                 return Err(self.doc.error(
                     raw.url.span(),
                     format!(
                         "{at}.url: {} sinks are not supported yet by this build \
-                         (supported: sqlite)",
+                         (supported: sqlite, postgres)",
                         kind.name()
                     ),
                 ));
@@ -1229,7 +1240,24 @@ max_lag = 1
         assert_eq!(
             err.message,
             "sinks.replica.url: mysql sinks are not supported yet by this build \
-             (supported: sqlite)"
+             (supported: sqlite, postgres)"
+        );
+    }
+
+    #[test]
+    fn postgres_sink_keeps_its_substituted_url() {
+        let text = with("${TARGET_URL}", "postgres://app:${PGPASS}@db:5432/shop");
+        let env = |name: &str| match name {
+            "PGPASS" => Some("s3cret".to_owned()),
+            other => test_env(other),
+        };
+        let config = Config::from_str(&text, Path::new("t.toml"), &env).unwrap();
+        assert_eq!(
+            config.sinks["replica"].spec,
+            SinkSpec::Postgres {
+                url: "postgres://app:s3cret@db:5432/shop".into(),
+                create_tables: true,
+            }
         );
     }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tidesync_capture::sqlite::TriggerSource;
 use tidesync_core::{Sink, Source};
+use tidesync_deliver::postgres::PostgresSink;
 use tidesync_deliver::sqlite::SqliteSink;
 use tidesync_store::{SqliteStore, StoreError};
 use tokio::task::JoinSet;
@@ -50,6 +51,9 @@ fn build_sink(config: &Config, pipeline: &PipelineConfig, sink: &str) -> Box<dyn
             path,
             create_tables,
         } => Box::new(SqliteSink::new(path, &pipeline.name, sink, *create_tables)),
+        SinkSpec::Postgres { url, create_tables } => {
+            Box::new(PostgresSink::new(url, &pipeline.name, sink, *create_tables))
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use tokio_postgres::types::{Format, IsNull, ToSql, Type, to_sql_checked};
 
 // `ToSql::to_sql` names `bytes::BytesMut`. tokio-postgres re-exports it here for its derive
 // macro (generated code uses this path), which saves a direct dependency on `bytes`.
-use tokio_postgres::types::private::BytesMut;
+use bytes::BytesMut;
 
 /// Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
@@ -185,7 +185,11 @@ pub(crate) fn text_of(value: &Value) -> Result<Cow<'_, str>, String> {
 }
 
 impl ToSql for Bound<'_> {
-    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
         // `bind` chose the variant from this very type; check anyway, since a mismatch would
         // send bytes the server misreads.
         let expected = match self {

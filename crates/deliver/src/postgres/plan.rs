@@ -15,14 +15,16 @@ use tidesync_core::{Key, LogEntry, Op, Row};
 
 use super::bind::text_of;
 
-/// At most this many parameters in one statement (the protocol counts them in an i16... as
-/// u16: 65535).
+/// At most this many parameters in one statement: the Bind message counts them in 16 bits,
+/// which the server reads as unsigned.
 pub(crate) const MAX_PARAMS: usize = 65_535;
 
 #[derive(Debug)]
 pub(crate) enum Action<'b> {
     /// Insert or update rows with these columns (in this order).
-    Upsert { columns: Vec<&'b str> },
+    Upsert {
+        columns: Vec<&'b str>,
+    },
     Delete,
 }
 

@@ -1,11 +1,7 @@
 //! SQL text: quoted identifiers and `$n` placeholders only, never values.
 
 use tidesync_core::TableSchema;
-
-/// `"name"`, with inner quotes doubled.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub(crate) use tidesync_core::sql::quote_ident;
 
 fn quote_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     names

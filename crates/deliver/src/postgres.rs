@@ -1,0 +1,675 @@
+//! Database apply into PostgreSQL, exactly-once.
+//!
+//! # Exactly-once
+//!
+//! Each batch is one transaction: lock this sink's row in `_tidesync_applied`
+//! (`SELECT seq .. FOR UPDATE`), skip the entries at or below that seq, apply the rest in seq
+//! order, write the batch's last seq into the same row, `COMMIT`. The store moves the sink's
+//! cursor only after that commit, so a batch replayed after a crash or a lost `COMMIT` reply
+//! finds its seq already recorded and changes nothing; a batch straddling the recorded seq
+//! applies only its new part. The row lock also serialises two appliers of the same
+//! pipeline and sink (READ COMMITTED re-reads the row after the lock wait). Any failure rolls
+//! the whole batch back. `open` returns the recorded seq (`Some(Seq(0))` before the first
+//! batch); the runtime resumes after it.
+//!
+//! # Statements
+//!
+//! Consecutive upserts of one table with the same column list are sent as one multi-row
+//! `INSERT .. ON CONFLICT (key) DO UPDATE SET c = EXCLUDED.c` (up to [`MAX_ROWS`] rows),
+//! consecutive deletes as one `DELETE .. WHERE (key) IN (..)` (see `plan`). Statements are
+//! prepared once per connection and cached by their text; the server infers each parameter's
+//! type from its column, and values are bound to that type (see `bind`): natively where a
+//! value has an exact binary form, otherwise as text parsed by the column type's input
+//! function. Identifiers are always quoted; values never appear in SQL text. If a multi-row
+//! statement fails with a definite error, the batch is replayed one row per statement: that
+//! either succeeds (the failure came from grouping, e.g. two keys equal only to the server)
+//! or names the exact seq, table and key that fails.
+//!
+//! # Creating tables
+//!
+//! With `create_tables`, a missing table is created from the source schema (columns in order,
+//! `NOT NULL` where the source has it, the source key as primary key). Declared type names map
+//! as below: SQLite's affinity rules, first match wins, case-insensitive substring match;
+//! within SQLite's NUMERIC affinity the names are refined further.
+//!
+//! | declared type contains              | PostgreSQL type    |
+//! |-------------------------------------|--------------------|
+//! | `INT`                               | `bigint`           |
+//! | `CHAR`, `CLOB`, `TEXT`              | `text`             |
+//! | `BLOB`                              | `bytea`            |
+//! | `REAL`, `FLOA`, `DOUB`              | `double precision` |
+//! | `BOOL`                              | `boolean`          |
+//! | `DATETIME`, `TIMESTAMP`             | `timestamptz`      |
+//! | `DATE`                              | `date`             |
+//! | `NUMERIC`, `DECIMAL`                | `numeric`          |
+//! | anything else, or no declared type  | `text`             |
+//!
+//! `text` for the rest because an untyped SQLite column may hold ints, floats and text, all of
+//! which `text` keeps exactly (a blob that is not UTF-8 is then a definite error). Without
+//! `create_tables` a missing table is a definite error naming it, and an existing table must
+//! have a primary key or unique index on exactly the key columns.
+//!
+//! # Values
+//!
+//! | value       | binary into                                 | otherwise (text format)      |
+//! |-------------|---------------------------------------------|------------------------------|
+//! | `Int`       | int8, int4, int2 (range-checked), float8 (if exact), bool (0/1) | decimal text |
+//! | `Float`     | float8, float4; integer columns if integral | shortest exact text, `NaN`, `±Infinity` |
+//! | `Bool`      | bool; integer columns as 0/1                | `true`/`false`               |
+//! | `Decimal`   | –                                           | its exact text (numeric keeps the scale) |
+//! | `Text`      | bytea as its UTF-8 bytes                    | itself                       |
+//! | `Bytes`     | bytea                                       | UTF-8 text, else an error    |
+//! | `Timestamp` | timestamp, timestamptz (µs, UTC)            | ISO 8601 `..Z`               |
+//! | `Date`      | date                                        | `YYYY-MM-DD`                 |
+//! | `Time`      | time                                        | `HH:MM:SS.ffffff`            |
+//! | `Json`      | –                                           | its text (json, jsonb, text) |
+//!
+//! Sessions run with `TimeZone = 'UTC'`, so text timestamps without a zone read as UTC.
+//!
+//! # Errors
+//!
+//! Transient (retried; the connection is dropped after any error and the next call
+//! reconnects): refused or lost connections, timeouts, serialization failures (40001),
+//! deadlocks (40P01), shutdowns and restarts (57P01..57P03), too many connections and other
+//! resource errors (53xxx), and unknown errors. Definite (the pipeline stops): constraint
+//! violations, invalid input for a column type, undefined tables or columns, missing
+//! privileges, a wrong password, a missing database, values that do not fit (an int out of
+//! an int4 column's range); messages name the seq, table and key, as in the SQLite sink.
+//! Messages name the target as `postgres://user@host:port/db`, never with its password.
+
+mod bind;
+mod error;
+mod plan;
+mod sql;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidesync_core::{Batch, BoxFuture, Seq, Sink, StageError, TableSchema, Value};
+use tokio::task::JoinHandle;
+use tokio_postgres::config::Host;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, NoTls, Statement, Transaction};
+
+use self::bind::{Bound, ColumnKind, bind};
+pub use self::error::PostgresSinkError;
+use self::error::{describe, is_transient};
+use self::plan::{Action, Step, plan, upsert_row};
+
+/// Rows per multi-row statement at most.
+pub const MAX_ROWS: usize = 1000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Any one round trip (a statement, `COMMIT`, a lock wait) taking longer is a transient error.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Prepared statements kept per connection; the cache is emptied when it would grow past this.
+const MAX_CACHED_STATEMENTS: usize = 256;
+
+/// One connection and what was prepared on it.
+struct Conn {
+    client: Client,
+    /// SQL text -> prepared statement.
+    statements: HashMap<String, Statement>,
+    /// Drives the connection; aborted when the connection is dropped.
+    task: JoinHandle<()>,
+    /// Set while a transaction may be open: a call whose future was dropped half-way leaves
+    /// it set, and the next call starts on a fresh connection.
+    dirty: bool,
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("statements", &self.statements.len())
+            .field("dirty", &self.dirty)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Applies batches to one PostgreSQL database.
+pub struct PostgresSink {
+    /// May hold the password: never printed (see the `Debug` impl).
+    url: String,
+    /// The target for messages: `postgres://user@host:port/db`, no password.
+    target: String,
+    pipeline: String,
+    sink: String,
+    create_tables: bool,
+    conn: Option<Conn>,
+    /// stream -> key columns, from the schemas given to `open`.
+    keys: HashMap<String, Vec<String>>,
+}
+
+impl fmt::Debug for PostgresSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresSink")
+            .field("target", &self.target)
+            .field("pipeline", &self.pipeline)
+            .field("sink", &self.sink)
+            .field("create_tables", &self.create_tables)
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a batch attempt failed: `grouped` when a multi-row statement failed definitely, so
+/// that replaying one row per statement may succeed or point at the row.
+struct Failure {
+    error: PostgresSinkError,
+    grouped: bool,
+}
+
+impl From<PostgresSinkError> for Failure {
+    fn from(error: PostgresSinkError) -> Self {
+        Failure {
+            error,
+            grouped: false,
+        }
+    }
+}
+
+impl PostgresSink {
+    /// `url` is a libpq-style URL or key-value string (`postgres://user:pw@host:port/db`);
+    /// `pipeline` and `sink` name this sink's row in `_tidesync_applied`. Nothing connects
+    /// before [`Sink::open`].
+    pub fn new(url: &str, pipeline: &str, sink: &str, create_tables: bool) -> Self {
+        let target = url
+            .parse::<Config>()
+            .map(|c| describe_target(&c))
+            .unwrap_or_else(|_| "PostgreSQL".to_owned());
+        PostgresSink {
+            url: url.to_owned(),
+            target,
+            pipeline: pipeline.to_owned(),
+            sink: sink.to_owned(),
+            create_tables,
+            conn: None,
+            keys: HashMap::new(),
+        }
+    }
+
+    fn query_error(
+        &self,
+        context: &str,
+    ) -> impl Fn(tokio_postgres::Error) -> PostgresSinkError + use<> {
+        query_error(&self.target, context)
+    }
+
+    async fn connect(&mut self) -> Result<&mut Conn, PostgresSinkError> {
+        if self.conn.as_ref().is_some_and(|c| c.dirty) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            self.conn = Some(self.new_conn().await?);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| PostgresSinkError::Connect {
+                target: self.target.clone(),
+                problem: "no connection".to_owned(),
+                transient: true,
+            })
+    }
+
+    async fn new_conn(&self) -> Result<Conn, PostgresSinkError> {
+        let mut config: Config =
+            self.url
+                .parse()
+                .map_err(|e: tokio_postgres::Error| PostgresSinkError::Url {
+                    problem: describe(&e),
+                })?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        if config.get_application_name().is_none() {
+            config.application_name("tidesync");
+        }
+        let target = describe_target(&config);
+        let connect_error = |e: tokio_postgres::Error| PostgresSinkError::Connect {
+            target: target.clone(),
+            problem: describe(&e),
+            transient: is_transient(&e),
+        };
+        let connecting = config.connect(NoTls);
+        let (client, connection) =
+            within_limit(&target, "connecting", CONNECT_TIMEOUT * 2, connecting)
+                .await?
+                .map_err(connect_error)?;
+        let task_target = target.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(server = %task_target, error = %describe(&e), "connection to the PostgreSQL target ended");
+            }
+        });
+        let conn = Conn {
+            client,
+            statements: HashMap::new(),
+            task,
+            dirty: false,
+        };
+        let setup = format!("SET TimeZone = 'UTC'; {}", sql::CREATE_APPLIED);
+        within(
+            &target,
+            "creating _tidesync_applied",
+            conn.client.batch_execute(&setup),
+        )
+        .await?
+        .map_err(self.query_error("creating _tidesync_applied"))?;
+        within(
+            &target,
+            "initialising _tidesync_applied",
+            conn.client
+                .execute(sql::INIT_APPLIED, &[&self.pipeline, &self.sink]),
+        )
+        .await?
+        .map_err(self.query_error("initialising _tidesync_applied"))?;
+        tracing::info!(server = %target, pipeline = %self.pipeline, sink = %self.sink, "connected to the PostgreSQL target");
+        Ok(conn)
+    }
+
+    async fn open_inner(
+        &mut self,
+        schemas: &[TableSchema],
+    ) -> Result<Option<Seq>, PostgresSinkError> {
+        let target = self.target.clone();
+        let create = self.create_tables;
+        let check_error = self.query_error("checking target tables");
+        let create_error = self.query_error("creating a target table");
+        let read_error = self.query_error("reading the applied seq");
+        let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
+        let conn = self.connect().await?;
+        for schema in schemas {
+            let name = sql::quote_ident(&schema.name);
+            let row = within(
+                &target,
+                "checking target tables",
+                conn.client
+                    .query_opt(sql::TABLE_HAS_UNIQUE_KEY, &[&name, &schema.key]),
+            )
+            .await?
+            .map_err(&check_error)?;
+            let has_unique_key = match row {
+                Some(row) => row.try_get::<_, bool>(0).map_err(&check_error)?,
+                None if !create => {
+                    return Err(PostgresSinkError::NoTable {
+                        target,
+                        table: schema.name.clone(),
+                    });
+                }
+                None if schema.key.is_empty() => false,
+                None => {
+                    within(
+                        &target,
+                        "creating a target table",
+                        conn.client.batch_execute(&sql::create_table_sql(schema)),
+                    )
+                    .await?
+                    .map_err(&create_error)?;
+                    tracing::info!(table = %schema.name, "created target table");
+                    true
+                }
+            };
+            if !has_unique_key {
+                let key = if schema.key.is_empty() {
+                    "none declared by the source".to_owned()
+                } else {
+                    schema.key.join(", ")
+                };
+                return Err(PostgresSinkError::NoUniqueKey {
+                    target,
+                    table: schema.name.clone(),
+                    key,
+                });
+            }
+        }
+        let seq: i64 = within(
+            &target,
+            "reading the applied seq",
+            conn.client
+                .query_opt(sql::READ_APPLIED, &[&pipeline, &sink]),
+        )
+        .await?
+        .map_err(&read_error)?
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(&read_error)?
+        .unwrap_or(0);
+        self.keys = schemas
+            .iter()
+            .map(|s| (s.name.clone(), s.key.clone()))
+            .collect();
+        // Some even when nothing was applied yet: this sink records its seq (exactly-once).
+        Ok(Some(Seq(seq.max(0) as u64)))
+    }
+
+    async fn apply_inner(&mut self, batch: &Batch) -> Result<(), PostgresSinkError> {
+        if let Some(entry) = batch
+            .entries
+            .iter()
+            .find(|e| !self.keys.contains_key(&e.change.stream))
+        {
+            return Err(PostgresSinkError::UnknownStream {
+                target: self.target.clone(),
+                stream: entry.change.stream.clone(),
+                seq: entry.seq,
+            });
+        }
+        match self.attempt(batch, MAX_ROWS).await {
+            Err(Failure {
+                error,
+                grouped: true,
+            }) => {
+                tracing::debug!(
+                    pipeline = %self.pipeline, first_seq = %batch.first_seq, last_seq = %batch.last_seq,
+                    error = %error, "a multi-row statement failed; replaying the batch one row per statement"
+                );
+                self.attempt(batch, 1).await.map_err(|f| f.error)
+            }
+            other => other.map_err(|f| f.error),
+        }
+    }
+
+    /// One transaction applying `batch` with at most `max_rows` rows per statement.
+    async fn attempt(&mut self, batch: &Batch, max_rows: usize) -> Result<(), Failure> {
+        let target = self.target.clone();
+        let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
+        let begin_error = self.query_error("beginning a transaction");
+        let commit_error = self.query_error("committing");
+        self.connect().await?;
+        let PostgresSink { conn, keys, .. } = self;
+        let Some(conn) = conn.as_mut() else {
+            return Err(PostgresSinkError::Connect {
+                target,
+                problem: "no connection".to_owned(),
+                transient: true,
+            }
+            .into());
+        };
+        conn.dirty = true;
+        let Conn {
+            client, statements, ..
+        } = conn;
+        let tx = within(&target, "beginning a transaction", client.transaction())
+            .await?
+            .map_err(begin_error)?;
+        let mut work = Work {
+            tx: &tx,
+            statements,
+            keys,
+            target: &target,
+            pipeline: &pipeline,
+            sink: &sink,
+        };
+        let written = work.write(batch, max_rows).await;
+        match written {
+            Ok(()) => {
+                within(&target, "committing", tx.commit())
+                    .await?
+                    .map_err(commit_error)?;
+                conn.dirty = false;
+                Ok(())
+            }
+            Err(failure) => {
+                // Leaves the connection usable for a replay; if this fails, the connection
+                // is dropped with the error anyway.
+                if let Ok(Ok(())) = tokio::time::timeout(STATEMENT_TIMEOUT, tx.rollback()).await {
+                    conn.dirty = false;
+                }
+                Err(failure)
+            }
+        }
+    }
+}
+
+/// The statements of one batch attempt, inside its transaction.
+struct Work<'a> {
+    tx: &'a Transaction<'a>,
+    statements: &'a mut HashMap<String, Statement>,
+    keys: &'a HashMap<String, Vec<String>>,
+    target: &'a str,
+    pipeline: &'a str,
+    sink: &'a str,
+}
+
+impl Work<'_> {
+    fn query_error(
+        &self,
+        context: &str,
+    ) -> impl Fn(tokio_postgres::Error) -> PostgresSinkError + use<> {
+        query_error(self.target, context)
+    }
+
+    async fn write(&mut self, batch: &Batch, max_rows: usize) -> Result<(), Failure> {
+        let applied: i64 = within(
+            self.target,
+            "locking the applied seq",
+            self.tx
+                .query_opt(sql::LOCK_APPLIED, &[&self.pipeline, &self.sink]),
+        )
+        .await?
+        .map_err(self.query_error("locking the applied seq"))?
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(self.query_error("locking the applied seq"))?
+        .unwrap_or(0);
+        let applied = Seq(applied.max(0) as u64);
+        let todo = batch.entries.iter().filter(|e| e.seq > applied);
+        let keys = self.keys;
+        let steps = plan(todo, max_rows, |stream| {
+            keys.get(stream).map_or(1, Vec::len)
+        });
+        let rows: usize = steps.iter().map(|s| s.entries.len()).sum();
+        for step in &steps {
+            self.run(step).await?;
+        }
+        let last = batch
+            .entries
+            .last()
+            .map_or(batch.last_seq, |e| e.seq.max(batch.last_seq));
+        if last > applied {
+            within(
+                self.target,
+                "recording the applied seq",
+                self.tx.execute(
+                    sql::WRITE_APPLIED,
+                    &[&self.pipeline, &self.sink, &(last.0 as i64)],
+                ),
+            )
+            .await?
+            .map_err(self.query_error("recording the applied seq"))?;
+        }
+        tracing::debug!(
+            pipeline = %self.pipeline, sink = %self.sink, applied = %applied, last_seq = %last,
+            rows, statements = steps.len(), "applying batch"
+        );
+        Ok(())
+    }
+
+    /// Runs one step. Errors name the first entry of the step (its only one when a replay
+    /// runs one row per statement).
+    async fn run(&mut self, step: &Step<'_>) -> Result<(), Failure> {
+        let Some(first) = step.entries.first() else {
+            return Ok(());
+        };
+        let (target, keys) = (self.target, self.keys);
+        let key_columns = keys.get(step.stream).map_or(&[][..], Vec::as_slice);
+        let fail = |problem: String, transient: bool| Failure {
+            error: PostgresSinkError::BadChange {
+                target: target.to_owned(),
+                table: step.stream.to_owned(),
+                seq: first.seq,
+                key: first.change.key.to_string(),
+                problem,
+                transient,
+            },
+            grouped: step.entries.len() > 1 && !transient,
+        };
+        let pg_fail = |e: tokio_postgres::Error| fail(describe(&e), is_transient(&e));
+        let rows = step.entries.len();
+        let sql = match &step.action {
+            Action::Upsert { columns } => {
+                let columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+                sql::upsert_sql(step.stream, &columns, key_columns, rows)
+            }
+            Action::Delete => sql::delete_sql(step.stream, key_columns, rows),
+        };
+        let statement = match self.statements.get(&sql) {
+            Some(statement) => statement.clone(),
+            None => {
+                let statement = within(target, "preparing a statement", self.tx.prepare(&sql))
+                    .await?
+                    .map_err(&pg_fail)?;
+                if self.statements.len() >= MAX_CACHED_STATEMENTS {
+                    self.statements.clear();
+                }
+                self.statements.insert(sql, statement.clone());
+                statement
+            }
+        };
+        let kinds: Vec<ColumnKind> = statement.params().iter().map(ColumnKind::of).collect();
+        let mut bound: Vec<Bound<'_>> = Vec::with_capacity(kinds.len());
+        for entry in &step.entries {
+            let bad = |problem: String| Failure {
+                error: PostgresSinkError::BadChange {
+                    target: target.to_owned(),
+                    table: step.stream.to_owned(),
+                    seq: entry.seq,
+                    key: entry.change.key.to_string(),
+                    problem,
+                    transient: false,
+                },
+                grouped: false,
+            };
+            let values: Vec<(&str, &Value)> = match upsert_row(entry) {
+                Some(row) => row.0.iter().map(|(c, v)| (c.as_str(), v)).collect(),
+                None => {
+                    if entry.change.key.0.len() != key_columns.len() {
+                        return Err(bad(format!(
+                            "the key has {} values but the table's key has {} columns",
+                            entry.change.key.0.len(),
+                            key_columns.len()
+                        )));
+                    }
+                    key_columns
+                        .iter()
+                        .map(String::as_str)
+                        .zip(&entry.change.key.0)
+                        .collect()
+                }
+            };
+            for (column, value) in values {
+                let Some(kind) = kinds.get(bound.len()) else {
+                    return Err(bad(format!(
+                        "the statement has {} parameters, fewer than the values",
+                        kinds.len()
+                    )));
+                };
+                bound.push(bind(value, *kind).map_err(|p| bad(format!("column `{column}`: {p}")))?);
+            }
+        }
+        let params: Vec<&(dyn ToSql + Sync)> =
+            bound.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+        within(
+            target,
+            "applying a change",
+            self.tx.execute(&statement, &params),
+        )
+        .await?
+        .map_err(&pg_fail)?;
+        Ok(())
+    }
+}
+
+/// Turns a server or connection error outside any one change into a [`PostgresSinkError`].
+fn query_error(
+    target: &str,
+    context: &str,
+) -> impl Fn(tokio_postgres::Error) -> PostgresSinkError + use<> {
+    let (target, context) = (target.to_owned(), context.to_owned());
+    move |e| PostgresSinkError::Query {
+        target: target.clone(),
+        context: context.clone(),
+        problem: describe(&e),
+        transient: is_transient(&e),
+    }
+}
+
+/// Awaits `fut` for at most [`STATEMENT_TIMEOUT`].
+async fn within<T>(
+    target: &str,
+    context: &str,
+    fut: impl Future<Output = T>,
+) -> Result<T, PostgresSinkError> {
+    within_limit(target, context, STATEMENT_TIMEOUT, fut).await
+}
+
+async fn within_limit<T>(
+    target: &str,
+    context: &str,
+    limit: Duration,
+    fut: impl Future<Output = T>,
+) -> Result<T, PostgresSinkError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| PostgresSinkError::Timeout {
+            target: target.to_owned(),
+            context: context.to_owned(),
+            timeout_ms: limit.as_millis() as u64,
+        })
+}
+
+/// `postgres://user@host:port/db` (several hosts joined with `,`), never the password.
+fn describe_target(config: &Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                Host::Unix(dir) => format!("{}:{port}", dir.display()),
+            }
+        })
+        .collect();
+    let user = config.get_user().unwrap_or("");
+    let db = config.get_dbname().unwrap_or(user);
+    format!("postgres://{user}@{}/{db}", hosts.join(","))
+}
+
+impl Sink for PostgresSink {
+    fn open(
+        &mut self,
+        schemas: Vec<TableSchema>,
+    ) -> BoxFuture<'_, Result<Option<Seq>, StageError>> {
+        Box::pin(async move {
+            let result = self.open_inner(&schemas).await;
+            if result.is_err() {
+                // Reconnect on the next call: the connection may be the problem.
+                self.conn = None;
+            }
+            result.map_err(StageError::from)
+        })
+    }
+
+    fn apply(&mut self, batch: Arc<Batch>) -> BoxFuture<'_, Result<(), StageError>> {
+        Box::pin(async move {
+            let result = self.apply_inner(&batch).await;
+            if result.is_err() {
+                self.conn = None;
+            }
+            result.map_err(StageError::from)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

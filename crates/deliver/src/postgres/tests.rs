@@ -1,0 +1,355 @@
+#![allow(clippy::unwrap_used)]
+
+use std::borrow::Cow;
+
+use bytes::BytesMut;
+use tidesync_core::{Change, ColumnSchema, Decimal, Key, LogEntry, Op, Row};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+
+use super::bind::{Bound, ColumnKind, bind, text_of};
+use super::error::is_transient_code;
+use super::plan::{Action, plan};
+use super::sql::{create_table_sql, delete_sql, pg_type_for, upsert_sql};
+use super::*;
+
+#[test]
+fn declared_types_map_by_sqlite_affinity() {
+    let cases = [
+        ("INTEGER", "bigint"),
+        ("int", "bigint"),
+        ("UNSIGNED BIG INT", "bigint"),
+        ("VARCHAR(20)", "text"),
+        ("Text", "text"),
+        ("CLOB", "text"),
+        ("BLOB", "bytea"),
+        ("REAL", "double precision"),
+        ("FLOAT", "double precision"),
+        ("DOUBLE PRECISION", "double precision"),
+        ("NUMERIC(10,2)", "numeric"),
+        ("DECIMAL", "numeric"),
+        ("BOOLEAN", "boolean"),
+        ("DATE", "date"),
+        ("DATETIME", "timestamptz"),
+        ("TIMESTAMP", "timestamptz"),
+        ("", "text"),
+        ("JSON", "text"),
+        ("UUID", "text"),
+    ];
+    for (declared, expected) in cases {
+        assert_eq!(pg_type_for(declared), expected, "{declared:?}");
+    }
+}
+
+#[test]
+fn create_table_quotes_names_and_keeps_key_and_not_null() {
+    let schema = TableSchema {
+        name: "my \"table\"".into(),
+        columns: vec![
+            ColumnSchema {
+                name: "id".into(),
+                type_name: "INTEGER); DROP TABLE x; --".into(),
+                nullable: false,
+            },
+            ColumnSchema {
+                name: "v".into(),
+                type_name: "".into(),
+                nullable: true,
+            },
+        ],
+        key: vec!["id".into()],
+    };
+    assert_eq!(
+        create_table_sql(&schema),
+        "CREATE TABLE IF NOT EXISTS \"my \"\"table\"\"\" (\"id\" bigint NOT NULL, \"v\" text, PRIMARY KEY (\"id\"))"
+    );
+}
+
+#[test]
+fn upserts_number_their_parameters_row_by_row() {
+    let cols = ["id".to_owned(), "v".to_owned()];
+    assert_eq!(
+        upsert_sql("t", &cols, &cols[..1], 2),
+        "INSERT INTO \"t\" (\"id\", \"v\") VALUES ($1, $2), ($3, $4) ON CONFLICT (\"id\") DO UPDATE SET \"v\" = EXCLUDED.\"v\""
+    );
+    assert_eq!(
+        upsert_sql("t", &cols[..1], &cols[..1], 1),
+        "INSERT INTO \"t\" (\"id\") VALUES ($1) ON CONFLICT (\"id\") DO NOTHING"
+    );
+}
+
+#[test]
+fn deletes_use_equality_for_one_row_and_in_for_several() {
+    let key = ["a".to_owned(), "b".to_owned()];
+    assert_eq!(
+        delete_sql("t", &key, 1),
+        "DELETE FROM \"t\" WHERE \"a\" = $1 AND \"b\" = $2"
+    );
+    assert_eq!(
+        delete_sql("t", &key, 2),
+        "DELETE FROM \"t\" WHERE (\"a\", \"b\") IN (($1, $2), ($3, $4))"
+    );
+    assert_eq!(
+        delete_sql("t", &key[..1], 3),
+        "DELETE FROM \"t\" WHERE (\"a\") IN (($1), ($2), ($3))"
+    );
+}
+
+#[test]
+fn ints_are_range_checked_for_narrow_columns() {
+    assert_eq!(bind(&Value::Int(-5), ColumnKind::Int4), Ok(Bound::Int4(-5)));
+    assert_eq!(
+        bind(&Value::Int(1 << 31), ColumnKind::Int4).unwrap_err(),
+        "2147483648 is out of range for integer (int4)"
+    );
+    assert!(bind(&Value::Int(40_000), ColumnKind::Int2).is_err());
+    assert_eq!(
+        bind(&Value::Int(i64::MIN), ColumnKind::Int8),
+        Ok(Bound::Int8(i64::MIN))
+    );
+}
+
+#[test]
+fn values_convert_only_where_nothing_is_lost() {
+    // Integral floats reach integer columns; others go as text for the server to reject.
+    assert_eq!(
+        bind(&Value::Float(3.0), ColumnKind::Int8),
+        Ok(Bound::Int8(3))
+    );
+    assert_eq!(
+        bind(&Value::Float(1.5), ColumnKind::Int8),
+        Ok(Bound::Text(Cow::Borrowed("1.5")))
+    );
+    assert_eq!(
+        bind(&Value::Float(1e19), ColumnKind::Int8),
+        Ok(Bound::Text(Cow::Borrowed("1e19")))
+    );
+    // Ints reach float8 natively only when exact.
+    assert_eq!(
+        bind(&Value::Int(3), ColumnKind::Float8),
+        Ok(Bound::Float8(3.0))
+    );
+    assert_eq!(
+        bind(&Value::Int((1 << 53) + 1), ColumnKind::Float8),
+        Ok(Bound::Text(Cow::Borrowed("9007199254740993")))
+    );
+    // SQLite's 0/1 booleans.
+    assert_eq!(
+        bind(&Value::Int(1), ColumnKind::Bool),
+        Ok(Bound::Bool(true))
+    );
+    assert_eq!(
+        bind(&Value::Int(2), ColumnKind::Bool),
+        Ok(Bound::Text(Cow::Borrowed("2")))
+    );
+    assert_eq!(
+        bind(&Value::Bool(true), ColumnKind::Int2),
+        Ok(Bound::Int2(1))
+    );
+    // Bytes and text.
+    assert_eq!(
+        bind(&Value::from("ab"), ColumnKind::Bytea),
+        Ok(Bound::Bytes(b"ab"))
+    );
+    assert!(bind(&Value::Int(1), ColumnKind::Bytea).is_err());
+    assert!(bind(&Value::Bytes(vec![0xff]), ColumnKind::Text).is_err());
+    assert_eq!(
+        bind(&Value::Bytes(b"ok".to_vec()), ColumnKind::Text),
+        Ok(Bound::Text(Cow::Borrowed("ok")))
+    );
+    // Decimals stay their exact text.
+    let d = Value::Decimal(Decimal::parse("12.50").unwrap());
+    assert_eq!(
+        bind(&d, ColumnKind::Text),
+        Ok(Bound::Text(Cow::Borrowed("12.50")))
+    );
+    assert_eq!(bind(&Value::Null, ColumnKind::Int4), Ok(Bound::Null));
+}
+
+#[test]
+fn times_shift_to_the_postgres_epoch() {
+    assert_eq!(
+        bind(
+            &Value::Timestamp(946_684_800_000_000),
+            ColumnKind::Timestamp
+        ),
+        Ok(Bound::Timestamp(0))
+    );
+    assert_eq!(
+        bind(&Value::Timestamp(0), ColumnKind::Timestamp),
+        Ok(Bound::Timestamp(-946_684_800_000_000))
+    );
+    assert!(bind(&Value::Timestamp(i64::MIN), ColumnKind::Timestamp).is_err());
+    assert_eq!(
+        bind(&Value::Date(10_957), ColumnKind::Date),
+        Ok(Bound::Date(0))
+    );
+    assert_eq!(bind(&Value::Time(5), ColumnKind::Time), Ok(Bound::Time(5)));
+    // Elsewhere as ISO text.
+    assert_eq!(
+        bind(&Value::Timestamp(0), ColumnKind::Text),
+        Ok(Bound::Text(Cow::Borrowed("1970-01-01T00:00:00.000000Z")))
+    );
+}
+
+#[test]
+fn floats_have_an_exact_text_form() {
+    let text = |f: f64| text_of(&Value::Float(f)).unwrap().into_owned();
+    assert_eq!(text(0.1), "0.1");
+    assert_eq!(text(1e300), "1e300");
+    assert_eq!(text(-0.0), "-0.0");
+    assert_eq!(text(f64::NAN), "NaN");
+    assert_eq!(text(f64::INFINITY), "Infinity");
+    assert_eq!(text(f64::NEG_INFINITY), "-Infinity");
+}
+
+#[test]
+fn a_binary_value_refuses_a_type_it_was_not_bound_for() {
+    let mut out = BytesMut::new();
+    assert!(
+        Bound::Int8(1)
+            .to_sql_checked(&Type::INT4, &mut out)
+            .is_err()
+    );
+    assert!(out.is_empty());
+    Bound::Int4(1)
+        .to_sql_checked(&Type::INT4, &mut out)
+        .unwrap();
+    assert_eq!(&out[..], [0, 0, 0, 1]);
+    let text = Bound::Text(Cow::Borrowed("12.50"));
+    assert!(matches!(
+        text.encode_format(&Type::NUMERIC),
+        tokio_postgres::types::Format::Text
+    ));
+}
+
+fn put(seq: u64, stream: &str, id: i64, columns: &[&str]) -> LogEntry {
+    let row = Row(columns
+        .iter()
+        .map(|c| ((*c).to_owned(), Value::Int(id)))
+        .collect());
+    LogEntry {
+        seq: Seq(seq),
+        change: Change {
+            stream: stream.into(),
+            op: Op::Insert,
+            key: Key(vec![Value::Int(id)]),
+            before: None,
+            after: Some(row),
+            commit_time_us: 0,
+            position: None,
+            txn: None,
+        },
+    }
+}
+
+fn del(seq: u64, stream: &str, id: i64) -> LogEntry {
+    let mut e = put(seq, stream, id, &[]);
+    e.change.op = Op::Delete;
+    e.change.after = None;
+    e
+}
+
+/// Each step as (stream, 'U' or 'D', seqs).
+fn shape(entries: &[LogEntry], max_rows: usize) -> Vec<(String, char, Vec<u64>)> {
+    plan(entries, max_rows, |_| 1)
+        .into_iter()
+        .map(|s| {
+            let kind = match s.action {
+                Action::Upsert { .. } => 'U',
+                Action::Delete => 'D',
+            };
+            let seqs = s.entries.iter().map(|e| e.seq.0).collect();
+            (s.stream.to_owned(), kind, seqs)
+        })
+        .collect()
+}
+
+#[test]
+fn neighbours_group_and_a_repeated_key_starts_a_new_statement() {
+    let entries = [
+        put(1, "a", 1, &["id", "v"]),
+        put(2, "a", 2, &["id", "v"]),
+        put(3, "a", 1, &["id", "v"]),
+        put(4, "a", 3, &["id"]),
+        del(5, "a", 1),
+        del(6, "a", 1),
+        put(7, "b", 1, &["id"]),
+        put(8, "a", 4, &["id"]),
+    ];
+    let s = |stream: &str, kind, seqs: &[u64]| (stream.to_owned(), kind, seqs.to_vec());
+    assert_eq!(
+        shape(&entries, 1000),
+        [
+            s("a", 'U', &[1, 2]),
+            s("a", 'U', &[3]),
+            s("a", 'U', &[4]),
+            s("a", 'D', &[5, 6]),
+            s("b", 'U', &[7]),
+            s("a", 'U', &[8]),
+        ]
+    );
+}
+
+#[test]
+fn steps_hold_at_most_max_rows_and_max_params() {
+    let entries: Vec<LogEntry> = (1..=5).map(|i| put(i, "a", i as i64, &["id"])).collect();
+    let sizes: Vec<usize> = shape(&entries, 2).iter().map(|s| s.2.len()).collect();
+    assert_eq!(sizes, [2, 2, 1]);
+
+    let columns: Vec<String> = (0..40_000).map(|i| format!("c{i}")).collect();
+    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let wide: Vec<LogEntry> = (1..=3).map(|i| put(i, "a", i as i64, &columns)).collect();
+    let sizes: Vec<usize> = shape(&wide, 1000).iter().map(|s| s.2.len()).collect();
+    assert_eq!(sizes, [1, 1, 1]);
+}
+
+#[test]
+fn the_target_is_described_without_the_password() {
+    let target = |url: &str| describe_target(&url.parse().unwrap());
+    assert_eq!(
+        target("postgres://me:s3cret@db.example:6543/app"),
+        "postgres://me@db.example:6543/app"
+    );
+    assert_eq!(
+        target("host=a,b port=1 user=u password=s3cret dbname=d"),
+        "postgres://u@a:1,b:1/d"
+    );
+    assert_eq!(target("postgres://u@h/"), "postgres://u@h:5432/u");
+    let sink = PostgresSink::new("postgres://me:s3cret@h/app", "p", "s", false);
+    let debug = format!("{sink:?}");
+    assert!(debug.contains("postgres://me@h:5432/app"), "{debug}");
+    assert!(!debug.contains("s3cret"), "{debug}");
+}
+
+#[test]
+fn sqlstates_split_into_transient_and_definite() {
+    let transient = [
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::TOO_MANY_CONNECTIONS,
+        SqlState::CONNECTION_FAILURE,
+        SqlState::LOCK_NOT_AVAILABLE,
+        SqlState::QUERY_CANCELED,
+    ];
+    for code in transient {
+        assert!(is_transient_code(&code), "{code:?}");
+    }
+    let definite = [
+        SqlState::NOT_NULL_VIOLATION,
+        SqlState::UNIQUE_VIOLATION,
+        SqlState::INVALID_TEXT_REPRESENTATION,
+        SqlState::UNDEFINED_TABLE,
+        SqlState::UNDEFINED_COLUMN,
+        SqlState::INVALID_PASSWORD,
+        SqlState::INVALID_CATALOG_NAME,
+        SqlState::INSUFFICIENT_PRIVILEGE,
+        SqlState::CARDINALITY_VIOLATION,
+        SqlState::DATABASE_DROPPED,
+    ];
+    for code in definite {
+        assert!(!is_transient_code(&code), "{code:?}");
+    }
+}

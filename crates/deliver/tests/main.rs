@@ -1,0 +1,5 @@
+//! Integration tests of the sinks against real servers started by `tidesync-testkit`.
+
+#![allow(clippy::unwrap_used)]
+
+mod postgres;
