@@ -9,9 +9,9 @@
 //!    the machine during the run shows. The floor is the faster of the two FULL runs.
 //! 2. A master database with `items` and one seed row; `tidesync run` starts once, installs
 //!    its triggers, snapshots the seed row and applies it (target `_tidesync_applied.seq` = 1),
-//!    and is stopped with SIGTERM. The seed row makes that first start record a source
-//!    position: started on an empty table it records none, and the next start then snapshots
-//!    the whole table again (see README.md).
+//!    and is stopped with SIGTERM. (`--no-seed` starts on an empty table instead: a regression
+//!    check that the first start records its position and the restart does not snapshot the
+//!    backlog a second time.)
 //! 3. The N rows are written into the master in 1,000-row transactions (same pragmas as the
 //!    floor); the triggers capture them into the change table: the backlog. This rate beside
 //!    the floor is the trigger overhead.
@@ -47,9 +47,8 @@ pub struct Options {
     /// Skip the extra raw run with synchronous=NORMAL.
     #[arg(long)]
     no_normal: bool,
-    /// Start tidesync the first time on an empty table, without the seed row. With tidesync's
-    /// current behaviour the restart then re-snapshots the whole table and the run fails its
-    /// verification; this reproduces that.
+    /// Start tidesync the first time on an empty table, without the seed row: checks that the
+    /// restart does not snapshot the backlog again (the store's head must end at exactly N).
     #[arg(long)]
     no_seed: bool,
     /// Give up when the drain takes longer than this many seconds.
