@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "tidesync", version, about, long_about = None)]
 struct Args {
     /// Log filter, e.g. `info`, `debug`, `tidesync_engine=debug` (also TIDESYNC_LOG).
-    #[arg(long, global = true, env = "TIDESYNC_LOG", default_value = "info")]
-    log: String,
+    /// Default: `info`, or `warn` for `demo`, whose progress lines say what happens.
+    #[arg(long, global = true, env = "TIDESYNC_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,7 +92,12 @@ fn usage(error: impl Into<anyhow::Error>) -> Failure {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(&args.log);
+    let default_log = if matches!(args.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_tracing(args.log.as_deref().unwrap_or(default_log));
     match dispatch(args.command) {
         Ok(code) => code,
         Err(Failure { code, error }) => {
