@@ -3,11 +3,12 @@
 //! - [`pgoutput`]: a pure decoder of the `pgoutput` logical replication protocol (version 1),
 //!   one message per call, no I/O.
 //! - [`text`]: the conversion of a column's text output into a [`tidesync_core::Value`].
+//! - [`replication`]: the replication connection (slot with exported snapshot, START_REPLICATION,
+//!   decoded messages, LSN confirmation), the only module that touches `pgwire-replication`.
 //!
-//! The rest of PostgreSQL capture arrives in later work: the replication connection (through the
-//! `pgwire-replication` crate, wrapped in one module of ours), the initial snapshot, and the
-//! streaming loop that pairs tuples with relations and confirms LSNs only after the store
-//! committed.
+//! Still to come (issue 4): the initial snapshot under the exported snapshot, and the
+//! `Source` that pairs tuples with relations and confirms LSNs only after the store committed.
 
 pub mod pgoutput;
+pub mod replication;
 pub mod text;

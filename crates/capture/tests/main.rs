@@ -1,0 +1,6 @@
+//! Integration tests of tidesync-capture against real servers (one test binary; see
+//! STYLE.md). Each test starts its own server through `tidesync_testkit`.
+
+#![allow(clippy::unwrap_used)]
+
+mod pg_replication;
