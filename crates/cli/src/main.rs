@@ -50,6 +50,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove a pipeline for good: its capture triggers/change tables (or slot) in the source,
+    /// each sink's record of applied seqs, and its log and state in the store. Target data
+    /// stays. Stop `tidesync run` first.
+    Drop { config: PathBuf, pipeline: String },
     /// Run a shop master -> replica sync on this machine (SQLite, no other service needed),
     /// then check that the replica equals the master row by row.
     Demo {
@@ -182,6 +186,23 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
         Command::Status { config, json } => {
             let cfg = load(&config)?;
             status::print(&cfg, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drop { config, pipeline } => {
+            let cfg = load(&config)?;
+            if cfg.pipeline(&pipeline).is_none() {
+                let names: Vec<&str> = cfg.pipelines.iter().map(|p| p.name.as_str()).collect();
+                return Err(usage(anyhow::anyhow!(
+                    "{}: no pipeline named {pipeline} (defined: {})",
+                    config.display(),
+                    names.join(", ")
+                )));
+            }
+            let done = runtime()?.block_on(tidesync_engine::drop_pipeline(&cfg, &pipeline))?;
+            for line in &done {
+                println!("{line}");
+            }
+            println!("pipeline {pipeline} dropped");
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

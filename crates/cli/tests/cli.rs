@@ -203,3 +203,94 @@ fn a_restart_before_any_change_does_not_snapshot_again() {
     terminate(&child);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn drop_removes_triggers_state_and_applied_seq_and_a_new_run_starts_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, replica, state) = (
+        dir.path().join("m.db"),
+        dir.path().join("r.db"),
+        dir.path().join("state"),
+    );
+    let conn = rusqlite::Connection::open(&master).unwrap();
+    conn.execute(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, sku TEXT, name TEXT, price NUMERIC, qty INTEGER, updated_at TEXT)",
+        [],
+    )
+    .unwrap();
+    conn.execute("INSERT INTO items (id, sku) VALUES (1, 'a'), (2, 'b')", [])
+        .unwrap();
+    let env = [
+        ("SOURCE_URL", master.as_path()),
+        ("TARGET_URL", replica.as_path()),
+        ("STATE_DIR", state.as_path()),
+    ];
+    let config = example("sqlite-to-sqlite.toml");
+    let config = config.to_str().unwrap();
+    let log = dir.path().join("run.log");
+    let applied = || -> Option<i64> {
+        rusqlite::Connection::open(&replica)
+            .ok()?
+            .query_row(
+                "SELECT seq FROM _tidesync_applied WHERE pipeline = 'items'",
+                [],
+                |r| r.get(0),
+            )
+            .ok()
+    };
+    let run_until_applied = |want: i64| {
+        let mut child = spawn(&["run", config], &env, &log);
+        wait_for(
+            "the replica to catch up",
+            std::time::Duration::from_secs(30),
+            || applied().filter(|s| *s >= want),
+        );
+        terminate(&child);
+        assert!(child.wait().unwrap().success());
+    };
+    run_until_applied(2);
+
+    let unknown = run(&["drop", config, "nope"], &env);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("no pipeline named nope (defined: items)")
+    );
+
+    let out = run(&["drop", config, "items"], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("dropped the capture triggers on items"),
+        "{stdout}"
+    );
+    let leftovers: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name LIKE '\\_tidesync%' ESCAPE '\\'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(leftovers, 0, "capture objects left in the master");
+    assert_eq!(applied(), None, "the replica still records an applied seq");
+    let status = run(&["status", config], &env);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("none yet (not started)"));
+    // Writes after the drop are not captured by anything...
+    conn.execute("INSERT INTO items (id, sku) VALUES (3, 'c')", [])
+        .unwrap();
+    // ...and a new run starts over with a snapshot and is not refused as "ahead of the store".
+    run_until_applied(3);
+    let diff = tidesync_engine::compare::compare_sqlite_table(
+        &master,
+        &replica,
+        "items",
+        &["id".into()],
+        3,
+    )
+    .unwrap();
+    assert!(diff.is_equal(), "{diff:?}");
+}

@@ -101,6 +101,12 @@ pub trait Source: Send {
 
     /// Everything up to `position` is committed to the log: the source may release it upstream.
     fn ack(&mut self, position: Position) -> BoxFuture<'_, Result<(), StageError>>;
+
+    /// Removes everything capture installed upstream for this pipeline (triggers, change
+    /// tables, replication slots), for `tidesync drop`, so nothing keeps accumulating for a
+    /// pipeline that is gone. Returns one line per thing removed. Required, not defaulted: a
+    /// source that forgets to clean up leaves a trigger or a slot growing forever.
+    fn remove(&mut self) -> BoxFuture<'_, Result<Vec<String>, StageError>>;
 }
 
 /// A delivery target.
@@ -115,6 +121,12 @@ pub trait Sink: Send {
     /// Applies a batch durably; returns only after the target accepted all of it. The batch is
     /// shared so that a sink can hand it to a blocking thread and the runtime can retry it.
     fn apply(&mut self, batch: Arc<Batch>) -> BoxFuture<'_, Result<(), StageError>>;
+
+    /// Forgets what the target recorded for this pipeline and sink (its applied seq), for
+    /// `tidesync drop`, so that a pipeline recreated later starts clean instead of being
+    /// refused as "ahead of the store". The target's data stays. Returns one line per thing
+    /// removed.
+    fn forget(&mut self) -> BoxFuture<'_, Result<Vec<String>, StageError>>;
 }
 
 /// Where a pipeline's log stands, for `status`.

@@ -660,6 +660,38 @@ impl Sink for PostgresSink {
         })
     }
 
+    fn forget(&mut self) -> BoxFuture<'_, Result<Vec<String>, StageError>> {
+        Box::pin(async move {
+            let (pipeline, sink, target) = (
+                self.pipeline.clone(),
+                self.sink.clone(),
+                self.target.clone(),
+            );
+            let err = self.query_error("forgetting the applied seq");
+            let conn = self.connect().await.map_err(StageError::from)?;
+            let n = within(
+                &target,
+                "forgetting the applied seq",
+                conn.client.execute(
+                    "DELETE FROM _tidesync_applied WHERE pipeline = $1 AND sink = $2",
+                    &[&pipeline, &sink],
+                ),
+            )
+            .await
+            .map_err(StageError::from)?
+            .map_err(|e| StageError::from(err(e)))?;
+            // The connection re-creates the row on its next use; drop it so it does not.
+            self.conn = None;
+            Ok(if n > 0 {
+                vec![format!(
+                    "forgot the applied seq of {pipeline}/{sink} in {target}"
+                )]
+            } else {
+                vec![]
+            })
+        })
+    }
+
     fn apply(&mut self, batch: Arc<Batch>) -> BoxFuture<'_, Result<(), StageError>> {
         Box::pin(async move {
             let result = self.apply_inner(&batch).await;

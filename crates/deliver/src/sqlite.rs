@@ -429,6 +429,32 @@ impl Sink for SqliteSink {
         self.blocking(move |inner| inner.open(&schemas))
     }
 
+    fn forget(&mut self) -> BoxFuture<'_, Result<Vec<String>, StageError>> {
+        self.blocking(|inner| {
+            let (pipeline, sink, path) = (
+                inner.pipeline.clone(),
+                inner.sink.clone(),
+                inner.path.clone(),
+            );
+            let err = inner.err("forgetting the applied seq");
+            let n = inner
+                .connect()?
+                .execute(
+                    "DELETE FROM _tidesync_applied WHERE pipeline = ?1 AND sink = ?2",
+                    [&pipeline, &sink],
+                )
+                .map_err(err)?;
+            Ok(if n > 0 {
+                vec![format!(
+                    "forgot the applied seq of {pipeline}/{sink} in {}",
+                    path.display()
+                )]
+            } else {
+                vec![]
+            })
+        })
+    }
+
     fn apply(&mut self, batch: Arc<Batch>) -> BoxFuture<'_, Result<(), StageError>> {
         self.blocking(move |inner| {
             inner.connect()?;

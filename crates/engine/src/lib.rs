@@ -57,6 +57,52 @@ fn build_sink(config: &Config, pipeline: &PipelineConfig, sink: &str) -> Box<dyn
     }
 }
 
+/// Removes a pipeline for good (`tidesync drop`): the source's capture objects (triggers,
+/// change tables, later replication slots), each sink's record of applied seqs, and the
+/// store's log, state, cursors and position for it. Target data stays. Run it while the
+/// pipeline is stopped. Returns one line per thing removed.
+pub async fn drop_pipeline(config: &Config, name: &str) -> Result<Vec<String>, PipelineError> {
+    let Some(pipeline) = config.pipeline(name) else {
+        return Err(PipelineError {
+            pipeline: name.to_owned(),
+            stage: "config".into(),
+            source: tidesync_core::StageError::definite(format!(
+                "no pipeline named {name} in {}",
+                config.file.display()
+            )),
+        });
+    };
+    let failed = |stage: String| {
+        move |source| PipelineError {
+            pipeline: name.to_owned(),
+            stage,
+            source,
+        }
+    };
+    let mut done = build_source(config, pipeline)
+        .remove()
+        .await
+        .map_err(failed(format!("source {}", pipeline.source)))?;
+    for sink in &pipeline.sinks {
+        done.extend(
+            build_sink(config, pipeline, sink)
+                .forget()
+                .await
+                .map_err(failed(format!("sink {sink}")))?,
+        );
+    }
+    let store =
+        SqliteStore::open(&config.store.path).map_err(|e| failed("store".into())(e.into()))?;
+    let entries = store
+        .drop_pipeline(name)
+        .map_err(|e| failed("store".into())(e.into()))?;
+    done.push(format!(
+        "deleted pipeline {name} from the store {} ({entries} log entries)",
+        config.store.path.display()
+    ));
+    Ok(done)
+}
+
 impl Engine {
     /// Opens the store and builds every pipeline. Connections to sources and sinks are made
     /// when the pipelines start.

@@ -281,6 +281,30 @@ impl SqliteStore {
             .map_err(StoreError::sqlite("counting current state"))
     }
 
+    /// Deletes everything the store holds for `pipeline` (log, current state, cursors,
+    /// position), in one transaction, for `tidesync drop`. Returns the log entries deleted.
+    pub fn drop_pipeline(&self, pipeline: &str) -> Result<u64, StoreError> {
+        let mut conn = lock(&self.inner.writer);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(StoreError::sqlite("beginning a pipeline drop"))?;
+        let mut entries = 0;
+        for table in ["changes", "current", "cursors", "positions"] {
+            let n = tx
+                .execute(
+                    &format!("DELETE FROM {table} WHERE pipeline = ?1"),
+                    [pipeline],
+                )
+                .map_err(StoreError::sqlite("dropping a pipeline"))?;
+            if table == "changes" {
+                entries = n as u64;
+            }
+        }
+        tx.commit()
+            .map_err(StoreError::sqlite("committing a pipeline drop"))?;
+        Ok(entries)
+    }
+
     /// The pipelines this store has seen.
     pub fn pipelines(&self) -> Result<Vec<String>, StoreError> {
         let conn = lock(&self.inner.reader);

@@ -582,6 +582,103 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Drops the triggers of every table this pipeline ever captured and its change and
+    /// schema tables, in one transaction.
+    fn remove(&mut self) -> Result<Vec<String>, TriggerError> {
+        let (path, pipeline, configured) = (
+            self.path.clone(),
+            self.pipeline.clone(),
+            self.tables.clone(),
+        );
+        let e = |context: String| {
+            let path = path.clone();
+            move |source| TriggerError::Sqlite {
+                path,
+                context,
+                source,
+            }
+        };
+        let conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(e("beginning the removal".into()))?;
+        let (changes, schemas) = (change_table(&pipeline), schema_table(&pipeline));
+        let exists = |name: &str| -> Result<bool, TriggerError> {
+            tx.query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(e(format!("looking up {name}")))
+        };
+        let mut tables: Vec<String> = configured;
+        if exists(&schemas)? {
+            let mut st = tx
+                .prepare(&format!(
+                    "SELECT DISTINCT tbl FROM {}",
+                    quote_ident(&schemas)
+                ))
+                .map_err(e("reading captured tables".into()))?;
+            let known: Vec<String> = st
+                .query_map([], |r| r.get(0))
+                .and_then(|rows| rows.collect())
+                .map_err(e("reading captured tables".into()))?;
+            tables.extend(known);
+        }
+        tables.sort();
+        tables.dedup();
+        let mut done = Vec::new();
+        for table in &tables {
+            let mut dropped = 0;
+            for op in ["ins", "upd", "del"] {
+                let name = format!("_tidesync_{pipeline}_{table}_{op}");
+                let present: bool = tx
+                    .query_row(
+                        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+                        [&name],
+                        |r| r.get(0),
+                    )
+                    .map_err(e(format!("looking up trigger {name}")))?;
+                if present {
+                    tx.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&name)))
+                        .map_err(e(format!("dropping trigger {name}")))?;
+                    dropped += 1;
+                }
+            }
+            if dropped > 0 {
+                done.push(format!(
+                    "dropped the capture triggers on {table} in {}",
+                    path.display()
+                ));
+            }
+        }
+        if exists(&changes)? {
+            let pending: i64 = tx
+                .query_row(
+                    &format!("SELECT count(*) FROM {}", quote_ident(&changes)),
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(e("counting pending changes".into()))?;
+            tx.execute_batch(&format!("DROP TABLE {}", quote_ident(&changes)))
+                .map_err(e(format!("dropping {changes}")))?;
+            done.push(format!(
+                "dropped {changes} ({pending} uncaptured changes) in {}",
+                path.display()
+            ));
+        }
+        if exists(&schemas)? {
+            tx.execute_batch(&format!("DROP TABLE {}", quote_ident(&schemas)))
+                .map_err(e(format!("dropping {schemas}")))?;
+            done.push(format!("dropped {schemas} in {}", path.display()));
+        }
+        tx.commit().map_err(e("committing the removal".into()))?;
+        self.shapes.clear();
+        Ok(done)
+    }
+}
+
 impl Source for TriggerSource {
     fn open(&mut self, from: Option<Position>) -> BoxFuture<'_, Result<Opened, StageError>> {
         let from = match from {
@@ -622,6 +719,10 @@ impl Source for TriggerSource {
                 tokio::time::sleep(interval.min(deadline - now)).await;
             }
         })
+    }
+
+    fn remove(&mut self) -> BoxFuture<'_, Result<Vec<String>, StageError>> {
+        self.blocking(|inner| inner.remove())
     }
 
     fn ack(&mut self, position: Position) -> BoxFuture<'_, Result<(), StageError>> {

@@ -174,3 +174,23 @@ async fn a_ten_thousand_row_batch_applies_in_one_transaction() {
     );
     assert_eq!(applied_seq(&pg), "10000");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_removes_the_applied_seq_and_keeps_the_rows() {
+    let pg = server();
+    let (mut sink, _) = open_sink(&pg, items_schema(), true).await;
+    sink.apply(batch(vec![upsert(1, 1, Some("a"), Value::Int(1))]))
+        .await
+        .unwrap();
+    let done = sink.forget().await.unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(
+        pg.psql(DB, "SELECT count(*) FROM _tidesync_applied")
+            .unwrap(),
+        "0"
+    );
+    assert_eq!(items(&pg), "1|a|1");
+    // A pipeline recreated later starts from nothing.
+    let (_again, applied) = open_sink(&pg, items_schema(), false).await;
+    assert_eq!(applied, Some(Seq(0)));
+}

@@ -101,6 +101,10 @@ impl Source for MemSource {
         })
     }
 
+    fn remove(&mut self) -> tidesync_core::BoxFuture<'_, Result<Vec<String>, StageError>> {
+        Box::pin(async { Ok(vec![]) })
+    }
+
     fn ack(&mut self, position: Position) -> tidesync_core::BoxFuture<'_, Result<(), StageError>> {
         self.0.lock().unwrap().acked.push(position);
         Box::pin(async { Ok(()) })
@@ -133,6 +137,10 @@ impl Sink for MemSink {
     ) -> tidesync_core::BoxFuture<'_, Result<Option<Seq>, StageError>> {
         let recorded = self.0.lock().unwrap().recorded;
         Box::pin(async move { Ok(recorded) })
+    }
+
+    fn forget(&mut self) -> tidesync_core::BoxFuture<'_, Result<Vec<String>, StageError>> {
+        Box::pin(async { Ok(vec![]) })
     }
 
     fn apply(&mut self, batch: Arc<Batch>) -> tidesync_core::BoxFuture<'_, Result<(), StageError>> {
