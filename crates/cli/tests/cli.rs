@@ -137,23 +137,9 @@ fn status_without_a_store_says_run_has_not_started() {
 
 #[test]
 fn a_restart_before_any_change_does_not_snapshot_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let (master, replica, state) = (
-        dir.path().join("m.db"),
-        dir.path().join("r.db"),
-        dir.path().join("state"),
-    );
-    let conn = rusqlite::Connection::open(&master).unwrap();
-    conn.execute(
-        "CREATE TABLE items (id INTEGER PRIMARY KEY, sku TEXT, name TEXT, price NUMERIC, qty INTEGER, updated_at TEXT)",
-        [],
-    )
-    .unwrap();
-    let env = [
-        ("SOURCE_URL", master.as_path()),
-        ("TARGET_URL", replica.as_path()),
-        ("STATE_DIR", state.as_path()),
-    ];
+    let setup = ExampleSetup::new();
+    let conn = setup.master();
+    let env = setup.env();
     let config = example("sqlite-to-sqlite.toml");
     let config = config.to_str().unwrap();
     let head = || -> Option<u64> {
@@ -166,7 +152,7 @@ fn a_restart_before_any_change_does_not_snapshot_again() {
             .parse()
             .ok()
     };
-    let log = dir.path().join("run.log");
+    let log = setup.dir.path().join("run.log");
     // First start on an empty table: it records where it starts, then stops.
     let child = spawn(&["run", config], &env, &log);
     wait_for(
@@ -206,28 +192,14 @@ fn a_restart_before_any_change_does_not_snapshot_again() {
 
 #[test]
 fn drop_removes_triggers_state_and_applied_seq_and_a_new_run_starts_clean() {
-    let dir = tempfile::tempdir().unwrap();
-    let (master, replica, state) = (
-        dir.path().join("m.db"),
-        dir.path().join("r.db"),
-        dir.path().join("state"),
-    );
-    let conn = rusqlite::Connection::open(&master).unwrap();
-    conn.execute(
-        "CREATE TABLE items (id INTEGER PRIMARY KEY, sku TEXT, name TEXT, price NUMERIC, qty INTEGER, updated_at TEXT)",
-        [],
-    )
-    .unwrap();
+    let setup = ExampleSetup::new();
+    let (conn, master, replica) = (setup.master(), &setup.master, &setup.replica);
     conn.execute("INSERT INTO items (id, sku) VALUES (1, 'a'), (2, 'b')", [])
         .unwrap();
-    let env = [
-        ("SOURCE_URL", master.as_path()),
-        ("TARGET_URL", replica.as_path()),
-        ("STATE_DIR", state.as_path()),
-    ];
+    let env = setup.env();
     let config = example("sqlite-to-sqlite.toml");
     let config = config.to_str().unwrap();
-    let log = dir.path().join("run.log");
+    let log = setup.dir.path().join("run.log");
     let applied = || -> Option<i64> {
         rusqlite::Connection::open(&replica)
             .ok()?

@@ -89,3 +89,51 @@ impl Rng {
         self.0 % n.max(1)
     }
 }
+
+/// A temporary folder with a SQLite master holding the examples' empty `items` table, and the
+/// paths for the examples' three variables.
+#[derive(Debug)]
+pub struct ExampleSetup {
+    pub dir: tempfile::TempDir,
+    pub master: PathBuf,
+    pub replica: PathBuf,
+    pub state: PathBuf,
+}
+
+impl ExampleSetup {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (master, replica, state) = (
+            dir.path().join("m.db"),
+            dir.path().join("r.db"),
+            dir.path().join("state"),
+        );
+        rusqlite::Connection::open(&master)
+            .unwrap()
+            .execute(
+                "CREATE TABLE items (id INTEGER PRIMARY KEY, sku TEXT, name TEXT, price NUMERIC, qty INTEGER, updated_at TEXT)",
+                [],
+            )
+            .unwrap();
+        ExampleSetup {
+            dir,
+            master,
+            replica,
+            state,
+        }
+    }
+
+    /// A connection to the master.
+    pub fn master(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(&self.master).unwrap()
+    }
+
+    /// SOURCE_URL, TARGET_URL and STATE_DIR for the examples.
+    pub fn env(&self) -> [(&'static str, &Path); 3] {
+        [
+            ("SOURCE_URL", self.master.as_path()),
+            ("TARGET_URL", self.replica.as_path()),
+            ("STATE_DIR", self.state.as_path()),
+        ]
+    }
+}
