@@ -201,7 +201,7 @@ fn drop_removes_triggers_state_and_applied_seq_and_a_new_run_starts_clean() {
     let config = config.to_str().unwrap();
     let log = setup.dir.path().join("run.log");
     let applied = || -> Option<i64> {
-        rusqlite::Connection::open(&replica)
+        rusqlite::Connection::open(replica)
             .ok()?
             .query_row(
                 "SELECT seq FROM _tidesync_applied WHERE pipeline = 'items'",
@@ -256,13 +256,8 @@ fn drop_removes_triggers_state_and_applied_seq_and_a_new_run_starts_clean() {
         .unwrap();
     // ...and a new run starts over with a snapshot and is not refused as "ahead of the store".
     run_until_applied(3);
-    let diff = tidesync_engine::compare::compare_sqlite_table(
-        &master,
-        &replica,
-        "items",
-        &["id".into()],
-        3,
-    )
-    .unwrap();
+    let diff =
+        tidesync_engine::compare::compare_sqlite_table(master, replica, "items", &["id".into()], 3)
+            .unwrap();
     assert!(diff.is_equal(), "{diff:?}");
 }
