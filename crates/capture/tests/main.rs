@@ -4,3 +4,4 @@
 #![allow(clippy::unwrap_used)]
 
 mod pg_replication;
+mod pg_source;

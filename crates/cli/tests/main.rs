@@ -2,5 +2,6 @@
 
 mod cli;
 mod crash;
+mod pg_source;
 mod postgres;
 mod util;

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 pub fn tidesync() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidesync"));
-    cmd.env("TIDESYNC_LOG", "warn");
+    cmd.env(
+        "TIDESYNC_LOG",
+        std::env::var("TEST_TIDESYNC_LOG").unwrap_or("warn".into()),
+    );
     cmd
 }
 

@@ -124,6 +124,9 @@ pub enum Op {
     Update,
     Delete,
     Read,
+    /// Every row of the stream was removed (PostgreSQL `TRUNCATE`). `key` is empty and there
+    /// are no rows.
+    Truncate,
 }
 
 impl Op {
@@ -133,6 +136,7 @@ impl Op {
             Op::Update => "update",
             Op::Delete => "delete",
             Op::Read => "read",
+            Op::Truncate => "truncate",
         }
     }
 }
@@ -162,6 +166,12 @@ pub struct Change {
     /// The source transaction, when the source has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub txn: Option<String>,
+    /// Columns of `after` whose values the source did not send because the change left them
+    /// as they were (PostgreSQL's unchanged TOASTed values); `after` holds a null for each.
+    /// The log fills them from its current state before anything reads the change, so no
+    /// entry a sink sees has any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unchanged: Vec<String>,
 }
 
 /// A change with the sequence number the log gave it.

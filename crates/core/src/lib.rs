@@ -10,6 +10,8 @@
 pub mod change;
 pub mod codec;
 pub mod failpoint;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod position;
 pub mod sql;
 pub mod stage;
@@ -19,7 +21,7 @@ pub mod value;
 pub use change::{Batch, BatchKind, Change, Key, LogEntry, Op, Row, Seq};
 pub use position::Position;
 pub use stage::{
-    BoxError, BoxFuture, Captured, ColumnSchema, Log, LogStatus, Opened, Sink, Source, StageError,
-    TableSchema,
+    BoxError, BoxFuture, Captured, ColumnSchema, Dialect, Log, LogStatus, Opened, Sink, Source,
+    StageError, TableSchema,
 };
 pub use value::{Decimal, Value, ValueError};

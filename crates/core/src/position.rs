@@ -21,6 +21,15 @@ pub enum Position {
     RowId(i64),
     /// A poll watermark: the last seen timestamp and, among rows sharing it, the last key.
     Watermark { time_us: i64, key: Key },
+    /// An initial snapshot in progress: the change stream resumes at `stream` once it is
+    /// done; the tables the source lists before `table` are copied, and of `table` the rows
+    /// up to and including key `after` (in the source's own text form and key order; `None`:
+    /// none of it yet).
+    Snapshot {
+        stream: Box<Position>,
+        table: String,
+        after: Option<Key>,
+    },
 }
 
 impl Position {
@@ -70,6 +79,17 @@ impl fmt::Display for Position {
                 "watermark {} {key}",
                 crate::time::format_timestamp(*time_us)
             ),
+            Position::Snapshot {
+                stream,
+                table,
+                after,
+            } => {
+                write!(f, "snapshot of {table}")?;
+                if let Some(key) = after {
+                    write!(f, " after {key}")?;
+                }
+                write!(f, ", then {stream}")
+            }
         }
     }
 }
@@ -91,6 +111,11 @@ mod tests {
             Position::Watermark {
                 time_us: 5,
                 key: Key(vec![crate::Value::Int(3)]),
+            },
+            Position::Snapshot {
+                stream: Box::new(Position::Lsn(7)),
+                table: "public.items".into(),
+                after: Some(Key(vec![crate::Value::Text("42".into())])),
             },
         ] {
             assert_eq!(Position::from_json(&p.to_json()).unwrap(), p);

@@ -57,12 +57,26 @@ pub struct ColumnSchema {
     pub nullable: bool,
 }
 
+/// Whose type names a schema's columns carry, so that a sink creating a table maps them from
+/// the right system (`integer` is 64-bit in SQLite and 32-bit in PostgreSQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    #[default]
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
 /// A captured table: its columns in order and its key columns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableSchema {
     pub name: String,
     pub columns: Vec<ColumnSchema>,
     pub key: Vec<String>,
+    /// The system `columns[].type_name` come from.
+    #[serde(default)]
+    pub dialect: Dialect,
 }
 
 /// What a source reports when it opens.

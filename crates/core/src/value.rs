@@ -111,7 +111,9 @@ impl Value {
     }
 }
 
-/// Bitwise equality for floats: sync compares what was stored, not arithmetic.
+/// Bitwise equality for floats: sync compares what was stored, not arithmetic (so `0.0` and
+/// `-0.0` differ). Every NaN equals every other NaN: no database or text form keeps a NaN's
+/// payload bits, so only "not a number" is data.
 impl PartialEq for Value {
     fn eq(&self, other: &Self) -> bool {
         use Value::*;
@@ -119,7 +121,7 @@ impl PartialEq for Value {
             (Null, Null) => true,
             (Bool(a), Bool(b)) => a == b,
             (Int(a), Int(b)) => a == b,
-            (Float(a), Float(b)) => a.to_bits() == b.to_bits(),
+            (Float(a), Float(b)) => a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
             (Decimal(a), Decimal(b)) => a == b,
             (Text(a), Text(b)) => a == b,
             (Bytes(a), Bytes(b)) => a == b,

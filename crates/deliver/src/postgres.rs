@@ -518,6 +518,7 @@ impl Work<'_> {
                 sql::upsert_sql(step.stream, &columns, key_columns, rows)
             }
             Action::Delete => sql::delete_sql(step.stream, key_columns, rows),
+            Action::Truncate => format!("TRUNCATE {}", sql::quote_ident(step.stream)),
         };
         let statement = match self.statements.get(&sql) {
             Some(statement) => statement.clone(),
@@ -534,7 +535,11 @@ impl Work<'_> {
         };
         let kinds: Vec<ColumnKind> = statement.params().iter().map(ColumnKind::of).collect();
         let mut bound: Vec<Bound<'_>> = Vec::with_capacity(kinds.len());
-        for entry in &step.entries {
+        for entry in step
+            .entries
+            .iter()
+            .filter(|_| !matches!(step.action, Action::Truncate))
+        {
             let bad = |problem: String| Failure {
                 error: PostgresSinkError::BadChange {
                     target: target.to_owned(),

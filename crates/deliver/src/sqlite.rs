@@ -21,7 +21,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use tidesync_core::sql::quote_ident;
 use tidesync_core::time::{format_date, format_time, format_timestamp};
-use tidesync_core::{Batch, BoxFuture, Op, Seq, Sink, StageError, TableSchema, Value};
+use tidesync_core::{Batch, BoxFuture, Dialect, Op, Seq, Sink, StageError, TableSchema, Value};
 use tidesync_store::sqlite_is_transient;
 
 /// What went wrong applying to SQLite, and where.
@@ -302,6 +302,11 @@ impl Inner {
                 problem: e.to_string(),
             };
             match (change.op, &change.after) {
+                (Op::Truncate, _) => {
+                    let sql = format!("DELETE FROM {}", quote_ident(&change.stream));
+                    let mut st = tx.prepare_cached(&sql).map_err(&err)?;
+                    st.execute([]).map_err(bad)?;
+                }
                 (Op::Delete, _) | (_, None) => {
                     let sql = &deletes[&change.stream];
                     let mut st = tx.prepare_cached(sql).map_err(&err)?;
@@ -360,7 +365,10 @@ fn create_table_sql(schema: &TableSchema) -> String {
         .iter()
         .map(|c| {
             let mut def = quote_ident(&c.name);
-            if !c.type_name.is_empty() {
+            if schema.dialect == Dialect::Postgres {
+                def.push(' ');
+                def.push_str(sqlite_type_for_pg(&c.type_name));
+            } else if !c.type_name.is_empty() {
                 def.push(' ');
                 // The declared type comes from the source's catalog; keep only characters a
                 // type name can hold so it cannot smuggle SQL.
@@ -383,6 +391,24 @@ fn create_table_sql(schema: &TableSchema) -> String {
         quote_ident(&schema.name),
         cols.join(", ")
     )
+}
+
+/// The SQLite column type for a PostgreSQL type (as `format_type` names it), chosen so the
+/// values the sink binds keep every digit: integers as INTEGER, floats as REAL, bytea as BLOB,
+/// and everything else, numeric included, as TEXT (a NUMERIC column would turn `12.50` into
+/// the float 12.5).
+fn sqlite_type_for_pg(pg: &str) -> &'static str {
+    if pg.ends_with("[]") {
+        return "TEXT";
+    }
+    match pg {
+        "smallint" | "integer" | "bigint" | "boolean" | "int2" | "int4" | "int8" | "bool" => {
+            "INTEGER"
+        }
+        "real" | "double precision" | "float4" | "float8" => "REAL",
+        "bytea" => "BLOB",
+        _ => "TEXT",
+    }
 }
 
 fn upsert_sql(table: &str, columns: &[String], key: &[String]) -> String {

@@ -49,6 +49,8 @@ const DEFAULT_BATCH_SIZE: i64 = 1000;
 const BATCH_SIZE_RANGE: (i64, i64) = (1, 100_000);
 const DEFAULT_MAX_LAG: i64 = 100_000;
 const MAX_PIPELINE_NAME_LEN: usize = 48;
+const DEFAULT_CHUNK_ROWS: i64 = 10_000;
+const CHUNK_ROWS_RANGE: (i64, i64) = (1, 1_000_000);
 
 // ---------------------------------------------------------------------------------------------
 // Resolved configuration
@@ -94,6 +96,21 @@ pub enum SourceSpec {
         /// Plain identifiers, optionally `schema.table`, no duplicates, at least one.
         tables: Vec<String>,
         poll_interval: Duration,
+    },
+    /// A PostgreSQL database captured from its write-ahead log (logical replication,
+    /// `pgoutput`), after a consistent initial copy.
+    PostgresLog {
+        /// The connection URL, secrets substituted.
+        url: String,
+        /// `table` (schema public) or `schema.table`; also the stream names.
+        tables: Vec<String>,
+        /// An existing publication to use as is; `None`: tidesync manages
+        /// `tidesync_<pipeline>`.
+        publication: Option<String>,
+        /// The replication slot; `None`: `tidesync_<pipeline>`.
+        slot: Option<String>,
+        /// Rows per chunk of the initial copy.
+        chunk_rows: usize,
     },
 }
 
@@ -314,6 +331,9 @@ struct RawSource {
     mode: Option<Spanned<String>>,
     tables: Spanned<Vec<Spanned<String>>>,
     poll_interval_ms: Option<Spanned<i64>>,
+    publication: Option<Spanned<String>>,
+    slot: Option<Spanned<String>>,
+    chunk_rows: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -515,12 +535,92 @@ impl Resolver<'_> {
         )?;
         let poll_interval = Duration::from_millis(poll_interval_ms.unsigned_abs());
 
+        let only_postgres = |key: &str, span: Option<std::ops::Range<usize>>| match span {
+            Some(span) if !matches!(kind, DbKind::Postgres) => Err(self.doc.error(
+                span,
+                format!("{at}.{key}: only PostgreSQL sources have a {key}"),
+            )),
+            _ => Ok(()),
+        };
+        only_postgres("publication", raw.publication.as_ref().map(Spanned::span))?;
+        only_postgres("slot", raw.slot.as_ref().map(Spanned::span))?;
+        only_postgres("chunk_rows", raw.chunk_rows.as_ref().map(Spanned::span))?;
         let spec = match (kind, mode) {
             (DbKind::Sqlite { path }, Mode::Trigger) => SourceSpec::SqliteTrigger {
                 path,
                 tables,
                 poll_interval,
             },
+            (DbKind::Postgres, Mode::Log) => {
+                if let Some(p) = &raw.poll_interval_ms {
+                    return Err(self.doc.error(
+                        p.span(),
+                        format!(
+                            "{at}.poll_interval_ms: a log source is not polled (the server \
+                             streams its changes); remove it"
+                        ),
+                    ));
+                }
+                let publication = raw
+                    .publication
+                    .as_ref()
+                    .map(|p| self.string(p, &format!("{at}.publication")))
+                    .transpose()?;
+                if let (Some(p), Some(name)) = (&raw.publication, &publication)
+                    && (name.is_empty() || name.len() > 63)
+                {
+                    return Err(self.doc.error(
+                        p.span(),
+                        format!("{at}.publication: must be 1 to 63 bytes long"),
+                    ));
+                }
+                let slot = raw
+                    .slot
+                    .as_ref()
+                    .map(|p| self.string(p, &format!("{at}.slot")))
+                    .transpose()?;
+                if let (Some(p), Some(name)) = (&raw.slot, &slot) {
+                    let ok = !name.is_empty()
+                        && name.len() <= 63
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                    if !ok {
+                        return Err(self.doc.error(
+                            p.span(),
+                            format!(
+                                "{at}.slot: bad slot name \"{name}\" (PostgreSQL allows 1 to 63 \
+                                 of a-z, 0-9 and _)"
+                            ),
+                        ));
+                    }
+                }
+                let chunk_rows = self.int(
+                    raw.chunk_rows.as_ref(),
+                    DEFAULT_CHUNK_ROWS,
+                    CHUNK_ROWS_RANGE.0,
+                    Some(CHUNK_ROWS_RANGE.1),
+                    &format!("{at}.chunk_rows"),
+                )?;
+                SourceSpec::PostgresLog {
+                    url: self.string(&raw.url, &format!("{at}.url"))?,
+                    tables,
+                    publication,
+                    slot,
+                    chunk_rows: chunk_rows.unsigned_abs() as usize,
+                }
+            }
+            (DbKind::Postgres, mode) => {
+                let span = raw.mode.as_ref().map_or(raw.url.span(), Spanned::span);
+                return Err(self.doc.error(
+                    span,
+                    format!(
+                        "{at}.mode: mode \"{}\" is not supported for postgres sources yet \
+                         (supported: log)",
+                        mode.name()
+                    ),
+                ));
+            }
             (DbKind::Sqlite { .. }, mode) => {
                 let span = raw.mode.as_ref().map_or(raw.url.span(), Spanned::span);
                 return Err(self.doc.error(
@@ -532,12 +632,12 @@ impl Resolver<'_> {
                     ),
                 ));
             }
-            (kind @ (DbKind::Postgres | DbKind::Mysql), _) => {
+            (kind @ DbKind::Mysql, _) => {
                 return Err(self.doc.error(
                     raw.url.span(),
                     format!(
                         "{at}.url: {} sources are not supported yet by this build \
-                         (supported: sqlite)",
+                         (supported: sqlite, postgres)",
                         kind.name()
                     ),
                 ));
@@ -1221,16 +1321,100 @@ max_lag = 1
     }
 
     #[test]
-    fn postgres_source_is_not_supported_yet() {
-        let err = parse_err(&with("${SOURCE_URL}", "postgres://u@localhost/shop"));
+    fn postgres_source_defaults_to_log_mode() {
+        let config = parse(&with("${SOURCE_URL}", "postgres://u@localhost/shop")).unwrap();
+        assert_eq!(
+            config.sources["shop"].spec,
+            SourceSpec::PostgresLog {
+                url: "postgres://u@localhost/shop".into(),
+                tables: vec!["items".into()],
+                publication: None,
+                slot: None,
+                chunk_rows: 10_000,
+            }
+        );
+        let text = with(
+            "tables = [\"items\"]",
+            "tables = [\"sales.items\"]\npublication = \"pub_all\"\nslot = \"s_1\"\nchunk_rows = 500",
+        )
+        .replacen("${SOURCE_URL}", "postgresql://u@localhost/shop", 1);
+        match parse(&text).unwrap().sources["shop"].spec.clone() {
+            SourceSpec::PostgresLog {
+                tables,
+                publication,
+                slot,
+                chunk_rows,
+                ..
+            } => {
+                assert_eq!(tables, vec!["sales.items".to_owned()]);
+                assert_eq!(publication.as_deref(), Some("pub_all"));
+                assert_eq!(slot.as_deref(), Some("s_1"));
+                assert_eq!(chunk_rows, 500);
+            }
+            other => panic!("not a postgres source: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn postgres_source_options_are_checked() {
+        let pg = with("${SOURCE_URL}", "postgres://u@localhost/shop");
+        let err = parse_err(&pg.replacen(
+            "tables = [\"items\"]",
+            "tables = [\"items\"]\nmode = \"trigger\"",
+            1,
+        ));
+        assert_at(&err, 7, 8);
+        assert!(
+            err.message
+                .contains("mode \"trigger\" is not supported for postgres sources"),
+            "{err}"
+        );
+        let err = parse_err(&pg.replacen(
+            "tables = [\"items\"]",
+            "tables = [\"items\"]\nslot = \"Bad-Slot\"",
+            1,
+        ));
+        assert_at(&err, 7, 8);
+        assert!(
+            err.message.contains("sources.shop.slot: bad slot name"),
+            "{err}"
+        );
+        let err = parse_err(&pg.replacen(
+            "tables = [\"items\"]",
+            "tables = [\"items\"]\npoll_interval_ms = 5",
+            1,
+        ));
+        assert!(err.message.contains("a log source is not polled"), "{err}");
+        let err = parse_err(&pg.replacen(
+            "tables = [\"items\"]",
+            "tables = [\"items\"]\nchunk_rows = 0",
+            1,
+        ));
+        assert!(
+            err.message
+                .contains("sources.shop.chunk_rows: must be between 1 and 1000000"),
+            "{err}"
+        );
+        // A SQLite source has no slot.
+        let err = parse_err(&with(
+            "tables = [\"items\"]",
+            "tables = [\"items\"]\nslot = \"s\"",
+        ));
+        assert!(
+            err.message.contains("only PostgreSQL sources have a slot"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn mysql_source_is_not_supported_yet() {
+        let err = parse_err(&with("${SOURCE_URL}", "mysql://u@localhost/shop"));
         assert_at(&err, 5, 7);
         assert_eq!(
             err.message,
-            "sources.shop.url: postgres sources are not supported yet by this build \
-             (supported: sqlite)"
+            "sources.shop.url: mysql sources are not supported yet by this build \
+             (supported: sqlite, postgres)"
         );
-        let err = parse_err(&with("${SOURCE_URL}", "postgresql://localhost/shop"));
-        assert!(err.message.contains("postgres sources"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod runtime;
 
 use std::sync::Arc;
 
+use tidesync_capture::pg::source::{PgLogOptions, PgLogSource};
 use tidesync_capture::sqlite::TriggerSource;
 use tidesync_core::{Sink, Source};
 use tidesync_deliver::postgres::PostgresSink;
@@ -42,6 +43,18 @@ fn build_source(config: &Config, pipeline: &PipelineConfig) -> Box<dyn Source> {
             tables.clone(),
             *poll_interval,
         )),
+        SourceSpec::PostgresLog {
+            url,
+            tables,
+            publication,
+            slot,
+            chunk_rows,
+        } => Box::new(PgLogSource::new(PgLogOptions {
+            publication: publication.clone(),
+            slot: slot.clone(),
+            chunk_rows: *chunk_rows,
+            ..PgLogOptions::new(url, &pipeline.name, tables.clone())
+        })),
     }
 }
 

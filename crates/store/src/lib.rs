@@ -92,6 +92,7 @@ fn op_code(op: Op) -> i64 {
         Op::Update => 1,
         Op::Delete => 2,
         Op::Read => 3,
+        Op::Truncate => 4,
     }
 }
 
@@ -101,6 +102,7 @@ fn op_from_code(code: i64) -> Option<Op> {
         1 => Op::Update,
         2 => Op::Delete,
         3 => Op::Read,
+        4 => Op::Truncate,
         _ => return None,
     })
 }
@@ -355,7 +357,46 @@ fn append(
             .prepare_cached("DELETE FROM current WHERE pipeline = ?1 AND stream = ?2 AND key = ?3")
             .map_err(e("preparing the current-state delete"))?;
         let mut row_buf = Vec::with_capacity(256);
-        for change in &captured.changes {
+        // The row a delete just removed, when the next change needs it to fill unchanged
+        // values: a key update arrives as a delete of the old key and an insert of the new.
+        let mut deleted: Option<Row> = None;
+        for (i, change) in captured.changes.iter().enumerate() {
+            let filled;
+            let change = if change.unchanged.is_empty() {
+                change
+            } else {
+                match fill_unchanged(&tx, pipeline, change, deleted.take())? {
+                    Some(complete) => {
+                        filled = complete;
+                        &filled
+                    }
+                    None => {
+                        tracing::warn!(
+                            pipeline,
+                            stream = %change.stream,
+                            key = %change.key,
+                            columns = ?change.unchanged,
+                            "skipped an update whose unchanged values cannot be filled: the \
+                             current state has no row for its key (a snapshot chunk still to \
+                             come carries the row; otherwise run `tidesync verify`)"
+                        );
+                        continue;
+                    }
+                }
+            };
+            deleted = None;
+            let next_fills = captured
+                .changes
+                .get(i + 1)
+                .is_some_and(|n| !n.unchanged.is_empty() && n.stream == change.stream);
+            if change.op == Op::Delete && next_fills {
+                deleted = current_row_in(&tx, pipeline, &change.stream, &change.key)?;
+            }
+            if change.op == Op::Truncate {
+                tx.prepare_cached("DELETE FROM current WHERE pipeline = ?1 AND stream = ?2")
+                    .and_then(|mut st| st.execute(params![pipeline, change.stream]))
+                    .map_err(e("truncating current state"))?;
+            }
             seq += 1;
             let key = binary::key_to_vec(&change.key);
             let current_key = binary::key_to_sortable_vec(&change.key);
@@ -405,6 +446,66 @@ fn append(
     Ok((seq > head).then(|| (Seq(head as u64 + 1), Seq(seq as u64))))
 }
 
+/// `change` with its unchanged columns taken from the current state, or `None` when the
+/// current state has no row for its key.
+fn fill_unchanged(
+    tx: &rusqlite::Transaction<'_>,
+    pipeline: &str,
+    change: &Change,
+    deleted: Option<Row>,
+) -> Result<Option<Change>, StoreError> {
+    let current = match current_row_in(tx, pipeline, &change.stream, &change.key)? {
+        Some(row) => row,
+        None => match deleted {
+            Some(row) => row,
+            None => return Ok(None),
+        },
+    };
+    let mut complete = change.clone();
+    complete.unchanged.clear();
+    if let Some(after) = complete.after.as_mut() {
+        for (column, value) in after.0.iter_mut() {
+            if change.unchanged.iter().any(|c| c == column) {
+                // A column the stored row lacks (added since) keeps its null.
+                if let Some(v) = current.get(column) {
+                    *value = v.clone();
+                }
+            }
+        }
+    }
+    Ok(Some(complete))
+}
+
+/// The current row of `key` in `stream`, read inside the append's transaction.
+fn current_row_in(
+    tx: &rusqlite::Transaction<'_>,
+    pipeline: &str,
+    stream: &str,
+    key: &Key,
+) -> Result<Option<Row>, StoreError> {
+    let stored: Option<(Vec<u8>, i64)> = tx
+        .prepare_cached(
+            "SELECT row, seq FROM current WHERE pipeline = ?1 AND stream = ?2 AND key = ?3",
+        )
+        .and_then(|mut st| {
+            st.query_row(
+                params![pipeline, stream, binary::key_to_sortable_vec(key)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })
+        .map_err(StoreError::sqlite("reading current state"))?;
+    stored
+        .map(|(bytes, seq)| {
+            decode_row(&bytes).map_err(|source| StoreError::Corrupt {
+                pipeline: pipeline.to_owned(),
+                seq: seq as u64,
+                source,
+            })
+        })
+        .transpose()
+}
+
 fn update_current(
     change: &Change,
     key: &[u8],
@@ -416,6 +517,7 @@ fn update_current(
 ) -> Result<(), StoreError> {
     let e = StoreError::sqlite;
     match (change.op, after) {
+        (Op::Truncate, _) => 0,
         (Op::Delete, _) | (_, None) => delete
             .execute(params![pipeline, change.stream, key])
             .map_err(e("deleting from current state"))?,
@@ -496,6 +598,7 @@ fn read(
                 commit_time_us: r.get(6).map_err(e("reading the log"))?,
                 position,
                 txn: r.get(8).map_err(e("reading the log"))?,
+                unchanged: Vec::new(),
             },
         });
     }

@@ -37,6 +37,7 @@ fn change(op: Op, id: i64, qty: Option<i64>) -> Change {
         commit_time_us: 1_000 + id,
         position: Some(Position::RowId(id)),
         txn: None,
+        unchanged: Vec::new(),
     }
 }
 

@@ -11,4 +11,5 @@
 
 pub mod pgoutput;
 pub mod replication;
+pub mod source;
 pub mod text;

@@ -48,7 +48,7 @@ use super::pgoutput::{
 };
 
 /// Startup `options`: the session settings the text forms in [`super::text`] assume.
-const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 \
+pub(crate) const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 \
      -c bytea_output=hex -c TimeZone=UTC";
 
 /// How long connecting, authenticating and short commands may take.
@@ -69,6 +69,10 @@ pub struct StreamSpec {
     /// session, its consistent point); `Some` is a position we stored durably, which is also
     /// what the session reports as flushed until [`PgReplicationStream::confirm`] raises it.
     pub start_lsn: Option<Lsn>,
+    /// What the session reports as flushed until [`PgReplicationStream::confirm`] raises it;
+    /// `None`: `start_lsn`. A consumer that restarts a stream after changes it has handed on
+    /// but not yet made durable starts at the end of those and acks only what is durable.
+    pub ack_lsn: Option<Lsn>,
     /// At most this long passes between a confirm and the standby status update carrying it.
     pub status_interval: Duration,
 }
@@ -81,6 +85,7 @@ impl StreamSpec {
             slot: slot.into(),
             publication: publication.into(),
             start_lsn: None,
+            ack_lsn: None,
             status_interval: Duration::from_secs(1),
         }
     }
@@ -551,6 +556,9 @@ impl PgReplication {
         .with_status_interval(spec.status_interval);
         if let Some(lsn) = spec.start_lsn {
             config = config.with_start_lsn(to_wire(lsn));
+        }
+        if let Some(lsn) = spec.ack_lsn {
+            config = config.with_ack_lsn(to_wire(lsn));
         }
         let client = ReplicationClient::connect_gated(config)
             .await

@@ -70,7 +70,8 @@ pub mod type_oid {
 }
 
 /// The `pg_type.typname` of a type this module converts.
-fn builtin_name(oid: Oid) -> Option<&'static str> {
+/// PostgreSQL's `typname` of a built-in type this module knows.
+pub fn builtin_name(oid: Oid) -> Option<&'static str> {
     Some(match oid {
         type_oid::BOOL => "bool",
         type_oid::BYTEA => "bytea",

@@ -250,6 +250,7 @@ impl Inner {
                 })
                 .collect(),
             key: key.into_iter().map(|(_, k)| k).collect(),
+            dialect: tidesync_core::Dialect::Sqlite,
         })
     }
 
@@ -551,6 +552,7 @@ impl Inner {
                 commit_time_us: at_us,
                 position: Some(Position::RowId(id)),
                 txn: None,
+                unchanged: Vec::new(),
             };
             match (op.as_str(), before, after) {
                 ("I", None, Some(a)) => changes.push(make(Op::Insert, key_of(&a), None, Some(a))),

@@ -47,7 +47,8 @@ mod tests {
                 Just(Op::Insert),
                 Just(Op::Update),
                 Just(Op::Delete),
-                Just(Op::Read)
+                Just(Op::Read),
+                Just(Op::Truncate)
             ],
             proptest::collection::vec(any_value(), 1..3),
             proptest::option::of(proptest::collection::vec(("[a-z]{1,6}", any_value()), 0..6)),
@@ -73,6 +74,7 @@ mod tests {
                     commit_time_us: t,
                     position: pos.map(Position::RowId),
                     txn: None,
+                    unchanged: Vec::new(),
                 }
             })
     }

@@ -7,7 +7,6 @@
 //! out on purpose: it often holds row data ("Failing row contains ...").
 
 use tidesync_core::{Seq, StageError};
-use tokio_postgres::error::SqlState;
 
 /// What went wrong applying to PostgreSQL, and where.
 #[derive(Debug, thiserror::Error)]
@@ -90,72 +89,6 @@ impl From<PostgresSinkError> for StageError {
     }
 }
 
-/// Whether `e` may go away by itself: lost connections, restarts, serialization failures,
-/// deadlocks, lock and statement timeouts, resource shortages. Bad data and bad setup
-/// (constraint violations, invalid input, undefined table or column, privileges,
-/// authentication, missing database) are definite. Unknown errors count as transient.
-pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
-    match e.code() {
-        Some(code) => is_transient_code(code),
-        // Not from the server: I/O, closed connection, timeouts are transient. Encoding a
-        // parameter failed: our values are checked before binding, so this is bad data.
-        None => !e.to_string().starts_with("error serializing parameter"),
-    }
-}
-
-pub(crate) fn is_transient_code(code: &SqlState) -> bool {
-    let code = code.code();
-    // Definite SQLSTATE classes (https://www.postgresql.org/docs/current/errcodes-appendix.html).
-    const DEFINITE_CLASSES: [&str; 18] = [
-        "0A", // feature not supported
-        "0L", "0P", // invalid grantor / role specification
-        "21", // cardinality violation
-        "22", // data exception
-        "23", // integrity constraint violation
-        "26", // invalid SQL statement name
-        "27", // triggered data change violation
-        "28", // invalid authorization specification (wrong password)
-        "2B", // dependent privilege descriptors still exist
-        "2F", "38", "39", // routine exceptions (e.g. from a trigger)
-        "3D", // invalid catalog name (missing database)
-        "3F", // invalid schema name
-        "42", // syntax error or access rule violation (undefined table/column, privileges)
-        "44", // with check option violation
-        "P0", // PL/pgSQL raise
-    ];
-    if code == "57P04" {
-        // database_dropped
-        return false;
-    }
-    !DEFINITE_CLASSES.iter().any(|class| code.starts_with(class))
-}
-
-/// A one-line description of a tokio-postgres error: the server's severity, SQLSTATE, message,
-/// hint and object names, or the client-side error with its causes.
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut out = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-        let names = [
-            ("table", db.table()),
-            ("column", db.column()),
-            ("constraint", db.constraint()),
-        ];
-        for (what, name) in names {
-            if let Some(name) = name {
-                out.push_str(&format!(" ({what} `{name}`)"));
-            }
-        }
-        if let Some(hint) = db.hint() {
-            out.push_str(&format!("; hint: {hint}"));
-        }
-        return out;
-    }
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+#[cfg(test)]
+pub(crate) use tidesync_core::pg::is_transient_code;
+pub(crate) use tidesync_core::pg::{describe, is_transient};

@@ -26,6 +26,8 @@ pub(crate) enum Action<'b> {
         columns: Vec<&'b str>,
     },
     Delete,
+    /// Remove every row of the table; always a step of its own.
+    Truncate,
 }
 
 /// One statement: an action on one table for one or more entries.
@@ -39,7 +41,7 @@ pub(crate) struct Step<'b> {
 /// The row an entry writes, or `None` if it deletes.
 pub(crate) fn upsert_row(entry: &LogEntry) -> Option<&Row> {
     match (entry.change.op, &entry.change.after) {
-        (Op::Delete, _) | (_, None) => None,
+        (Op::Delete | Op::Truncate, _) | (_, None) => None,
         (_, Some(after)) => Some(after),
     }
 }
@@ -54,12 +56,22 @@ pub(crate) fn plan<'b>(
     let mut keys: HashSet<String> = HashSet::new();
     for entry in entries {
         let stream = entry.change.stream.as_str();
+        if entry.change.op == Op::Truncate {
+            keys.clear();
+            steps.push(Step {
+                stream,
+                action: Action::Truncate,
+                entries: vec![entry],
+            });
+            continue;
+        }
         let row = upsert_row(entry);
         let fingerprint = fingerprint(&entry.change.key);
         let joins = steps.last().is_some_and(|step| {
             let width = match &step.action {
                 Action::Upsert { columns } => columns.len(),
                 Action::Delete => key_len(stream),
+                Action::Truncate => return false,
             };
             let room = step.entries.len() < max_rows.min(MAX_PARAMS / width.max(1));
             let same = step.stream == stream

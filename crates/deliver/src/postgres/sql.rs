@@ -1,7 +1,7 @@
 //! SQL text: quoted identifiers and `$n` placeholders only, never values.
 
-use tidesync_core::TableSchema;
 pub(crate) use tidesync_core::sql::quote_ident;
+use tidesync_core::{Dialect, TableSchema};
 
 fn quote_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     names
@@ -40,17 +40,33 @@ pub(crate) fn pg_type_for(declared: &str) -> &'static str {
     }
 }
 
+/// A PostgreSQL source's type name (from `format_type`, e.g. `numeric(12,2)`, `text[]`,
+/// `timestamp with time zone`) as the target's type. Only characters a built-in type name
+/// can hold are kept, so a catalog string cannot smuggle SQL; the source reports
+/// user-defined types (enums, domains) as `text`.
+fn pg_type_verbatim(declared: &str) -> String {
+    let kept: String = declared
+        .chars()
+        .filter(|ch| ch.is_ascii_alphanumeric() || " (),_[]".contains(*ch))
+        .collect();
+    if kept.trim().is_empty() {
+        "text".to_owned()
+    } else {
+        kept
+    }
+}
+
 pub(crate) fn create_table_sql(schema: &TableSchema) -> String {
     let mut defs: Vec<String> = schema
         .columns
         .iter()
         .map(|c| {
             let null = if c.nullable { "" } else { " NOT NULL" };
-            format!(
-                "{} {}{null}",
-                quote_ident(&c.name),
-                pg_type_for(&c.type_name)
-            )
+            let ty = match schema.dialect {
+                Dialect::Postgres => pg_type_verbatim(&c.type_name),
+                _ => pg_type_for(&c.type_name).to_owned(),
+            };
+            format!("{} {ty}{null}", quote_ident(&c.name))
         })
         .collect();
     defs.push(format!(

@@ -58,6 +58,7 @@ fn create_table_quotes_names_and_keeps_key_and_not_null() {
             },
         ],
         key: vec!["id".into()],
+        dialect: Default::default(),
     };
     assert_eq!(
         create_table_sql(&schema),
@@ -239,6 +240,7 @@ fn put(seq: u64, stream: &str, id: i64, columns: &[&str]) -> LogEntry {
             commit_time_us: 0,
             position: None,
             txn: None,
+            unchanged: Vec::new(),
         },
     }
 }
@@ -258,6 +260,7 @@ fn shape(entries: &[LogEntry], max_rows: usize) -> Vec<(String, char, Vec<u64>)>
             let kind = match s.action {
                 Action::Upsert { .. } => 'U',
                 Action::Delete => 'D',
+                Action::Truncate => 'T',
             };
             let seqs = s.entries.iter().map(|e| e.seq.0).collect();
             (s.stream.to_owned(), kind, seqs)

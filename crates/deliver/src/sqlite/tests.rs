@@ -18,6 +18,7 @@ fn schema() -> Vec<TableSchema> {
             col("price", "", true),
         ],
         key: vec!["id".into()],
+        dialect: Default::default(),
     }]
 }
 
@@ -39,6 +40,7 @@ fn entry(seq: u64, op: Op, id: i64, price: Option<Value>) -> LogEntry {
             commit_time_us: 0,
             position: None,
             txn: None,
+            unchanged: Vec::new(),
         },
     }
 }

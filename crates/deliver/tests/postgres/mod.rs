@@ -40,6 +40,7 @@ pub fn items_schema() -> Vec<TableSchema> {
             column("price", "", true),
         ],
         key: vec!["id".into()],
+        dialect: Default::default(),
     }]
 }
 
@@ -76,6 +77,7 @@ pub fn entry(seq: u64, stream: &str, op: Op, key: Key, after: Option<Row>) -> Lo
             commit_time_us: 0,
             position: None,
             txn: None,
+            unchanged: Vec::new(),
         },
     }
 }

@@ -33,6 +33,7 @@ async fn create_tables_creates_the_table_with_mapped_types_from_a_sqlite_schema(
             .map(|(n, t, null)| column(n, t, *null))
             .collect(),
         key: vec!["id".into(), "name".into()],
+        dialect: Default::default(),
     };
     let (mut sink, applied) = open_sink(&pg, vec![schema.clone()], true).await;
     assert_eq!(applied, Some(Seq(0)));

@@ -18,6 +18,7 @@ async fn apply_values(pg: &Postgres, pg_type: &str, values: Vec<Value>) -> Resul
         name: "t".into(),
         columns: vec![column("id", "INTEGER", false), column("v", pg_type, true)],
         key: vec!["id".into()],
+        dialect: Default::default(),
     };
     let (mut sink, _) = open_sink(pg, vec![schema], false).await;
     let entries = values

@@ -52,6 +52,7 @@ fn insert(id: i64) -> Change {
         commit_time_us: id,
         position: Some(Position::RowId(id)),
         txn: None,
+        unchanged: Vec::new(),
     }
 }
 
