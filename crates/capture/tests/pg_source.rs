@@ -80,3 +80,109 @@ fn ids_of(change: &tidesync_core::Change) -> i64 {
         other => panic!("unexpected key {other:?}"),
     }
 }
+
+async fn open_error(url: String, tables: &[&str]) -> String {
+    let opts = PgLogOptions::new(url, "p1", tables.iter().map(|t| t.to_string()).collect());
+    let error = PgLogSource::new(opts).open(None).await.unwrap_err();
+    assert!(!error.is_transient(), "{error}");
+    error.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misconfiguration_gets_an_error_that_says_what_to_change() {
+    let pg = server(10);
+    pg.psql(
+        DB,
+        "CREATE TABLE nokey (a int, b text); CREATE TABLE fullkey (a int, b text); \
+         ALTER TABLE fullkey REPLICA IDENTITY FULL; \
+         CREATE ROLE plain LOGIN; ALTER TABLE items OWNER TO plain;",
+    )
+    .unwrap();
+    let url = pg.url(DB);
+
+    let e = open_error(url.clone(), &["missing"]).await;
+    assert!(e.contains("table public.missing does not exist"), "{e}");
+
+    let e = open_error(url.clone(), &["nokey"]).await;
+    assert!(
+        e.contains("has no primary key") && e.contains("REPLICA IDENTITY FULL"),
+        "{e}"
+    );
+
+    // REPLICA IDENTITY FULL without a primary key: every column forms the key.
+    let mut source = PgLogSource::new(PgLogOptions::new(url.clone(), "p2", vec!["fullkey".into()]));
+    let opened = source.open(None).await.unwrap();
+    assert_eq!(opened.schemas[0].key, vec!["a".to_owned(), "b".to_owned()]);
+    source.remove().await.unwrap();
+
+    // A user without the REPLICATION attribute.
+    let plain = url.replacen("postgres@", "plain@", 1);
+    assert_ne!(plain, url, "the URL names the user postgres");
+    let e = open_error(plain, &["items"]).await;
+    assert!(e.contains("ALTER ROLE \"plain\" REPLICATION"), "{e}");
+
+    // Every slot taken.
+    let full = Postgres::builder()
+        .setting("max_replication_slots", "1")
+        .start();
+    full.create_database(DB).unwrap();
+    full.psql(
+        DB,
+        "CREATE TABLE items (id bigint PRIMARY KEY); \
+         SELECT pg_create_logical_replication_slot('other', 'pgoutput');",
+    )
+    .unwrap();
+    let e = open_error(full.url(DB), &["items"]).await;
+    assert!(e.contains("raise max_replication_slots"), "{e}");
+
+    let replica = Postgres::builder().setting("wal_level", "replica").start();
+    replica.create_database(DB).unwrap();
+    replica
+        .psql(DB, "CREATE TABLE items (id bigint PRIMARY KEY)")
+        .unwrap();
+    let e = open_error(replica.url(DB), &["items"]).await;
+    assert!(e.contains("set wal_level = logical"), "{e}");
+
+    let locked = Postgres::builder().password("right").start();
+    let e = open_error(
+        locked.url("postgres").replace(":right@", ":wrong@"),
+        &["items"],
+    )
+    .await;
+    assert!(
+        e.contains("password authentication failed") && e.contains("check the user and password"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_drops_the_slot_and_the_publication_it_created() {
+    let pg = server(10);
+    let mut source = PgLogSource::new(PgLogOptions::new(pg.url(DB), "p3", vec!["items".into()]));
+    source.open(None).await.unwrap();
+    let count = |sql: &str| pg.psql(DB, sql).unwrap().trim().to_owned();
+    assert_eq!(
+        count("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tidesync_p3'"),
+        "1"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM pg_publication WHERE pubname = 'tidesync_p3'"),
+        "1"
+    );
+    let done = source.remove().await.unwrap();
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert_eq!(count("SELECT count(*) FROM pg_replication_slots"), "0");
+    assert_eq!(count("SELECT count(*) FROM pg_publication"), "0");
+    // A publication named in config is the user's: it stays.
+    pg.psql(DB, "CREATE PUBLICATION mine FOR TABLE items")
+        .unwrap();
+    let mut opts = PgLogOptions::new(pg.url(DB), "p4", vec!["items".into()]);
+    opts.publication = Some("mine".into());
+    let mut source = PgLogSource::new(opts);
+    source.open(None).await.unwrap();
+    source.remove().await.unwrap();
+    assert_eq!(
+        count("SELECT count(*) FROM pg_publication WHERE pubname = 'mine'"),
+        "1"
+    );
+}

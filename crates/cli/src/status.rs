@@ -18,6 +18,10 @@ fn now_us() -> i64 {
 
 pub(crate) fn print(config: &Config, as_json: bool) -> anyhow::Result<()> {
     let store = SqliteStore::open_read_only(&config.store.path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let mut out = Vec::new();
     for p in &config.pipelines {
         let st = store
@@ -35,8 +39,25 @@ pub(crate) fn print(config: &Config, as_json: bool) -> anyhow::Result<()> {
                 )
             })
             .collect();
+        // What the source keeps for us (e.g. WAL held by a replication slot); a source that
+        // cannot be reached does not stop status.
+        let asked = runtime.block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                tidesync_engine::source_status(config, p),
+            )
+            .await
+        });
+        let upstream = match asked {
+            Ok(Ok(lines)) => lines,
+            Ok(Err(e)) => vec![("source".to_owned(), format!("not reachable: {e}"))],
+            Err(_) => vec![("source".to_owned(), "did not answer within 10 s".to_owned())],
+        };
         if as_json {
             out.push(json!({
+                "upstream": upstream.iter().map(|(label, text)| json!({
+                    "what": label, "state": text,
+                })).collect::<Vec<_>>(),
                 "pipeline": p.name,
                 "source": p.source,
                 "position": st.position.as_ref().map(ToString::to_string),
@@ -68,6 +89,9 @@ pub(crate) fn print(config: &Config, as_json: bool) -> anyhow::Result<()> {
             "  log              head seq {}, oldest kept seq {}{age}",
             st.head, st.tail
         );
+        for (label, text) in &upstream {
+            println!("  {label:<16} {text}");
+        }
         for (name, cursor, lag) in &sinks {
             match (cursor, lag) {
                 (Some(c), Some(l)) => println!("  sink {name:<11} cursor {c}, lag {l} changes"),

@@ -82,7 +82,7 @@ mod error;
 mod plan;
 mod sql;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -146,6 +146,8 @@ pub struct PostgresSink {
     conn: Option<Conn>,
     /// stream -> key columns, from the schemas given to `open`.
     keys: HashMap<String, Vec<String>>,
+    /// stream -> the target table's columns, to add those the source adds while streaming.
+    columns: HashMap<String, HashSet<String>>,
 }
 
 impl fmt::Debug for PostgresSink {
@@ -193,6 +195,7 @@ impl PostgresSink {
             create_tables,
             conn: None,
             keys: HashMap::new(),
+            columns: HashMap::new(),
         }
     }
 
@@ -340,6 +343,23 @@ impl PostgresSink {
         .transpose()
         .map_err(&read_error)?
         .unwrap_or(0);
+        let mut columns = HashMap::new();
+        for schema in schemas {
+            let name = sql::quote_ident(&schema.name);
+            let have: HashSet<String> = within(
+                &target,
+                "reading target columns",
+                conn.client.query(sql::TABLE_COLUMNS, &[&name]),
+            )
+            .await?
+            .map_err(&check_error)?
+            .into_iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(&check_error)?;
+            columns.insert(schema.name.clone(), have);
+        }
+        self.columns = columns;
         self.keys = schemas
             .iter()
             .map(|s| (s.name.clone(), s.key.clone()))
@@ -382,7 +402,13 @@ impl PostgresSink {
         let begin_error = self.query_error("beginning a transaction");
         let commit_error = self.query_error("committing");
         self.connect().await?;
-        let PostgresSink { conn, keys, .. } = self;
+        let create_tables = self.create_tables;
+        let PostgresSink {
+            conn,
+            keys,
+            columns,
+            ..
+        } = self;
         let Some(conn) = conn.as_mut() else {
             return Err(PostgresSinkError::Connect {
                 target,
@@ -402,17 +428,24 @@ impl PostgresSink {
             tx: &tx,
             statements,
             keys,
+            columns,
+            create_tables,
+            added: Vec::new(),
             target: &target,
             pipeline: &pipeline,
             sink: &sink,
         };
         let written = work.write(batch, max_rows).await;
+        let added = std::mem::take(&mut work.added);
         match written {
             Ok(()) => {
                 within(&target, "committing", tx.commit())
                     .await?
                     .map_err(commit_error)?;
                 conn.dirty = false;
+                for (table, column) in added {
+                    columns.entry(table).or_default().insert(column);
+                }
                 Ok(())
             }
             Err(failure) => {
@@ -432,6 +465,11 @@ struct Work<'a> {
     tx: &'a Transaction<'a>,
     statements: &'a mut HashMap<String, Statement>,
     keys: &'a HashMap<String, Vec<String>>,
+    /// The target tables' columns as of the last commit.
+    columns: &'a HashMap<String, HashSet<String>>,
+    create_tables: bool,
+    /// Columns added in this transaction: known once it commits.
+    added: Vec<(String, String)>,
     target: &'a str,
     pipeline: &'a str,
     sink: &'a str,
@@ -512,6 +550,9 @@ impl Work<'_> {
         };
         let pg_fail = |e: tokio_postgres::Error| fail(describe(&e), is_transient(&e));
         let rows = step.entries.len();
+        if let Action::Upsert { columns } = &step.action {
+            self.add_missing_columns(step, columns).await?;
+        }
         let sql = match &step.action {
             Action::Upsert { columns } => {
                 let columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
@@ -587,6 +628,68 @@ impl Work<'_> {
         )
         .await?
         .map_err(&pg_fail)?;
+        Ok(())
+    }
+}
+
+impl Work<'_> {
+    /// Adds the columns of an upsert that the target table lacks (the source added them
+    /// while streaming), typed from the first value of each that is not null.
+    async fn add_missing_columns(
+        &mut self,
+        step: &Step<'_>,
+        columns: &[&str],
+    ) -> Result<(), Failure> {
+        let known = self.columns.get(step.stream);
+        let missing: Vec<&str> = columns
+            .iter()
+            .copied()
+            .filter(|c| !known.is_some_and(|k| k.contains(*c)))
+            .filter(|c| !self.added.iter().any(|(t, a)| t == step.stream && a == c))
+            .collect();
+        let Some(first) = step.entries.first() else {
+            return Ok(());
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !self.create_tables {
+            return Err(Failure {
+                error: PostgresSinkError::BadChange {
+                    target: self.target.to_owned(),
+                    table: step.stream.to_owned(),
+                    seq: first.seq,
+                    key: first.change.key.to_string(),
+                    problem: format!(
+                        "the target table has no column {}; add it or set create_tables = true",
+                        missing.join(", ")
+                    ),
+                    transient: false,
+                },
+                grouped: false,
+            });
+        }
+        for column in missing {
+            let value = step
+                .entries
+                .iter()
+                .filter_map(|e| upsert_row(e).and_then(|r| r.get(column)))
+                .find(|v| !matches!(v, Value::Null));
+            let sql = format!(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
+                sql::quote_ident(step.stream),
+                sql::quote_ident(column),
+                sql::pg_type_of_value(value)
+            );
+            within(self.target, "adding a column", self.tx.batch_execute(&sql))
+                .await?
+                .map_err(|e| Failure {
+                    error: query_error(self.target, "adding a column")(e),
+                    grouped: false,
+                })?;
+            tracing::info!(table = %step.stream, column, "added a column to the target table");
+            self.added.push((step.stream.to_owned(), column.to_owned()));
+        }
         Ok(())
     }
 }

@@ -247,6 +247,7 @@ impl Inner {
         let (path, pipeline, sink) = (self.path.clone(), self.pipeline.clone(), self.sink.clone());
         let err = self.err("applying a batch");
         // Build the SQL we need before borrowing the connection mutably.
+        let mut alters: Vec<String> = Vec::new();
         for entry in &batch.entries {
             let stream = &entry.change.stream;
             let Some(key) = self.keys.get(stream) else {
@@ -259,6 +260,33 @@ impl Inner {
             if let Some(after) = &entry.change.after
                 && find_upsert(&self.upserts, stream, after).is_none()
             {
+                // A new column list: columns the source added (ALTER TABLE ADD COLUMN) are
+                // added to the target first, in the batch's transaction.
+                let conn = self
+                    .conn
+                    .as_ref()
+                    .ok_or_else(|| err(rusqlite::Error::InvalidQuery))?;
+                let missing = missing_columns(conn, stream, after).map_err(&err)?;
+                if !missing.is_empty() && !self.create_tables {
+                    return Err(SqliteSinkError::BadChange {
+                        path,
+                        table: stream.clone(),
+                        seq: entry.seq,
+                        key: entry.change.key.to_string(),
+                        problem: format!(
+                            "the target table has no column {}; add it or set create_tables = true",
+                            missing.join(", ")
+                        ),
+                    });
+                }
+                for column in missing {
+                    let ty = after.get(&column).map_or("TEXT", sqlite_type_of_value);
+                    alters.push(format!(
+                        "ALTER TABLE {} ADD COLUMN {} {ty}",
+                        quote_ident(stream),
+                        quote_ident(&column)
+                    ));
+                }
                 let columns: Vec<String> = after.columns().map(str::to_owned).collect();
                 let sql = upsert_sql(stream, &columns, key);
                 self.upserts
@@ -292,6 +320,10 @@ impl Inner {
             .optional()
             .map_err(&err)?
             .unwrap_or(0);
+        for alter in &alters {
+            tx.execute_batch(alter).map_err(&err)?;
+            tracing::info!(table = ?alter, "added a column to the target table");
+        }
         for entry in batch.entries.iter().filter(|e| e.seq.0 as i64 > applied) {
             let change = &entry.change;
             let bad = |e: rusqlite::Error| SqliteSinkError::BadChange {
@@ -337,6 +369,34 @@ impl Inner {
             .map_err(&err)?;
         }
         tx.commit().map_err(err)
+    }
+}
+
+/// Columns of `row` that table `table` lacks.
+fn missing_columns(
+    conn: &Connection,
+    table: &str,
+    row: &tidesync_core::Row,
+) -> rusqlite::Result<Vec<String>> {
+    let mut st = conn.prepare_cached("SELECT name FROM pragma_table_info(?1)")?;
+    let have: Vec<String> = st
+        .query_map([table], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(row
+        .columns()
+        .filter(|c| !have.iter().any(|h| h.eq_ignore_ascii_case(c)))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The column type for a column added while streaming, from a value of it: exact forms as
+/// in [`sqlite_type_for_pg`] (decimals as TEXT).
+fn sqlite_type_of_value(value: &Value) -> &'static str {
+    match value {
+        Value::Int(_) | Value::Bool(_) => "INTEGER",
+        Value::Float(_) => "REAL",
+        Value::Bytes(_) => "BLOB",
+        _ => "TEXT",
     }
 }
 
@@ -484,7 +544,12 @@ impl Sink for SqliteSink {
     fn apply(&mut self, batch: Arc<Batch>) -> BoxFuture<'_, Result<(), StageError>> {
         self.blocking(move |inner| {
             inner.connect()?;
-            inner.apply(&batch)
+            let applied = inner.apply(&batch);
+            if applied.is_err() {
+                // A failed batch may have rolled back an ALTER TABLE its statements expect.
+                inner.upserts.clear();
+            }
+            applied
         })
     }
 }

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Config, ConfigError};
 pub use runtime::{Pipeline, PipelineError, PipelineOptions, PipelineStats};
 
-use config::{PipelineConfig, SinkSpec, SourceSpec};
+pub use config::PipelineConfig;
+use config::{SinkSpec, SourceSpec};
 
 /// Every pipeline of a configuration, built and ready to run.
 #[derive(Debug)]
@@ -67,6 +68,54 @@ fn build_sink(config: &Config, pipeline: &PipelineConfig, sink: &str) -> Box<dyn
         SinkSpec::Postgres { url, create_tables } => {
             Box::new(PostgresSink::new(url, &pipeline.name, sink, *create_tables))
         }
+    }
+}
+
+/// What the source side holds for a pipeline, for `tidesync status`: for a PostgreSQL log
+/// source its replication slot and the WAL it keeps on the server; nothing for trigger
+/// sources (their change table is drained as the store commits). One `(label, text)` per
+/// line.
+pub async fn source_status(
+    config: &Config,
+    pipeline: &PipelineConfig,
+) -> Result<Vec<(String, String)>, tidesync_core::StageError> {
+    match &config.sources[&pipeline.source].spec {
+        SourceSpec::SqliteTrigger { .. } => Ok(Vec::new()),
+        SourceSpec::PostgresLog {
+            url, tables, slot, ..
+        } => {
+            let mut source = PgLogSource::new(PgLogOptions {
+                slot: slot.clone(),
+                ..PgLogOptions::new(url, &pipeline.name, tables.clone())
+            });
+            let name = slot
+                .clone()
+                .unwrap_or_else(|| format!("tidesync_{}", pipeline.name));
+            let text = match source.slot_lag().await? {
+                Some((retained, confirmed)) => format!(
+                    "retains {} of WAL, confirmed up to {}",
+                    human_bytes(retained),
+                    confirmed.as_deref().unwrap_or("nothing yet")
+                ),
+                None => "does not exist (created on the first run)".to_owned(),
+            };
+            Ok(vec![(format!("slot {name}"), text)])
+        }
+    }
+}
+
+fn human_bytes(n: i64) -> String {
+    const UNITS: [&str; 4] = ["bytes", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

@@ -384,6 +384,17 @@ fn append(
                     }
                 }
             };
+            // A snapshot row read while the stream runs (watermark chunks) may show exactly
+            // the version an earlier change already logged: logging it again would apply
+            // that version twice.
+            if change.op == Op::Read
+                && captured.kind == tidesync_core::BatchKind::Incremental
+                && let Some(after) = &change.after
+                && current_row_in(&tx, pipeline, &change.stream, &change.key)?.as_ref()
+                    == Some(after)
+            {
+                continue;
+            }
             deleted = None;
             let next_fills = captured
                 .changes

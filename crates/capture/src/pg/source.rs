@@ -191,6 +191,20 @@ struct Txn {
     xid: u32,
     commit_time_us: i64,
     changes: Vec<Change>,
+    /// The copy's cursor after a watermark window that closed in this transaction: it
+    /// holds only once the transaction (with the chunk's rows) is handed out.
+    cursor: Option<Cursor>,
+}
+
+/// Where the copy stands: the table being copied and its last copied key (texts).
+type Cursor = (usize, Option<Vec<String>>);
+
+/// A whole transaction received and not yet handed out.
+#[derive(Debug)]
+struct Ready {
+    changes: Vec<Change>,
+    end: Lsn,
+    cursor: Option<Cursor>,
 }
 
 /// PostgreSQL log capture. See the module docs.
@@ -212,9 +226,12 @@ pub struct PgLogSource {
     stream: Option<PgReplicationStream>,
     txn: Option<Txn>,
     /// Whole transactions received but not handed out: changes and the commit's end.
-    ready: VecDeque<(Vec<Change>, Lsn)>,
+    ready: VecDeque<Ready>,
     /// End of the last transaction handed out (where a reconnect resumes).
     handed: Lsn,
+    /// The copy's cursor as of what was handed out (`None`: no copy running): what the
+    /// position says, and where a reconnect resumes the copy.
+    handed_cursor: Option<Cursor>,
     /// Last position acked (durable in the store).
     acked: Lsn,
     /// The newest commit end seen, handed out or not (includes transactions with nothing
@@ -296,6 +313,7 @@ impl PgLogSource {
             txn: None,
             ready: VecDeque::new(),
             handed: Lsn(0),
+            handed_cursor: None,
             acked: Lsn(0),
             seen: Lsn(0),
             last_handed_at: Instant::now(),
@@ -307,7 +325,17 @@ impl PgLogSource {
     fn pg_error(&self, context: &str) -> impl Fn(tokio_postgres::Error) -> StageError + use<> {
         let prefix = format!("source {}: {context}", self.target);
         move |e| {
-            let message = format!("{prefix}: {}", describe(&e));
+            let mut message = format!("{prefix}: {}", describe(&e));
+            match e.code().map(|c| c.code()) {
+                Some("28P01" | "28000") => {
+                    message.push_str("; check the user and password in the source URL")
+                }
+                Some("3D000") => message.push_str("; check the database name in the source URL"),
+                Some("42501") => message.push_str(
+                    "; the source user needs SELECT on the captured tables, and to create the publication CREATE on the database and ownership of the tables (or name a publication created beforehand in `publication`)",
+                ),
+                _ => {}
+            }
             if is_transient(&e) {
                 StageError::transient(message)
             } else {
@@ -368,6 +396,20 @@ impl PgLogSource {
         if wal_level != "logical" {
             return Err(definite(format!(
                 "source {target}: wal_level is {wal_level}; set wal_level = logical in postgresql.conf and restart PostgreSQL"
+            )));
+        }
+        let (user, may_replicate): (String, bool) = client
+            .query_one(
+                "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .and_then(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map_err(&err)?;
+        if !may_replicate {
+            return Err(definite(format!(
+                "source {target}: user `{user}` may not open a replication connection; grant it with `ALTER ROLE {} REPLICATION`",
+                quote_ident(&user)
             )));
         }
         let mut tables = Vec::with_capacity(specs.len());
@@ -609,29 +651,34 @@ impl PgLogSource {
         self.stream_from = created.consistent_point;
         self.handed = created.consistent_point;
         self.acked = created.consistent_point;
-        self.copy = Some(Copy {
-            table: 0,
-            after: None,
-            exported: true,
-            window: None,
-        });
+        self.start_copy((0, None), true);
         Ok(self.position())
     }
 
     /// The position that stands for everything handed out so far.
     fn position(&self) -> Position {
         let stream = Position::Lsn(self.handed.0);
-        match &self.copy {
-            Some(copy) if copy.table < self.tables.len() => Position::Snapshot {
+        match &self.handed_cursor {
+            Some((table, after)) if *table < self.tables.len() => Position::Snapshot {
                 stream: Box::new(stream),
-                table: self.tables[copy.table].stream.clone(),
-                after: copy
-                    .after
+                table: self.tables[*table].stream.clone(),
+                after: after
                     .as_ref()
                     .map(|texts| Key(texts.iter().cloned().map(Value::Text).collect())),
             },
             _ => stream,
         }
+    }
+
+    /// Starts (or restarts) the copy at `cursor`, nothing of it handed out beyond that.
+    fn start_copy(&mut self, cursor: Cursor, exported: bool) {
+        self.handed_cursor = Some(cursor.clone());
+        self.copy = Some(Copy {
+            table: cursor.0,
+            after: cursor.1,
+            exported,
+            window: None,
+        });
     }
 
     async fn drop_slot(&mut self) -> Result<(), StageError> {
@@ -789,6 +836,7 @@ impl PgLogSource {
                 break;
             }
         }
+        self.handed_cursor = self.copy.as_ref().map(|c| (c.table, c.after.clone()));
         Ok(Captured {
             kind: BatchKind::Full,
             changes,
@@ -834,8 +882,9 @@ impl PgLogSource {
         self.txn = None;
         self.ready.clear();
         self.seen = self.handed;
-        if let Some(copy) = self.copy.as_mut() {
-            copy.window = None;
+        // Windows that closed in what is discarded are read again.
+        if let Some(cursor) = self.handed_cursor.clone() {
+            self.start_copy(cursor, false);
         }
     }
 
@@ -856,7 +905,7 @@ impl PgLogSource {
         let mut deadline = start + wait;
         let mut lingering = false;
         loop {
-            let queued: usize = self.ready.iter().map(|(c, _)| c.len()).sum();
+            let queued: usize = self.ready.iter().map(|r| r.changes.len()).sum();
             if queued >= max {
                 break;
             }
@@ -905,15 +954,18 @@ impl PgLogSource {
         // Hand out whole transactions, up to `max` changes (at least one transaction).
         let mut changes = Vec::new();
         let mut end = None;
-        while let Some((txn, _)) = self.ready.front() {
-            if !changes.is_empty() && changes.len() + txn.len() > max {
+        while let Some(next) = self.ready.front() {
+            if !changes.is_empty() && changes.len() + next.changes.len() > max {
                 break;
             }
-            let Some((txn, lsn)) = self.ready.pop_front() else {
+            let Some(ready) = self.ready.pop_front() else {
                 break;
             };
-            changes.extend(txn);
-            end = Some(lsn);
+            changes.extend(ready.changes);
+            end = Some(ready.end);
+            if let Some(cursor) = ready.cursor {
+                self.handed_cursor = Some(cursor);
+            }
         }
         let idle = end.is_none()
             && self.seen > self.handed
@@ -1035,8 +1087,10 @@ impl PgLogSource {
                         copy.after = None;
                     }
                 }
+                let cursor = (copy.table, copy.after.clone());
                 if let Some(txn) = self.txn.as_mut() {
                     txn.changes.extend(emitted);
+                    txn.cursor = Some(cursor);
                 }
             }
             _ => {}
@@ -1055,6 +1109,7 @@ impl PgLogSource {
                     xid: xid.0,
                     commit_time_us,
                     changes: Vec::new(),
+                    cursor: None,
                 });
             }
             PgOutputMessage::Commit { end_lsn, .. } => {
@@ -1065,8 +1120,12 @@ impl PgLogSource {
                     ))
                 })?;
                 self.seen = self.seen.max(end_lsn);
-                if !txn.changes.is_empty() {
-                    self.ready.push_back((txn.changes, end_lsn));
+                if !txn.changes.is_empty() || txn.cursor.is_some() {
+                    self.ready.push_back(Ready {
+                        changes: txn.changes,
+                        end: end_lsn,
+                        cursor: txn.cursor,
+                    });
                 }
             }
             PgOutputMessage::Relation(relation) => self.relation(relation),
@@ -1330,6 +1389,7 @@ impl Source for PgLogSource {
             self.txn = None;
             self.ready.clear();
             self.copy = None;
+            self.handed_cursor = None;
             self.load_tables().await?;
             self.ensure_publication().await?;
             self.snapshot_time_us = now_us();
@@ -1372,12 +1432,7 @@ impl Source for PgLogSource {
                         .transpose()?;
                     self.resume_at(Lsn(lsn)).await?;
                     tracing::info!(source = %self.target, table = %table, "resuming the interrupted initial copy between watermarks");
-                    self.copy = Some(Copy {
-                        table: t,
-                        after,
-                        exported: false,
-                        window: None,
-                    });
+                    self.start_copy((t, after), false);
                     None
                 }
                 Some(other) => {
@@ -1431,7 +1486,10 @@ impl Source for PgLogSource {
     fn remove(&mut self) -> BoxFuture<'_, Result<Vec<String>, StageError>> {
         Box::pin(async move {
             let mut done = Vec::new();
+            // Fresh connections: the regular one may hold the copy's read-only transaction.
             self.stream = None;
+            self.copy = None;
+            self.client = None;
             if self.slot_exists().await? {
                 self.drop_slot().await?;
                 done.push(format!(

@@ -162,6 +162,27 @@ pub(crate) const WRITE_APPLIED: &str = "INSERT INTO _tidesync_applied (pipeline,
 
 /// The table (`$1`: a quoted name, resolved through `search_path`) and whether it has a
 /// primary key or unique index on exactly the columns `$2`. `NULL` when the table is missing.
+/// The columns of table `$1` (a quoted name).
+pub(crate) const TABLE_COLUMNS: &str = "SELECT attname::text FROM pg_attribute \
+    WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped";
+
+/// The type of a column added while streaming, from one of its values (`None`: all null).
+pub(crate) fn pg_type_of_value(value: Option<&tidesync_core::Value>) -> &'static str {
+    use tidesync_core::Value;
+    match value {
+        Some(Value::Bool(_)) => "boolean",
+        Some(Value::Int(_)) => "bigint",
+        Some(Value::Float(_)) => "double precision",
+        Some(Value::Decimal(_)) => "numeric",
+        Some(Value::Bytes(_)) => "bytea",
+        Some(Value::Timestamp(_)) => "timestamptz",
+        Some(Value::Date(_)) => "date",
+        Some(Value::Time(_)) => "time",
+        Some(Value::Json(_)) => "jsonb",
+        Some(Value::Text(_) | Value::Null) | None => "text",
+    }
+}
+
 pub(crate) const TABLE_HAS_UNIQUE_KEY: &str = "SELECT EXISTS (
         SELECT 1 FROM pg_index i
         WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL
