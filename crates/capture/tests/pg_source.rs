@@ -186,3 +186,67 @@ async fn remove_drops_the_slot_and_the_publication_it_created() {
         "1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_pipeline_releases_wal_other_tables_write() {
+    let pg = server(10);
+    pg.psql(DB, "CREATE TABLE other (id bigint PRIMARY KEY, body text)")
+        .unwrap();
+    let mut source = PgLogSource::new(PgLogOptions::new(pg.url(DB), "p5", vec!["items".into()]));
+    source.open(None).await.unwrap();
+    // Copy and hand-off.
+    while let Some(batch) = source.poll(1000, Duration::from_millis(200)).await.unwrap() {
+        let done = matches!(batch.position, Position::Lsn(_));
+        source.ack(batch.position).await.unwrap();
+        if done {
+            break;
+        }
+    }
+    pg.psql(
+        DB,
+        "INSERT INTO other SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g",
+    )
+    .unwrap();
+    let written: String = pg.psql(DB, "SELECT pg_current_wal_lsn()").unwrap();
+    let written = written
+        .trim()
+        .parse::<tidesync_capture::pg::pgoutput::Lsn>()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(batch) = source.poll(1000, Duration::from_millis(200)).await.unwrap() {
+            assert!(batch.changes.is_empty(), "only other tables changed");
+            if let Position::Lsn(lsn) = batch.position
+                && lsn >= written.0
+            {
+                source.ack(batch.position).await.unwrap();
+                break;
+            }
+            source.ack(batch.position).await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the position never moved past the other table's writes at {written}"
+        );
+    }
+    let confirmed = || {
+        pg.psql(
+            DB,
+            &format!(
+                "SELECT confirmed_flush_lsn >= '{written}' FROM pg_replication_slots WHERE slot_name = 'tidesync_p5'"
+            ),
+        )
+        .unwrap()
+        .trim()
+        .to_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while confirmed() != "t" {
+        // Keep the session reading so its status updates go out.
+        let _ = source.poll(10, Duration::from_millis(100)).await.unwrap();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was not confirmed past {written}"
+        );
+    }
+}

@@ -677,6 +677,7 @@ impl PgReplication {
             client: self.client,
             info: self.info,
             slot,
+            wal_end: Lsn(0),
         })
     }
 }
@@ -732,6 +733,8 @@ pub struct PgReplicationStream {
     client: ReplicationClient,
     info: ConnInfo,
     slot: String,
+    /// The server's WAL end from its last keepalive.
+    wal_end: Lsn,
 }
 
 // By hand: the crate's client is not `Debug`, and the password must not be printed.
@@ -769,6 +772,9 @@ impl PgReplicationStream {
                 .await
                 .map_err(|e| classify(e, "START_REPLICATION", &self.info, Some(&self.slot)))?
                 .ok_or(ReplicationError::StreamEnded)?;
+            if let ReplicationEvent::KeepAlive { wal_end, .. } = &event {
+                self.wal_end = self.wal_end.max(from_wire(*wal_end));
+            }
             if let Some(message) = convert(event)? {
                 return Ok(message);
             }
@@ -782,6 +788,14 @@ impl PgReplicationStream {
     /// [`StreamSpec::status_interval`].
     pub fn confirm(&self, lsn: Lsn) {
         self.client.update_applied_lsn(to_wire(lsn));
+    }
+
+    /// The WAL position of the server's last keepalive: every transaction committed before
+    /// it was sent before that keepalive (the walsender reports how far it decoded). Once
+    /// everything read before it is durable, confirming it lets the server recycle WAL that
+    /// only other tables wrote.
+    pub fn server_wal_end(&self) -> Lsn {
+        self.wal_end
     }
 
     /// Ends the stream cleanly (`CopyDone`), discarding messages not yet read.

@@ -967,10 +967,20 @@ impl PgLogSource {
                 self.handed_cursor = Some(cursor);
             }
         }
+        // Nothing of ours arrived for a while: once everything handed out is durable and no
+        // transaction is half received, the position moves to what the server says it has
+        // decoded, so the slot does not hold WAL that other tables write.
+        let idle_to = self
+            .stream
+            .as_ref()
+            .map_or(self.seen, |s| s.server_wal_end().max(self.seen));
         let idle = end.is_none()
-            && self.seen > self.handed
+            && self.txn.is_none()
+            && self.ready.is_empty()
+            && self.acked >= self.handed
+            && idle_to > self.handed
             && self.last_handed_at.elapsed() >= IDLE_POSITION_EVERY;
-        if let Some(end) = end.or(idle.then_some(self.seen)) {
+        if let Some(end) = end.or(idle.then_some(idle_to)) {
             self.handed = self.handed.max(end);
             self.last_handed_at = Instant::now();
             let kind = BatchKind::Incremental;
