@@ -5,3 +5,4 @@ mod crash;
 mod pg_source;
 mod postgres;
 mod util;
+mod verify;

@@ -282,6 +282,13 @@ fn postgres_to_sqlite_copies_then_streams_and_ends_equal() {
             (sqlite_rows(&replica)? == expected).then_some(())
         },
     );
+    let out = run(&["verify", config.to_str().unwrap()], &env);
+    assert!(
+        out.status.success(),
+        "verify on a caught-up pipeline: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     terminate(&child);
     child.wait().unwrap();
 }
@@ -384,6 +391,14 @@ fn postgres_to_postgres_applies_each_version_once_in_order() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // verify agrees while the pipeline runs.
+    let out = run(&["verify", config.to_str().unwrap()], &env);
+    assert!(
+        out.status.success(),
+        "verify on a caught-up pipeline: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     terminate(&child);
     child.wait().unwrap();
 
@@ -410,4 +425,21 @@ fn postgres_to_postgres_applies_each_version_once_in_order() {
         "",
         "versions applied out of order (id|ver|previous)"
     );
+
+    // A planted difference is found, key by key.
+    pg.psql(
+        "shop",
+        "DELETE FROM items WHERE id = 500; UPDATE items SET body = 'planted' WHERE id = 600; \
+         INSERT INTO items VALUES (999999, 1, 'extra');",
+    )
+    .unwrap();
+    let out = run(
+        &["verify", config.to_str().unwrap(), "--settle-secs", "2"],
+        &env,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for key in ["(500)", "(600)", "(999999)"] {
+        assert!(text.contains(key), "verify output lacks {key}: {text}");
+    }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod demo;
 mod retry;
 pub mod runtime;
+pub mod verify;
 
 use std::sync::Arc;
 

@@ -239,6 +239,10 @@ pub struct PgLogSource {
     seen: Lsn,
     last_handed_at: Instant,
     next_window: u64,
+    /// Names this process's watermarks: after a restart the stream replays the watermarks an
+    /// earlier process wrote, and taking one of those for ours would emit a chunk at a point
+    /// in the stream older than the chunk (applying versions twice and out of order).
+    run: i64,
     snapshot_time_us: i64,
 }
 
@@ -318,6 +322,7 @@ impl PgLogSource {
             seen: Lsn(0),
             last_handed_at: Instant::now(),
             next_window: 1,
+            run: now_us(),
             snapshot_time_us: 0,
         }
     }
@@ -1033,7 +1038,7 @@ impl PgLogSource {
     }
 
     async fn emit_watermark(&mut self, which: char, id: u64) -> Result<(), StageError> {
-        let content = format!("{which} {} {id}", self.slot);
+        let content = format!("{which} {} {} {id}", self.slot, self.run);
         let err = self.pg_error("writing a snapshot watermark (pg_logical_emit_message)");
         let client = self.client().await?;
         client
@@ -1050,11 +1055,15 @@ impl PgLogSource {
     fn watermark(&mut self, content: &[u8]) {
         let text = String::from_utf8_lossy(content);
         let mut parts = text.split(' ');
-        let (Some(which), Some(slot), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(which), Some(slot), Some(run), Some(id)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return;
         };
-        let Ok(id) = id.parse::<u64>() else { return };
-        if slot != self.slot {
+        let (Ok(run), Ok(id)) = (run.parse::<i64>(), id.parse::<u64>()) else {
+            return;
+        };
+        if slot != self.slot || run != self.run {
             return;
         }
         let snapshot_time_us = self.snapshot_time_us;
@@ -1400,6 +1409,7 @@ impl Source for PgLogSource {
             self.ready.clear();
             self.copy = None;
             self.handed_cursor = None;
+            self.run = now_us().max(self.run + 1);
             self.load_tables().await?;
             self.ensure_publication().await?;
             self.snapshot_time_us = now_us();

@@ -1,0 +1,731 @@
+//! Reading a PostgreSQL database for verify.
+//!
+//! Rows are read as `ROW(c1, c2, ..)::text`: the record's text is made of each column's own
+//! output function (what `COPY` and pgoutput send), one field per row on the wire, and is
+//! parsed back here ([`parse_record`]) and converted with the log source's own conversion
+//! (`tidesync_capture::pg::text`), so a value reads here exactly as the pipeline reads it.
+//! The session pins the settings those texts depend on (`DateStyle=ISO`,
+//! `IntervalStyle=postgres`, `extra_float_digits=3`, `bytea_output=hex`, `TimeZone=UTC`) and is
+//! read-only.
+//!
+//! Key bounds travel as text and are cast to the column's type in SQL
+//! (`CAST($1::text AS numeric(12,2))`): a key's output text always reads back as the same
+//! key. Text keys under a collation that is not byte order are compared `COLLATE "C"`, so both
+//! sides walk keys in the same order (at the price of the index when the index's collation
+//! differs).
+//!
+//! When both sides are PostgreSQL with the same column types, a chunk is hashed by each server
+//! ([`PgSide::range_hash`]): `count(*)` and the sum of a hash of each row's column texts
+//! ([`row_hash_sql`]) over a key range whose end comes from the source's primary-key index
+//! ([`PgSide::boundaries`]). Equal text means equal values for equal types, and no row leaves the
+//! servers unless the chunk differs. (`md5(string_agg(.. ORDER BY key))` was measured 3x
+//! slower: the aggregate sorts its input, and a record's text output costs twice the text of
+//! its columns.)
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::sync::Mutex;
+use tidesync_capture::pg::pgoutput::Oid;
+use tidesync_capture::pg::text::text_to_value;
+use tidesync_core::pg::describe;
+use tidesync_core::sql::quote_ident;
+use tidesync_core::{Position, Value};
+use tokio::task::JoinSet;
+use tokio_postgres::config::Host;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::VerifyError;
+use super::canon::{Oracle, pg_literal};
+use super::chunk::{Native, SideRow};
+use super::side::{CatalogColumn, ColType, LookupKey, SidePlan, TableShape};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Any one query; a chunk hash over a range without index support may scan the table.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(600);
+
+const SESSION: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; \
+     SET extra_float_digits = 3; SET bytea_output = hex; SET TimeZone = 'UTC'; \
+     SET default_transaction_read_only = on";
+
+/// The columns of a table (by its quoted name), with base types and whether a key column's
+/// collation orders by bytes.
+const COLUMNS: &str = "SELECT a.attname::text,
+        (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)::int8,
+        CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END,
+        format_type(a.atttypid, a.atttypmod),
+        a.attgenerated <> '',
+        CASE WHEN a.attcollation = 0 OR a.attcollation IN (950, 951) THEN true
+             WHEN a.attcollation = 100 THEN (
+                SELECT d.datcollate IN ('C', 'POSIX')
+                       AND coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'c'
+                FROM pg_database d WHERE d.datname = current_database())
+             ELSE (SELECT c.collprovider = 'c' AND c.collcollate IN ('C', 'POSIX')
+                   FROM pg_collation c WHERE c.oid = a.attcollation)
+        END
+    FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+    WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+    ORDER BY a.attnum";
+
+/// The key columns of the primary key (`$2 = true`) or the replica identity index.
+const KEY: &str = "SELECT a.attname::text
+    FROM pg_index i
+    CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = to_regclass($1) AND k.ord <= i.indnkeyatts
+      AND CASE WHEN $2 THEN i.indisprimary ELSE i.indisreplident END
+    ORDER BY k.ord";
+
+/// A PostgreSQL database, one connection.
+pub(crate) struct PgSide {
+    db: String,
+    client: Client,
+    /// Drives the connection; dropped (aborted) with the side.
+    _connection: JoinSet<()>,
+    /// Canonicalization runs on the blocking pool (it may need SQLite's affinity rules).
+    oracle: Arc<Mutex<Oracle>>,
+}
+
+impl fmt::Debug for PgSide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgSide")
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgSide {
+    pub(crate) async fn connect(url: &str) -> Result<PgSide, VerifyError> {
+        let db = describe_url(url);
+        let mut config: Config = url.parse().map_err(|e| VerifyError::Postgres {
+            db: db.clone(),
+            context: "reading the URL".into(),
+            problem: describe(&e),
+        })?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        if config.get_application_name().is_none() {
+            config.application_name("tidesync verify");
+        }
+        let (client, connection) = within(
+            &db,
+            "connecting",
+            CONNECT_TIMEOUT * 2,
+            config.connect(NoTls),
+        )
+        .await?
+        .map_err(pg_error(&db, "connecting"))?;
+        let mut tasks = JoinSet::new();
+        let task_db = db.clone();
+        tasks.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(db = %task_db, error = %describe(&e), "verify's PostgreSQL connection ended");
+            }
+        });
+        within(
+            &db,
+            "setting up the session",
+            QUERY_TIMEOUT,
+            client.batch_execute(SESSION),
+        )
+        .await?
+        .map_err(pg_error(&db, "setting up the session"))?;
+        Ok(PgSide {
+            db,
+            client,
+            _connection: tasks,
+            oracle: Arc::default(),
+        })
+    }
+
+    pub(crate) fn db(&self) -> &str {
+        &self.db
+    }
+
+    pub(crate) async fn describe(
+        &self,
+        table_sql: &str,
+        table: &str,
+    ) -> Result<TableShape, VerifyError> {
+        let context = format!("reading the catalog of `{table}`");
+        let exists = self
+            .query(
+                &context,
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&table_sql],
+            )
+            .await?;
+        let exists: bool = exists
+            .first()
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg_error(&self.db, &context))?
+            .unwrap_or(false);
+        if !exists {
+            return Err(VerifyError::NoTable {
+                db: self.db.clone(),
+                table: table.to_owned(),
+            });
+        }
+        let rows = self.query(&context, COLUMNS, &[&table_sql]).await?;
+        let mut columns = Vec::with_capacity(rows.len());
+        for r in rows {
+            let get = || -> Result<CatalogColumn, tokio_postgres::Error> {
+                let type_oid: i64 = r.try_get(1)?;
+                Ok(CatalogColumn {
+                    name: r.try_get(0)?,
+                    ty: ColType::Postgres {
+                        type_oid: u32::try_from(type_oid).unwrap_or(0),
+                        typmod: r.try_get(2)?,
+                        format: r.try_get(3)?,
+                        byte_order: r.try_get(5)?,
+                    },
+                    generated: r.try_get(4)?,
+                })
+            };
+            columns.push(get().map_err(pg_error(&self.db, &context))?);
+        }
+        let key_of = |rows: Vec<tokio_postgres::Row>| {
+            rows.iter()
+                .map(|r| r.try_get::<_, String>(0))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(pg_error(&self.db, &context))
+        };
+        let mut key = key_of(self.query(&context, KEY, &[&table_sql, &true]).await?)?;
+        if key.is_empty() {
+            key = key_of(self.query(&context, KEY, &[&table_sql, &false]).await?)?;
+        }
+        if key.is_empty() {
+            let identity = self
+                .query(
+                    &context,
+                    "SELECT relreplident::text FROM pg_class WHERE oid = to_regclass($1)",
+                    &[&table_sql],
+                )
+                .await?;
+            let full = identity
+                .first()
+                .map(|r| r.try_get::<_, String>(0))
+                .transpose()
+                .map_err(pg_error(&self.db, &context))?
+                .is_some_and(|r| r == "f");
+            if full {
+                key = columns
+                    .iter()
+                    .filter(|c| !c.generated)
+                    .map(|c| c.name.clone())
+                    .collect();
+            }
+        }
+        Ok(TableShape {
+            columns,
+            key: (!key.is_empty()).then_some(key),
+        })
+    }
+
+    async fn query(
+        &self,
+        context: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, VerifyError> {
+        within(
+            &self.db,
+            context,
+            QUERY_TIMEOUT,
+            self.client.query(sql, params),
+        )
+        .await?
+        .map_err(pg_error(&self.db, context))
+    }
+
+    pub(crate) async fn page(
+        &self,
+        plan: &Arc<SidePlan>,
+        lo: Option<&[Native]>,
+        hi: Option<&[Native]>,
+        limit: usize,
+    ) -> Result<Vec<SideRow>, VerifyError> {
+        let (condition, params) = range(plan, lo, hi);
+        let sql = format!(
+            "SELECT ROW({})::text FROM {}{condition} ORDER BY {} LIMIT {limit}",
+            columns_list(plan),
+            plan.table_sql,
+            key_order(plan),
+        );
+        let texts = self.row_texts(plan, &sql, &params, "reading").await?;
+        self.canonical(plan, texts).await
+    }
+
+    pub(crate) async fn lookup(
+        &self,
+        plan: &Arc<SidePlan>,
+        keys: Vec<LookupKey>,
+    ) -> Result<Vec<SideRow>, VerifyError> {
+        let n = plan.key.len();
+        let mut arrays: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(keys.len()); n];
+        for key in keys {
+            let cells: Vec<Option<String>> = match key {
+                LookupKey::Native(cells) => cells.iter().map(native_text).collect(),
+                LookupKey::Canonical(values) => values.iter().map(pg_literal).collect(),
+            };
+            for (array, cell) in arrays.iter_mut().zip(cells) {
+                array.push(cell);
+            }
+        }
+        let casts: Vec<String> = plan
+            .key
+            .iter()
+            .enumerate()
+            .map(|(n, i)| format!("CAST(u.k{n} AS {})", format_of(&plan.columns[*i].1)))
+            .collect();
+        let unnest: Vec<String> = (1..=n).map(|p| format!("${p}::text[]")).collect();
+        let names: Vec<String> = (0..n).map(|p| format!("k{p}")).collect();
+        let sql = format!(
+            "SELECT ROW({})::text FROM {} WHERE ({}) IN (SELECT {} FROM unnest({}) AS u({}))",
+            columns_list(plan),
+            plan.table_sql,
+            key_columns(plan, false),
+            casts.join(", "),
+            unnest.join(", "),
+            names.join(", "),
+        );
+        let params: Vec<&(dyn ToSql + Sync)> =
+            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        let rows = self
+            .query(
+                &format!("re-reading rows of `{}`", plan.table),
+                &sql,
+                &params,
+            )
+            .await?;
+        let texts = record_texts(plan, rows)?;
+        self.canonical(plan, texts).await
+    }
+
+    /// The ends of the next (up to) `batch` chunks of `n` rows after `lo`: the key of every
+    /// `n`-th row, each found by skipping `n - 1` entries of the key index from the previous
+    /// one (measured cheaper than numbering the keys with a window). Fewer than `batch` when
+    /// the table ends first.
+    pub(crate) async fn boundaries(
+        &self,
+        plan: &Arc<SidePlan>,
+        lo: Option<&[Native]>,
+        n: usize,
+        batch: usize,
+    ) -> Result<Vec<Vec<Native>>, VerifyError> {
+        let names: Vec<String> = plan
+            .key
+            .iter()
+            .map(|i| quote_ident(&plan.columns[*i].0))
+            .collect();
+        let context = format!("finding chunk boundaries in `{}`", plan.table);
+        let mut out: Vec<Vec<Native>> = Vec::with_capacity(batch);
+        while out.len() < batch {
+            let (condition, params) = range(plan, out.last().map(Vec::as_slice).or(lo), None);
+            let sql = format!(
+                "SELECT ROW({})::text FROM {}{condition} ORDER BY {} OFFSET {} LIMIT 1",
+                names.join(", "),
+                plan.table_sql,
+                key_order(plan),
+                n.saturating_sub(1),
+            );
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            let rows = self.query(&context, &sql, &refs).await?;
+            let Some(row) = rows.first() else {
+                break;
+            };
+            let text: Option<String> = row.try_get(0).map_err(pg_error(&self.db, &context))?;
+            let fields = parse_record(text.as_deref().unwrap_or_default())
+                .filter(|f| f.len() == plan.key.len())
+                .ok_or_else(|| self.bad_row(plan, "a key's record text does not parse"))?;
+            out.push(fields.into_iter().map(Native::Postgres).collect());
+        }
+        Ok(out)
+    }
+
+    /// `(rows, sum of the rows' hashes)` of the key range `(lo, hi]` (see [`row_hash_sql`]).
+    pub(crate) async fn range_hash(
+        &self,
+        plan: &Arc<SidePlan>,
+        lo: Option<&[Native]>,
+        hi: Option<&[Native]>,
+    ) -> Result<(u64, String), VerifyError> {
+        let (condition, params) = range(plan, lo, hi);
+        let sql = format!(
+            "SELECT count(*), coalesce(sum({}), 0)::text FROM {}{condition}",
+            row_hash_sql(plan),
+            plan.table_sql,
+        );
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let context = format!("hashing a chunk of `{}`", plan.table);
+        let rows = self.query(&context, &sql, &refs).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| self.bad_row(plan, "a chunk hash returned no row"))?;
+        let count: i64 = row.try_get(0).map_err(pg_error(&self.db, &context))?;
+        let hash: String = row.try_get(1).map_err(pg_error(&self.db, &context))?;
+        Ok((count.max(0) as u64, hash))
+    }
+
+    async fn row_texts(
+        &self,
+        plan: &SidePlan,
+        sql: &str,
+        params: &[Option<String>],
+        what: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, VerifyError> {
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let rows = self
+            .query(&format!("{what} `{}`", plan.table), sql, &refs)
+            .await?;
+        record_texts(plan, rows)
+    }
+
+    /// Canonical rows from the columns' texts, on the blocking pool.
+    async fn canonical(
+        &self,
+        plan: &Arc<SidePlan>,
+        texts: Vec<Vec<Option<String>>>,
+    ) -> Result<Vec<SideRow>, VerifyError> {
+        let (plan, oracle) = (plan.clone(), self.oracle.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut oracle = oracle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut buf = Vec::new();
+            texts
+                .into_iter()
+                .map(|fields| {
+                    let mut raw = Vec::with_capacity(fields.len());
+                    for ((name, ty), text) in plan.columns.iter().zip(&fields) {
+                        raw.push(match text {
+                            None => Value::Null,
+                            Some(t) => value_of(ty, t).map_err(|problem| VerifyError::BadRow {
+                                db: plan.db.clone(),
+                                table: plan.table.clone(),
+                                problem: format!("column `{name}`: {problem}"),
+                            })?,
+                        });
+                    }
+                    let native = plan
+                        .key
+                        .iter()
+                        .map(|i| Native::Postgres(fields[*i].clone()))
+                        .collect();
+                    plan.row(raw, native, &mut oracle, &mut buf)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| VerifyError::Task(format!("a PostgreSQL row conversion task failed: {e}")))?
+    }
+
+    fn bad_row(&self, plan: &SidePlan, problem: &str) -> VerifyError {
+        VerifyError::BadRow {
+            db: self.db.clone(),
+            table: plan.table.clone(),
+            problem: problem.to_owned(),
+        }
+    }
+}
+
+/// The value of a column's output text, converted as the log source converts it.
+fn value_of(ty: &ColType, text: &str) -> Result<Value, String> {
+    match ty {
+        ColType::Postgres { type_oid, .. } => {
+            text_to_value(Oid(*type_oid), None, text).map_err(|e| e.to_string())
+        }
+        ColType::Sqlite { .. } => Ok(Value::Text(text.to_owned())),
+    }
+}
+
+fn record_texts(
+    plan: &SidePlan,
+    rows: Vec<tokio_postgres::Row>,
+) -> Result<Vec<Vec<Option<String>>>, VerifyError> {
+    let bad = |problem: String| VerifyError::BadRow {
+        db: plan.db.clone(),
+        table: plan.table.clone(),
+        problem,
+    };
+    rows.iter()
+        .map(|r| {
+            let text: Option<&str> = r
+                .try_get(0)
+                .map_err(|e| bad(format!("reading a row: {}", describe(&e))))?;
+            parse_record(text.unwrap_or_default())
+                .filter(|f| f.len() == plan.columns.len())
+                .ok_or_else(|| bad("a row's record text does not parse".into()))
+        })
+        .collect()
+}
+
+/// A 64-bit hash of a row computed by the server: `hashtextextended` chained over the
+/// columns' text in order (each column's hash seeds the next, so values cannot trade places
+/// between columns or rows unnoticed), a NULL marked apart from an empty text. Text, not the
+/// types' own hash functions: those treat `1.50` and `1.5`, or `0` and `-0`, as equal, which
+/// the pipeline does not. Byte order (`COLLATE "C"`), so a case-insensitive collation cannot
+/// hash two spellings alike. A chunk's rows are summed (exactly, as numeric): no sort needed,
+/// and a row present twice counts twice.
+pub(crate) fn row_hash_sql(plan: &SidePlan) -> String {
+    let mut hash = "0::int8".to_owned();
+    for (name, _) in &plan.columns {
+        let c = quote_ident(name);
+        hash = format!(
+            "(hashtextextended(coalesce({c}::text COLLATE \"C\", ''), {hash}) # ({c} IS NULL)::int::int8)"
+        );
+    }
+    hash
+}
+
+fn format_of(ty: &ColType) -> &str {
+    match ty {
+        ColType::Postgres { format, .. } => format,
+        ColType::Sqlite { .. } => "text",
+    }
+}
+
+fn columns_list(plan: &SidePlan) -> String {
+    plan.columns
+        .iter()
+        .map(|(c, _)| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The key columns, each `COLLATE "C"` where its collation is not byte order (`collate`).
+fn key_columns(plan: &SidePlan, collate: bool) -> String {
+    plan.key
+        .iter()
+        .map(|i| {
+            let (name, ty) = &plan.columns[*i];
+            let byte_order = matches!(
+                ty,
+                ColType::Postgres {
+                    byte_order: true,
+                    ..
+                }
+            );
+            if collate && !byte_order {
+                format!("{} COLLATE \"C\"", quote_ident(name))
+            } else {
+                quote_ident(name)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn key_order(plan: &SidePlan) -> String {
+    key_columns(plan, true)
+}
+
+/// ` WHERE (key) > (lo) AND (key) <= (hi)` and its text parameters.
+fn range(
+    plan: &SidePlan,
+    lo: Option<&[Native]>,
+    hi: Option<&[Native]>,
+) -> (String, Vec<Option<String>>) {
+    let keys = key_columns(plan, true);
+    let mut params: Vec<Option<String>> = Vec::new();
+    let mut conditions = Vec::new();
+    for (bound, op) in [(lo, ">"), (hi, "<=")] {
+        let Some(cells) = bound else { continue };
+        let casts: Vec<String> = plan
+            .key
+            .iter()
+            .zip(cells)
+            .map(|(i, cell)| {
+                params.push(native_text(cell));
+                format!(
+                    "CAST(${}::text AS {})",
+                    params.len(),
+                    format_of(&plan.columns[*i].1)
+                )
+            })
+            .collect();
+        conditions.push(format!("({keys}) {op} ({})", casts.join(", ")));
+    }
+    if conditions.is_empty() {
+        (String::new(), params)
+    } else {
+        (format!(" WHERE {}", conditions.join(" AND ")), params)
+    }
+}
+
+/// A key cell as text for a PostgreSQL parameter (cells from SQLite never come here; their
+/// value's text would do).
+fn native_text(n: &Native) -> Option<String> {
+    match n {
+        Native::Postgres(t) => t.clone(),
+        Native::Sqlite(v) => super::canon::pg_literal(&super::canon::from_sqlite(v.clone())),
+    }
+}
+
+/// Splits a record's text output (`record_out`) into its fields: `(a,"b c",,"x""y\\z")` is
+/// `a`, `b c`, NULL, `x"y\z`. An empty unquoted field is NULL, `""` is the empty string;
+/// inside quotes `""` and `\x` stand for `"` and `x`. `None` if the text is not a record.
+pub(crate) fn parse_record(text: &str) -> Option<Vec<Option<String>>> {
+    let body = text.strip_prefix('(')?.strip_suffix(')')?;
+    let mut fields = Vec::new();
+    let mut chars = body.chars().peekable();
+    loop {
+        let mut field = String::new();
+        let mut quoted_any = false;
+        let mut in_quotes = false;
+        loop {
+            match chars.peek().copied() {
+                None => {
+                    if in_quotes {
+                        return None;
+                    }
+                    break;
+                }
+                Some(',') if !in_quotes => break,
+                Some('"') => {
+                    chars.next();
+                    if in_quotes && chars.peek() == Some(&'"') {
+                        chars.next();
+                        field.push('"');
+                    } else {
+                        in_quotes = !in_quotes;
+                        quoted_any = true;
+                    }
+                }
+                Some('\\') => {
+                    chars.next();
+                    field.push(chars.next()?);
+                }
+                Some(c) => {
+                    chars.next();
+                    field.push(c);
+                }
+            }
+        }
+        fields.push((quoted_any || !field.is_empty()).then_some(field));
+        if chars.next().is_none() {
+            return Some(fields);
+        }
+    }
+}
+
+/// `postgres://user@host:port/db` for messages: never the password.
+pub(crate) fn describe_url(url: &str) -> String {
+    let Ok(config) = url.parse::<Config>() else {
+        return "PostgreSQL (unparsable URL)".to_owned();
+    };
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                Host::Unix(dir) => format!("{}:{port}", dir.display()),
+            }
+        })
+        .collect();
+    let user = config.get_user().unwrap_or("");
+    let db = config.get_dbname().unwrap_or(user);
+    format!("postgres://{user}@{}/{db}", hosts.join(","))
+}
+
+/// The WAL position of a PostgreSQL source now (`pg_current_wal_lsn()`).
+pub(crate) async fn wal_position(side: &PgSide) -> Result<Position, VerifyError> {
+    let context = "reading the current WAL position";
+    let rows = side
+        .query(context, "SELECT pg_current_wal_lsn()::text", &[])
+        .await?;
+    let text: String = rows
+        .first()
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(pg_error(&side.db, context))?
+        .unwrap_or_default();
+    let lsn = text
+        .split_once('/')
+        .and_then(|(hi, lo)| {
+            Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+        })
+        .ok_or_else(|| VerifyError::Postgres {
+            db: side.db.clone(),
+            context: context.into(),
+            problem: format!("unexpected LSN text `{text}`"),
+        })?;
+    Ok(Position::Lsn(lsn))
+}
+
+fn pg_error(db: &str, context: &str) -> impl Fn(tokio_postgres::Error) -> VerifyError + use<> {
+    let (db, context) = (db.to_owned(), context.to_owned());
+    move |e| VerifyError::Postgres {
+        db: db.clone(),
+        context: context.clone(),
+        problem: describe(&e),
+    }
+}
+
+async fn within<T>(
+    db: &str,
+    context: &str,
+    limit: Duration,
+    fut: impl Future<Output = T>,
+) -> Result<T, VerifyError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| VerifyError::Timeout {
+            db: db.to_owned(),
+            context: context.to_owned(),
+            timeout_ms: limit.as_millis() as u64,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_owned())
+    }
+
+    #[test]
+    fn record_text_splits_into_fields() {
+        assert_eq!(
+            parse_record(r#"(1,"a b","",,"x""y\\z",t,"{1,2}","q,(r)")"#).unwrap(),
+            vec![
+                s("1"),
+                s("a b"),
+                s(""),
+                None,
+                s("x\"y\\z"),
+                s("t"),
+                s("{1,2}"),
+                s("q,(r)")
+            ]
+        );
+        assert_eq!(parse_record("(5)").unwrap(), vec![s("5")]);
+        assert_eq!(parse_record("()").unwrap(), vec![None]);
+        assert_eq!(parse_record("(,)").unwrap(), vec![None, None]);
+    }
+
+    #[test]
+    fn malformed_record_text_is_none_never_a_panic() {
+        for bad in ["", "(", "1,2", "(\"open)", "(a\\)"] {
+            assert_eq!(parse_record(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn url_description_hides_the_password() {
+        let d = describe_url("postgres://app:s3cret@db.example:6543/shop");
+        assert_eq!(d, "postgres://app@db.example:6543/shop");
+    }
+}

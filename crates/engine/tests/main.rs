@@ -1,0 +1,3 @@
+//! Integration tests of the engine's library parts against real servers.
+
+mod verify;
