@@ -4,6 +4,7 @@
 //! Ctrl-C), and its peak memory is the kernel's own high-water mark of the resident set
 //! (`VmHWM` in /proc/PID/status), read periodically and once more right before the stop.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -34,20 +35,28 @@ pub struct Usage {
 impl Tidesync {
     /// Starts `BINARY run CONFIG`; stdout and stderr are appended to `log`.
     pub fn start(binary: &Path, config: &Path, log: &Path) -> anyhow::Result<Tidesync> {
+        Tidesync::spawn(binary, &[OsStr::new("run"), config.as_os_str()], log)
+    }
+
+    /// Starts `BINARY ARGS...` (e.g. `verify CONFIG`); stdout and stderr are appended to `log`.
+    pub fn spawn(binary: &Path, args: &[&OsStr], log: &Path) -> anyhow::Result<Tidesync> {
         let out = File::options()
             .create(true)
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
         let err = out.try_clone().context("duplicating the log file handle")?;
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let child = Command::new(binary)
-            .arg("run")
-            .arg(config)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .with_context(|| format!("starting {} run {}", binary.display(), config.display()))?;
+            .with_context(|| format!("starting {} {}", binary.display(), shown.join(" ")))?;
         Ok(Tidesync {
             pid: child.id(),
             child: Some(child),
@@ -100,6 +109,32 @@ impl Tidesync {
             self.last.write_bytes = bytes;
         }
         Ok(())
+    }
+
+    /// For a child that is expected to exit by itself (`tidesync verify`): samples it while it
+    /// runs, and returns its exit status once it has exited (None while it runs).
+    pub fn try_exit(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        if self.child.is_none() {
+            bail!("tidesync was already stopped");
+        }
+        // Sample first: once it has exited (a zombie), /proc/PID/status has no VmHWM any more.
+        // A sample that loses that race is not an error; the previous one stands.
+        let _ = self.sample();
+        let Some(child) = self.child.as_mut() else {
+            bail!("tidesync was already stopped");
+        };
+        match child.try_wait().context("checking on tidesync")? {
+            Some(status) => {
+                self.child = None;
+                Ok(Some(status))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The log file its output goes to.
+    pub fn log(&self) -> &Path {
+        &self.log
     }
 
     /// Samples one last time, sends SIGTERM and waits for a clean exit.
@@ -156,6 +191,32 @@ impl Drop for Tidesync {
             let _ = child.wait();
         }
     }
+}
+
+/// The memory of any process, from /proc/PID/status, in kB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// `VmHWM`: the peak resident set. For a PostgreSQL backend it includes the pages of
+    /// shared_buffers the process has touched, so it overstates what the process itself holds.
+    pub hwm_kb: u64,
+    /// `RssAnon`: resident private (anonymous) memory now; for a PostgreSQL backend, its own
+    /// memory without shared_buffers.
+    pub anon_kb: u64,
+}
+
+/// The memory of process `pid` now; None if it is gone (or a zombie).
+pub fn memory(pid: u32) -> Option<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some(Memory {
+        hwm_kb: field("VmHWM:")?,
+        anon_kb: field("RssAnon:")?,
+    })
 }
 
 /// The child's user + system CPU time, from /proc/PID/stat.

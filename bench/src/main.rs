@@ -6,6 +6,7 @@
 //! benchmark that silently measures a broken run is worthless. See README.md and RESULTS.md.
 
 mod child;
+mod pg;
 mod report;
 mod sqlite_pipeline;
 
@@ -28,6 +29,19 @@ enum Command {
     /// SQLite -> SQLite pipeline: sustained drain rate of a trigger-captured backlog and peak
     /// memory, beside the raw SQLite write rate in 1,000-row transactions (the floor).
     SqlitePipeline(sqlite_pipeline::Options),
+    /// PostgreSQL -> PostgreSQL initial sync of a table, beside native logical replication's
+    /// initial table copy (CREATE SUBSCRIPTION until the table's state is ready).
+    PgInitialSync(pg::initial_sync::Options),
+    /// PostgreSQL -> PostgreSQL streaming of inserts in 1,000-row transactions and of
+    /// single-row updates, beside native logical replication's apply and the raw pgoutput
+    /// decode rate of pg_recvlogical (the ceiling).
+    PgStreaming(pg::streaming::Options),
+    /// Commit-to-applied latency (p50/p99) of PostgreSQL -> PostgreSQL at a steady paced write
+    /// rate, beside native logical replication.
+    PgLatency(pg::latency::Options),
+    /// `tidesync verify` of two equal PostgreSQL tables, beside COPY of both to /dev/null (the
+    /// floor).
+    PgVerify(pg::verify::Options),
 }
 
 /// Options every benchmark takes.
@@ -55,14 +69,21 @@ pub struct Common {
 }
 
 impl Common {
-    /// The tidesync binary to run, refusing debug builds unless allowed.
-    pub fn tidesync_binary(&self) -> anyhow::Result<PathBuf> {
+    /// Refuses a debug build of this harness unless allowed: its own work (loading, pacing,
+    /// polling) would skew the numbers.
+    pub fn require_release_harness(&self) -> anyhow::Result<()> {
         if cfg!(debug_assertions) && !self.allow_debug {
             bail!(
                 "this is a debug build of tidesync-bench; benchmark with release builds \
                  (cargo build --release -p tidesync -p tidesync-bench) or pass --allow-debug"
             );
         }
+        Ok(())
+    }
+
+    /// The tidesync binary to run, refusing debug builds unless allowed.
+    pub fn tidesync_binary(&self) -> anyhow::Result<PathBuf> {
+        self.require_release_harness()?;
         let path = match &self.tidesync {
             Some(p) => p.clone(),
             None => {
@@ -130,6 +151,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = match &args.command {
         Command::SqlitePipeline(options) => sqlite_pipeline::run(options),
+        Command::PgInitialSync(options) => pg::initial_sync::run(options),
+        Command::PgStreaming(options) => pg::streaming::run(options),
+        Command::PgLatency(options) => pg::latency::run(options),
+        Command::PgVerify(options) => pg::verify::run(options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -83,6 +83,12 @@ pub fn git_commit() -> String {
     }
 }
 
+/// The command that reproduces this run, as run from the workspace root.
+pub fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("target/release/tidesync-bench {}", args.join(" "))
+}
+
 /// A one-line description of the machine: CPU model, cores, kernel.
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

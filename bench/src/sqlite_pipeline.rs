@@ -30,7 +30,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::Common;
 use crate::child::{Tidesync, write_bytes};
-use crate::report::{add_result_row, git_commit, iso_utc, load_avg, machine, now_utc, thousands};
+use crate::report::{
+    add_result_row, command_line, git_commit, iso_utc, load_avg, machine, now_utc, thousands,
+};
 
 /// Options of `tidesync-bench sqlite-pipeline`.
 #[derive(Debug, clap::Args)]
@@ -467,12 +469,6 @@ fn verify(dir: &Path, expected_seq: u64, expected_rows: u64) -> anyhow::Result<(
          different in the target, {extra} target rows not in the master"
     );
     Ok(())
-}
-
-/// The command that reproduces this run, as run from the workspace root.
-fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    format!("target/release/tidesync-bench {}", args.join(" "))
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
