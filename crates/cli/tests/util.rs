@@ -29,7 +29,35 @@ pub fn run(args: &[&str], env: &[(&str, &Path)]) -> Output {
     cmd.output().unwrap()
 }
 
+thread_local! {
+    /// The tidesync processes this test thread started, killed if the test panics so that a
+    /// failed test does not leave them running (each test runs on its own thread).
+    static SPAWNED: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn kill_spawned_on_panic() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let pids = SPAWNED.with(|s| std::mem::take(&mut *s.borrow_mut()));
+            for pid in pids {
+                // Only if the pid is still a tidesync (it may have exited and been reused).
+                // Best effort: the test is failing anyway, and its own message matters more.
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains("tidesync") {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+            }
+            default(info);
+        }));
+    });
+}
+
 pub fn spawn(args: &[&str], env: &[(&str, &Path)], log: &Path) -> Child {
+    kill_spawned_on_panic();
     let mut cmd = tidesync();
     cmd.args(args)
         .stdout(Stdio::null())
@@ -37,7 +65,9 @@ pub fn spawn(args: &[&str], env: &[(&str, &Path)], log: &Path) -> Child {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().unwrap()
+    let child = cmd.spawn().unwrap();
+    SPAWNED.with(|s| s.borrow_mut().push(child.id()));
+    child
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, failing after `limit`.
