@@ -1,7 +1,40 @@
 //! PostgreSQL client errors (tokio-postgres), shared by PostgreSQL capture and apply: a
 //! one-line description without row data, and whether a retry can help.
 
+use tokio_postgres::Config;
+use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
+
+/// `postgres://user@host:port/db` (several hosts joined with `,`) for messages: never the
+/// password.
+pub fn describe_config(config: &Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                Host::Unix(dir) => format!("{}:{port}", dir.display()),
+            }
+        })
+        .collect();
+    let user = config.get_user().unwrap_or("");
+    let db = config.get_dbname().unwrap_or(user);
+    format!("postgres://{user}@{}/{db}", hosts.join(","))
+}
+
+/// [`describe_config`] of a URL; a URL that does not parse is named as such, never printed
+/// (it may hold a password).
+pub fn describe_url(url: &str) -> String {
+    match url.parse::<Config>() {
+        Ok(config) => describe_config(&config),
+        Err(_) => "PostgreSQL (unparsable URL)".to_owned(),
+    }
+}
 
 /// Whether `e` may go away by itself: lost connections, restarts, serialization failures,
 /// deadlocks, lock and statement timeouts, resource shortages. Bad data and bad setup

@@ -88,9 +88,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tidesync_core::pg::describe_config;
 use tidesync_core::{Batch, BoxFuture, Seq, Sink, StageError, TableSchema, Value};
 use tokio::task::JoinHandle;
-use tokio_postgres::config::Host;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Statement, Transaction};
 
@@ -185,7 +185,7 @@ impl PostgresSink {
     pub fn new(url: &str, pipeline: &str, sink: &str, create_tables: bool) -> Self {
         let target = url
             .parse::<Config>()
-            .map(|c| describe_target(&c))
+            .map(|c| describe_config(&c))
             .unwrap_or_else(|_| "PostgreSQL".to_owned());
         PostgresSink {
             url: url.to_owned(),
@@ -233,7 +233,7 @@ impl PostgresSink {
         if config.get_application_name().is_none() {
             config.application_name("tidesync");
         }
-        let target = describe_target(&config);
+        let target = describe_config(&config);
         let connect_error = |e: tokio_postgres::Error| PostgresSinkError::Connect {
             target: target.clone(),
             problem: describe(&e),
@@ -730,27 +730,6 @@ async fn within_limit<T>(
             context: context.to_owned(),
             timeout_ms: limit.as_millis() as u64,
         })
-}
-
-/// `postgres://user@host:port/db` (several hosts joined with `,`), never the password.
-fn describe_target(config: &Config) -> String {
-    let ports = config.get_ports();
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            match host {
-                Host::Tcp(name) => format!("{name}:{port}"),
-                #[cfg(unix)]
-                Host::Unix(dir) => format!("{}:{port}", dir.display()),
-            }
-        })
-        .collect();
-    let user = config.get_user().unwrap_or("");
-    let db = config.get_dbname().unwrap_or(user);
-    format!("postgres://{user}@{}/{db}", hosts.join(","))
 }
 
 impl Sink for PostgresSink {

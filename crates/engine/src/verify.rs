@@ -71,7 +71,7 @@ impl Endpoint {
     pub fn describe(&self) -> String {
         match self {
             Endpoint::Sqlite { path } => path.display().to_string(),
-            Endpoint::Postgres { url } => postgres::describe_url(url),
+            Endpoint::Postgres { url } => tidesync_core::pg::describe_url(url),
         }
     }
 }

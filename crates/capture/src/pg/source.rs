@@ -277,35 +277,12 @@ fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
-/// `postgres://user@host:port/db`, without the password, for messages.
-fn describe_target(url: &str) -> String {
-    match Config::from_str(url) {
-        Ok(config) => {
-            let host = config
-                .get_hosts()
-                .first()
-                .map(|h| match h {
-                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-                })
-                .unwrap_or_default();
-            let port = config.get_ports().first().copied().unwrap_or(5432);
-            format!(
-                "postgres://{}@{host}:{port}/{}",
-                config.get_user().unwrap_or(""),
-                config.get_dbname().unwrap_or("")
-            )
-        }
-        Err(_) => "PostgreSQL source (invalid URL)".to_owned(),
-    }
-}
-
 impl PgLogSource {
     pub fn new(opts: PgLogOptions) -> Self {
         PgLogSource {
             slot: opts.slot(),
             publication: opts.publication(),
-            target: describe_target(&opts.url),
+            target: tidesync_core::pg::describe_url(&opts.url),
             opts,
             tables: Vec::new(),
             relations: HashMap::new(),

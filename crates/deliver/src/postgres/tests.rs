@@ -309,7 +309,7 @@ fn steps_hold_at_most_max_rows_and_max_params() {
 
 #[test]
 fn the_target_is_described_without_the_password() {
-    let target = |url: &str| describe_target(&url.parse().unwrap());
+    let target = |url: &str| tidesync_core::pg::describe_config(&url.parse().unwrap());
     assert_eq!(
         target("postgres://me:s3cret@db.example:6543/app"),
         "postgres://me@db.example:6543/app"

@@ -31,10 +31,10 @@ use std::sync::Mutex;
 use tidesync_capture::pg::pgoutput::Oid;
 use tidesync_capture::pg::text::text_to_value;
 use tidesync_core::pg::describe;
+use tidesync_core::pg::describe_url;
 use tidesync_core::sql::quote_ident;
 use tidesync_core::{Position, Value};
 use tokio::task::JoinSet;
-use tokio_postgres::config::Host;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls};
 
@@ -611,30 +611,6 @@ pub(crate) fn parse_record(text: &str) -> Option<Vec<Option<String>>> {
             return Some(fields);
         }
     }
-}
-
-/// `postgres://user@host:port/db` for messages: never the password.
-pub(crate) fn describe_url(url: &str) -> String {
-    let Ok(config) = url.parse::<Config>() else {
-        return "PostgreSQL (unparsable URL)".to_owned();
-    };
-    let ports = config.get_ports();
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            match host {
-                Host::Tcp(name) => format!("{name}:{port}"),
-                #[cfg(unix)]
-                Host::Unix(dir) => format!("{}:{port}", dir.display()),
-            }
-        })
-        .collect();
-    let user = config.get_user().unwrap_or("");
-    let db = config.get_dbname().unwrap_or(user);
-    format!("postgres://{user}@{}/{db}", hosts.join(","))
 }
 
 /// The WAL position of a PostgreSQL source now (`pg_current_wal_lsn()`).
