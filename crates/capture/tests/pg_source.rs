@@ -100,6 +100,10 @@ async fn misconfiguration_gets_an_error_that_says_what_to_change() {
     .unwrap();
     let url = pg.url(DB);
 
+    // The replication session has no TLS: a URL asking for it is refused up front.
+    let e = open_error(format!("{url}?sslmode=require"), &["items"]).await;
+    assert!(e.contains("only sslmode=disable is accepted"), "{e}");
+
     let e = open_error(url.clone(), &["missing"]).await;
     assert!(e.contains("table public.missing does not exist"), "{e}");
 

@@ -282,6 +282,13 @@ impl ConnInfo {
     }
 }
 
+/// Checks that `url` is one a replication session can use (see [`parse_url`]), so a source
+/// refuses it before doing anything else rather than after its regular connection, which
+/// accepts more (e.g. `sslmode=require`), has already worked.
+pub fn check_url(url: &str) -> Result<(), ReplicationError> {
+    parse_url(url).map(drop)
+}
+
 /// Parses `postgres://user[:password]@host[:port]/dbname` (or `postgresql://`), with
 /// percent-encoded user, password and database. The only query parameter accepted is
 /// `sslmode=disable` (no TLS is compiled in).

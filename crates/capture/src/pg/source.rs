@@ -1381,6 +1381,7 @@ fn cast_type(type_name: &str) -> String {
 impl Source for PgLogSource {
     fn open(&mut self, from: Option<Position>) -> BoxFuture<'_, Result<Opened, StageError>> {
         Box::pin(async move {
+            super::replication::check_url(&self.opts.url).map_err(from_replication)?;
             self.stream = None;
             self.txn = None;
             self.ready.clear();
