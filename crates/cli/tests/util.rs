@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The binary under test, logging at `warn`; set `TEST_TIDESYNC_LOG` (e.g. `info` or
+/// `tidesync_engine=debug,info`) to see more in the logs a failing test prints.
 pub fn tidesync() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidesync"));
     cmd.env(
