@@ -45,18 +45,30 @@ fn build_source(config: &Config, pipeline: &PipelineConfig) -> Box<dyn Source> {
             tables.clone(),
             *poll_interval,
         )),
+        spec @ SourceSpec::PostgresLog { .. } => match pg_log_source(spec, &pipeline.name) {
+            Some(source) => Box::new(source),
+            None => unreachable!("a PostgresLog spec makes a PostgreSQL log source"),
+        },
+    }
+}
+
+/// The PostgreSQL log source of a pipeline whose source is one (also for `status`, which asks
+/// it about its slot without running it).
+fn pg_log_source(spec: &SourceSpec, pipeline: &str) -> Option<PgLogSource> {
+    match spec {
         SourceSpec::PostgresLog {
             url,
             tables,
             publication,
             slot,
             chunk_rows,
-        } => Box::new(PgLogSource::new(PgLogOptions {
+        } => Some(PgLogSource::new(PgLogOptions {
             publication: publication.clone(),
             slot: slot.clone(),
             chunk_rows: *chunk_rows,
-            ..PgLogOptions::new(url, &pipeline.name, tables.clone())
+            ..PgLogOptions::new(url, pipeline, tables.clone())
         })),
+        SourceSpec::SqliteTrigger { .. } => None,
     }
 }
 
@@ -80,29 +92,19 @@ pub async fn source_status(
     config: &Config,
     pipeline: &PipelineConfig,
 ) -> Result<Vec<(String, String)>, tidesync_core::StageError> {
-    match &config.sources[&pipeline.source].spec {
-        SourceSpec::SqliteTrigger { .. } => Ok(Vec::new()),
-        SourceSpec::PostgresLog {
-            url, tables, slot, ..
-        } => {
-            let mut source = PgLogSource::new(PgLogOptions {
-                slot: slot.clone(),
-                ..PgLogOptions::new(url, &pipeline.name, tables.clone())
-            });
-            let name = slot
-                .clone()
-                .unwrap_or_else(|| format!("tidesync_{}", pipeline.name));
-            let text = match source.slot_lag().await? {
-                Some((retained, confirmed)) => format!(
-                    "retains {} of WAL, confirmed up to {}",
-                    human_bytes(retained),
-                    confirmed.as_deref().unwrap_or("nothing yet")
-                ),
-                None => "does not exist (created on the first run)".to_owned(),
-            };
-            Ok(vec![(format!("slot {name}"), text)])
-        }
-    }
+    let spec = &config.sources[&pipeline.source].spec;
+    let Some(mut source) = pg_log_source(spec, &pipeline.name) else {
+        return Ok(Vec::new());
+    };
+    let text = match source.slot_lag().await? {
+        Some((retained, confirmed)) => format!(
+            "retains {} of WAL, confirmed up to {}",
+            human_bytes(retained),
+            confirmed.as_deref().unwrap_or("nothing yet")
+        ),
+        None => "does not exist (created on the first run)".to_owned(),
+    };
+    Ok(vec![(format!("slot {}", source.slot_name()), text)])
 }
 
 fn human_bytes(n: i64) -> String {

@@ -244,30 +244,7 @@ impl SqliteStore {
         stream: &str,
         key: &Key,
     ) -> Result<Option<(Row, Seq)>, StoreError> {
-        let conn = lock(&self.inner.reader);
-        let found: Option<(Vec<u8>, i64)> = conn
-            .prepare_cached(
-                "SELECT row, seq FROM current WHERE pipeline = ?1 AND stream = ?2 AND key = ?3",
-            )
-            .and_then(|mut st| {
-                st.query_row(
-                    params![pipeline, stream, binary::key_to_sortable_vec(key)],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-            })
-            .map_err(StoreError::sqlite("reading current state"))?;
-        found
-            .map(|(bytes, seq)| {
-                decode_row(&bytes)
-                    .map(|row| (row, Seq(seq as u64)))
-                    .map_err(|source| StoreError::Corrupt {
-                        pipeline: pipeline.to_owned(),
-                        seq: seq as u64,
-                        source,
-                    })
-            })
-            .transpose()
+        read_current(&lock(&self.inner.reader), pipeline, stream, key)
     }
 
     /// How many rows the current-state table holds for `pipeline`, per stream.
@@ -487,14 +464,15 @@ fn fill_unchanged(
     Ok(Some(complete))
 }
 
-/// The current row of `key` in `stream`, read inside the append's transaction.
-fn current_row_in(
-    tx: &rusqlite::Transaction<'_>,
+/// The current row of `key` in `stream`, with the seq that wrote it (`conn` may be the
+/// append's transaction).
+fn read_current(
+    conn: &Connection,
     pipeline: &str,
     stream: &str,
     key: &Key,
-) -> Result<Option<Row>, StoreError> {
-    let stored: Option<(Vec<u8>, i64)> = tx
+) -> Result<Option<(Row, Seq)>, StoreError> {
+    let stored: Option<(Vec<u8>, i64)> = conn
         .prepare_cached(
             "SELECT row, seq FROM current WHERE pipeline = ?1 AND stream = ?2 AND key = ?3",
         )
@@ -508,13 +486,25 @@ fn current_row_in(
         .map_err(StoreError::sqlite("reading current state"))?;
     stored
         .map(|(bytes, seq)| {
-            decode_row(&bytes).map_err(|source| StoreError::Corrupt {
-                pipeline: pipeline.to_owned(),
-                seq: seq as u64,
-                source,
-            })
+            decode_row(&bytes)
+                .map(|row| (row, Seq(seq as u64)))
+                .map_err(|source| StoreError::Corrupt {
+                    pipeline: pipeline.to_owned(),
+                    seq: seq as u64,
+                    source,
+                })
         })
         .transpose()
+}
+
+/// The current row of `key` in `stream`, read inside the append's transaction.
+fn current_row_in(
+    tx: &rusqlite::Transaction<'_>,
+    pipeline: &str,
+    stream: &str,
+    key: &Key,
+) -> Result<Option<Row>, StoreError> {
+    Ok(read_current(tx, pipeline, stream, key)?.map(|(row, _)| row))
 }
 
 fn update_current(

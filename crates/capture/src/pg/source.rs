@@ -221,12 +221,12 @@ pub struct PgLogSource {
     client: Option<Client>,
     statements: HashMap<(usize, bool), Statement>,
     copy: Option<Copy>,
-    /// Where the stream starts (the snapshot's consistent point, or the stored position).
-    stream_from: Lsn,
     stream: Option<PgReplicationStream>,
     txn: Option<Txn>,
     /// Whole transactions received but not handed out: changes and the commit's end.
     ready: VecDeque<Ready>,
+    /// Changes in `ready` (kept, not summed: checked after every message).
+    ready_changes: usize,
     /// End of the last transaction handed out (where a reconnect resumes).
     handed: Lsn,
     /// The copy's cursor as of what was handed out (`None`: no copy running): what the
@@ -289,10 +289,10 @@ impl PgLogSource {
             client: None,
             statements: HashMap::new(),
             copy: None,
-            stream_from: Lsn(0),
             stream: None,
             txn: None,
             ready: VecDeque::new(),
+            ready_changes: 0,
             handed: Lsn(0),
             handed_cursor: None,
             acked: Lsn(0),
@@ -630,7 +630,6 @@ impl PgLogSource {
             source = %self.target, slot = %self.slot, consistent_point = %created.consistent_point,
             "created the replication slot; copying the tables under its snapshot"
         );
-        self.stream_from = created.consistent_point;
         self.handed = created.consistent_point;
         self.acked = created.consistent_point;
         self.start_copy((0, None), true);
@@ -705,7 +704,11 @@ impl PgLogSource {
                         .iter()
                         .find(|c| &c.name == k)
                         .map_or("text", |c| c.type_name.as_str());
-                    format!("(${}::text)::{}", i + 1, cast_type(ty))
+                    format!(
+                        "(${}::text)::{}",
+                        i + 1,
+                        tidesync_core::sql::safe_type_name(ty)
+                    )
                 })
                 .collect();
             sql.push_str(&format!(
@@ -863,6 +866,7 @@ impl PgLogSource {
         self.stream = None;
         self.txn = None;
         self.ready.clear();
+        self.ready_changes = 0;
         self.seen = self.handed;
         // Windows that closed in what is discarded are read again.
         if let Some(cursor) = self.handed_cursor.clone() {
@@ -887,8 +891,7 @@ impl PgLogSource {
         let mut deadline = start + wait;
         let mut lingering = false;
         loop {
-            let queued: usize = self.ready.iter().map(|r| r.changes.len()).sum();
-            if queued >= max {
+            if self.ready_changes >= max {
                 break;
             }
             if !self.ready.is_empty() && !lingering {
@@ -943,6 +946,7 @@ impl PgLogSource {
             let Some(ready) = self.ready.pop_front() else {
                 break;
             };
+            self.ready_changes -= ready.changes.len();
             changes.extend(ready.changes);
             end = Some(ready.end);
             if let Some(cursor) = ready.cursor {
@@ -1117,6 +1121,7 @@ impl PgLogSource {
                 })?;
                 self.seen = self.seen.max(end_lsn);
                 if !txn.changes.is_empty() || txn.cursor.is_some() {
+                    self.ready_changes += txn.changes.len();
                     self.ready.push_back(Ready {
                         changes: txn.changes,
                         end: end_lsn,
@@ -1364,20 +1369,6 @@ fn type_name_for(type_oid: u32, declared: String) -> String {
     }
 }
 
-/// A type name usable in a cast (`format_type` output of a built-in type): only the
-/// characters such names hold.
-fn cast_type(type_name: &str) -> String {
-    let kept: String = type_name
-        .chars()
-        .filter(|ch| ch.is_ascii_alphanumeric() || " (),_[]".contains(*ch))
-        .collect();
-    if kept.trim().is_empty() {
-        "text".to_owned()
-    } else {
-        kept
-    }
-}
-
 impl Source for PgLogSource {
     fn open(&mut self, from: Option<Position>) -> BoxFuture<'_, Result<Opened, StageError>> {
         Box::pin(async move {
@@ -1385,6 +1376,7 @@ impl Source for PgLogSource {
             self.stream = None;
             self.txn = None;
             self.ready.clear();
+            self.ready_changes = 0;
             self.copy = None;
             self.handed_cursor = None;
             self.run = now_us().max(self.run + 1);
@@ -1532,11 +1524,15 @@ impl PgLogSource {
                 self.target, self.slot
             )));
         }
-        self.stream_from = lsn;
         self.handed = lsn;
         self.acked = lsn;
         self.seen = lsn;
         Ok(())
+    }
+
+    /// The replication slot this source owns.
+    pub fn slot_name(&self) -> &str {
+        &self.slot
     }
 
     /// Bytes of WAL the slot holds back (`pg_current_wal_lsn() - restart_lsn`), and its

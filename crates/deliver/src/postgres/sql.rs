@@ -40,22 +40,6 @@ pub(crate) fn pg_type_for(declared: &str) -> &'static str {
     }
 }
 
-/// A PostgreSQL source's type name (from `format_type`, e.g. `numeric(12,2)`, `text[]`,
-/// `timestamp with time zone`) as the target's type. Only characters a built-in type name
-/// can hold are kept, so a catalog string cannot smuggle SQL; the source reports
-/// user-defined types (enums, domains) as `text`.
-fn pg_type_verbatim(declared: &str) -> String {
-    let kept: String = declared
-        .chars()
-        .filter(|ch| ch.is_ascii_alphanumeric() || " (),_[]".contains(*ch))
-        .collect();
-    if kept.trim().is_empty() {
-        "text".to_owned()
-    } else {
-        kept
-    }
-}
-
 pub(crate) fn create_table_sql(schema: &TableSchema) -> String {
     let mut defs: Vec<String> = schema
         .columns
@@ -63,7 +47,9 @@ pub(crate) fn create_table_sql(schema: &TableSchema) -> String {
         .map(|c| {
             let null = if c.nullable { "" } else { " NOT NULL" };
             let ty = match schema.dialect {
-                Dialect::Postgres => pg_type_verbatim(&c.type_name),
+                // A PostgreSQL source's own type (the source reports user-defined types as
+                // `text`, which a target may not have).
+                Dialect::Postgres => tidesync_core::sql::safe_type_name(&c.type_name),
                 _ => pg_type_for(&c.type_name).to_owned(),
             };
             format!("{} {ty}{null}", quote_ident(&c.name))
