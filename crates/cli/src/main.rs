@@ -77,6 +77,32 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Re-send the differing rows through the pipeline (the source re-reads them as they
+        /// are now; keys it no longer has are deleted), wait until every sink applied them,
+        /// and compare again. Needs `tidesync run` to be running the pipeline.
+        #[arg(long)]
+        repair: bool,
+        /// With --repair: how long to wait for the pipeline to re-send and apply the rows.
+        #[arg(long, default_value_t = 120)]
+        repair_wait_secs: u64,
+    },
+    /// Re-send whole tables through a running pipeline: the source reads them again in key
+    /// order and chunks while it keeps streaming (no lock, no change reordered), and every
+    /// sink applies the rows. Queued in the store; `tidesync run` picks it up.
+    Backfill {
+        config: PathBuf,
+        /// The tables (as named in the source's `tables`).
+        #[arg(required = true)]
+        tables: Vec<String>,
+        /// The pipeline (needed when the configuration has several).
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Return once queued instead of waiting until every sink applied the rows.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        wait_secs: u64,
     },
     /// Run a shop master -> replica sync on this machine (SQLite, no other service needed),
     /// then check that the replica equals the master row by row.
@@ -236,6 +262,8 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             settle_secs,
             max_keys,
             json,
+            repair,
+            repair_wait_secs,
         } => {
             let cfg = load(&config)?;
             if let Some(name) = &pipeline
@@ -253,9 +281,54 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
                 chunk_rows: chunk_rows as usize,
                 settle: Duration::from_secs(settle_secs),
                 max_keys,
+                collect_keys: 0,
             };
-            let equal = runtime()?.block_on(verify::run(&cfg, &options, json))?;
+            let repair = repair.then(|| Duration::from_secs(repair_wait_secs));
+            let equal = runtime()?.block_on(verify::run(&cfg, &options, json, repair))?;
             Ok(if equal {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Backfill {
+            config,
+            tables,
+            pipeline,
+            no_wait,
+            wait_secs,
+        } => {
+            let cfg = load(&config)?;
+            let picked =
+                tidesync_engine::repair::pick_pipeline(&cfg, pipeline.as_deref()).map_err(usage)?;
+            let queued =
+                tidesync_engine::repair::queue_backfill(&cfg, picked, &tables).map_err(usage)?;
+            for q in &queued {
+                println!(
+                    "queued backfill of {} (pipeline {}, request {})",
+                    q.table,
+                    q.pipeline,
+                    q.ids
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            if no_wait {
+                println!(
+                    "`tidesync run {}` serves it; `tidesync status` shows it",
+                    config.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let timeout = if wait_secs == 0 {
+                Duration::MAX
+            } else {
+                Duration::from_secs(wait_secs)
+            };
+            let complete = runtime()?.block_on(verify::wait_and_report(&cfg, &queued, timeout))?;
+            Ok(if complete {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

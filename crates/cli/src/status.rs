@@ -5,9 +5,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use serde_json::json;
+use tidesync_core::RequestKind;
 use tidesync_core::time::format_timestamp;
 use tidesync_engine::Config;
-use tidesync_store::SqliteStore;
+use tidesync_store::{RequestState, SqliteStore};
 
 fn now_us() -> i64 {
     SystemTime::now()
@@ -53,8 +54,29 @@ pub(crate) fn print(config: &Config, as_json: bool) -> anyhow::Result<()> {
             Ok(Err(e)) => vec![("source".to_owned(), format!("not reachable: {e}"))],
             Err(_) => vec![("source".to_owned(), "did not answer within 10 s".to_owned())],
         };
+        // Re-read requests (`verify --repair`, `backfill`) not yet served, and failed ones.
+        let requests: Vec<(i64, String, String, String)> = store
+            .requests(&p.name, false)
+            .with_context(|| format!("reading the requests of pipeline {}", p.name))?
+            .into_iter()
+            .filter(|r| !matches!(r.state, RequestState::Done(_)))
+            .map(|r| {
+                let what = match &r.request.what {
+                    RequestKind::Keys(keys) => format!("{} keys", keys.len()),
+                    RequestKind::Table { .. } => "whole table".to_owned(),
+                };
+                let state = match r.state {
+                    RequestState::Failed(e) => format!("failed: {e}"),
+                    _ => "pending".to_owned(),
+                };
+                (r.request.id, r.request.stream, what, state)
+            })
+            .collect();
         if as_json {
             out.push(json!({
+                "requests": requests.iter().map(|(id, table, what, state)| json!({
+                    "id": id, "table": table, "what": what, "state": state,
+                })).collect::<Vec<_>>(),
                 "upstream": upstream.iter().map(|(label, text)| json!({
                     "what": label, "state": text,
                 })).collect::<Vec<_>>(),
@@ -97,6 +119,9 @@ pub(crate) fn print(config: &Config, as_json: bool) -> anyhow::Result<()> {
                 (Some(c), Some(l)) => println!("  sink {name:<11} cursor {c}, lag {l} changes"),
                 _ => println!("  sink {name:<11} not started"),
             }
+        }
+        for (id, table, what, state) in &requests {
+            println!("  request {id:<8} {table}: re-read {what}, {state}");
         }
     }
     if as_json {

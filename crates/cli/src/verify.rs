@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 use tidesync_engine::Config;
+use tidesync_engine::repair::{MAX_REPAIR_KEYS, Queued, WaitProgress, queue_repairs, wait};
 use tidesync_engine::verify::{
     Method, PipelineReport, Progress, Report, TableReport, VerifyOptions, verify,
 };
@@ -16,12 +17,122 @@ use tidesync_engine::verify::{
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
-/// Runs verify and prints the report; returns whether every table is equal.
+/// Runs verify and prints the report; with `repair` (how long to wait for it), re-sends the
+/// differing rows, waits for them to be applied and verifies again. Returns whether every
+/// table is equal in the end.
 pub(crate) async fn run(
     config: &Config,
     options: &VerifyOptions,
     as_json: bool,
+    repair: Option<Duration>,
 ) -> anyhow::Result<bool> {
+    let Some(wait) = repair else {
+        let report = compare(config, options).await?;
+        print(&report, as_json, None)?;
+        return Ok(report.is_equal());
+    };
+    let first = compare(
+        config,
+        &VerifyOptions {
+            collect_keys: MAX_REPAIR_KEYS,
+            ..options.clone()
+        },
+    )
+    .await?;
+    if first.is_equal() {
+        print(&first, as_json, None)?;
+        return Ok(true);
+    }
+    if !as_json {
+        print(&first, false, None)?;
+    }
+    let queued = queue_repairs(config, &first)?;
+    for q in &queued {
+        eprintln!(
+            "repair: re-sending {} key{} of {} through pipeline {} (request{} {})",
+            q.keys,
+            plural(q.keys as u64),
+            q.table,
+            q.pipeline,
+            plural(q.ids.len() as u64),
+            q.ids
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !wait_and_report(config, &queued, wait).await? {
+        if as_json {
+            print(&first, true, None)?;
+        }
+        return Ok(false);
+    }
+    let after = compare(config, options).await?;
+    if as_json {
+        print(&after, true, Some(&first))?;
+    } else {
+        println!("after repair:");
+        print(&after, false, None)?;
+    }
+    Ok(after.is_equal())
+}
+
+/// Waits for queued requests (see [`wait`]) with a progress line on a terminal, and says on
+/// stderr what is still missing if the wait gave up. Returns whether all went through.
+pub(crate) async fn wait_and_report(
+    config: &Config,
+    queued: &[Queued],
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    let tty = std::io::stderr().is_terminal();
+    let last = Mutex::new(Instant::now());
+    let progress = |p: &WaitProgress| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if !tty || last.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        *last = Instant::now();
+        eprint!(
+            "\r  waiting for the pipeline: {}/{} requests served, {:.0} s\x1b[K",
+            p.done,
+            p.total,
+            p.elapsed.as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+    };
+    let outcome = wait(config, queued, timeout, &progress).await?;
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    for (pipeline, id, error) in &outcome.failed {
+        eprintln!("request {id} of pipeline {pipeline} failed: {error}");
+    }
+    if !outcome.pending.is_empty() {
+        let ids: Vec<String> = outcome
+            .pending
+            .iter()
+            .map(|(_, id)| id.to_string())
+            .collect();
+        eprintln!(
+            "not served within {} s: request{} {} (is `tidesync run {}` running? The requests stay queued and run when it does)",
+            timeout.as_secs(),
+            plural(ids.len() as u64),
+            ids.join(", "),
+            config.file.display()
+        );
+    }
+    for (pipeline, sink) in &outcome.behind {
+        eprintln!(
+            "sink {sink} of pipeline {pipeline} has not applied the re-sent rows within {} s",
+            timeout.as_secs()
+        );
+    }
+    Ok(outcome.is_complete())
+}
+
+/// Runs the comparison with a progress line on a terminal.
+async fn compare(config: &Config, options: &VerifyOptions) -> anyhow::Result<Report> {
     let tty = std::io::stderr().is_terminal();
     let last = Mutex::new(Instant::now());
     let shown = Mutex::new(false);
@@ -49,25 +160,33 @@ pub(crate) async fn run(
     if *shown.lock().unwrap_or_else(|e| e.into_inner()) {
         eprint!("\r\x1b[K");
     }
-    let report = report?;
+    Ok(report?)
+}
+
+/// Prints a report as text or JSON; `before`: the report a repair started from (JSON only).
+fn print(report: &Report, as_json: bool, before: Option<&Report>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if as_json {
         #[derive(Serialize)]
         struct Json<'a> {
             equal: bool,
             pipelines: &'a [PipelineReport],
+            /// With --repair: the differences found before the repair.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            before_repair: Option<&'a [PipelineReport]>,
         }
         let json = Json {
             equal: report.is_equal(),
             pipelines: &report.pipelines,
+            before_repair: before.map(|b| b.pipelines.as_slice()),
         };
         serde_json::to_writer_pretty(&mut out, &json).context("writing the report")?;
         writeln!(out).context("writing the report")?;
     } else {
-        print_text(&mut out, &report).context("writing the report")?;
+        print_text(&mut out, report).context("writing the report")?;
     }
     out.flush().context("writing the report")?;
-    Ok(report.is_equal())
+    Ok(())
 }
 
 fn print_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> {

@@ -4,5 +4,7 @@ mod cli;
 mod crash;
 mod pg_source;
 mod postgres;
+mod rename;
+mod repair;
 mod util;
 mod verify;

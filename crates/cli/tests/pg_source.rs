@@ -301,23 +301,7 @@ fn postgres_to_sqlite_copies_then_streams_and_ends_equal() {
 #[test]
 fn postgres_to_postgres_applies_each_version_once_in_order() {
     let mut pg = Postgres::start();
-    pg.create_database("erp").unwrap();
-    pg.create_database("shop").unwrap();
-    pg.psql(
-        "erp",
-        "CREATE TABLE items (id bigint PRIMARY KEY, ver integer NOT NULL, body text); \
-         INSERT INTO items SELECT g, 1, 'v' || g FROM generate_series(1, 40000) g;",
-    )
-    .unwrap();
-    pg.psql(
-        "shop",
-        "CREATE TABLE items (id bigint PRIMARY KEY, ver integer NOT NULL, body text); \
-         CREATE TABLE audit (n bigserial PRIMARY KEY, id bigint, ver integer); \
-         CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS \
-           $$BEGIN INSERT INTO audit (id, ver) VALUES (NEW.id, NEW.ver); RETURN NEW; END$$; \
-         CREATE TRIGGER audit AFTER INSERT OR UPDATE ON items FOR EACH ROW EXECUTE FUNCTION audit();",
-    )
-    .unwrap();
+    audited_versions(&pg, 40000);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let (source, target) = (pg.url("erp"), pg.url("shop"));

@@ -172,3 +172,28 @@ impl ExampleSetup {
         ]
     }
 }
+
+/// Databases `erp` and `shop` on `pg`, each with `items (id, ver, body)`; `erp` holds `rows`
+/// rows at version 1, and a trigger on `shop` logs every (id, version) written into its
+/// `items` to `audit (n, id, ver)`: the proof of exactly-once and per-key order.
+pub fn audited_versions(pg: &tidesync_testkit::Postgres, rows: i64) {
+    pg.create_database("erp").unwrap();
+    pg.create_database("shop").unwrap();
+    pg.psql(
+        "erp",
+        &format!(
+            "CREATE TABLE items (id bigint PRIMARY KEY, ver integer NOT NULL, body text); \
+             INSERT INTO items SELECT g, 1, 'v' || g FROM generate_series(1, {rows}) g;"
+        ),
+    )
+    .unwrap();
+    pg.psql(
+        "shop",
+        "CREATE TABLE items (id bigint PRIMARY KEY, ver integer NOT NULL, body text); \
+         CREATE TABLE audit (n bigserial PRIMARY KEY, id bigint, ver integer); \
+         CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN INSERT INTO audit (id, ver) VALUES (NEW.id, NEW.ver); RETURN NEW; END$$; \
+         CREATE TRIGGER audit AFTER INSERT OR UPDATE ON items FOR EACH ROW EXECUTE FUNCTION audit();",
+    )
+    .unwrap();
+}

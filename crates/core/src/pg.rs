@@ -105,3 +105,34 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
     out
 }
+
+/// `value` as the text PostgreSQL's input functions read (`($1::text)::type` in a query):
+/// decimals exactly, floats in their shortest exact form, timestamps in ISO 8601 with
+/// microseconds, bytes as `\x` hex (bytea's input form), JSON and text as they are.
+pub fn input_text(value: &crate::Value) -> String {
+    use crate::Value;
+    use crate::time::{format_date, format_time, format_timestamp};
+    match value {
+        Value::Null => String::new(),
+        Value::Bool(b) => if *b { "true" } else { "false" }.to_owned(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) if f.is_nan() => "NaN".to_owned(),
+        Value::Float(f) if f.is_infinite() => {
+            if *f > 0.0 { "Infinity" } else { "-Infinity" }.to_owned()
+        }
+        Value::Float(f) => format!("{f:?}"),
+        Value::Decimal(d) => d.as_str().to_owned(),
+        Value::Text(s) | Value::Json(s) => s.clone(),
+        Value::Bytes(b) => {
+            let mut out = String::with_capacity(2 + 2 * b.len());
+            out.push_str("\\x");
+            for byte in b {
+                out.push_str(&format!("{byte:02x}"));
+            }
+            out
+        }
+        Value::Timestamp(t) => format_timestamp(*t),
+        Value::Date(d) => format_date(i64::from(*d)),
+        Value::Time(t) => format_time(*t),
+    }
+}

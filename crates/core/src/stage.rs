@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Batch, BatchKind, Change, LogEntry, Position, Seq};
+use crate::{Batch, BatchKind, Change, Key, LogEntry, Position, Seq};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -93,9 +93,50 @@ pub struct Opened {
 /// What a source hands to the log: changes and the position just after them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Captured {
+    /// `Full`: rows read from the source as they are (the initial copy, or a re-read asked
+    /// for with a [`Request`]), logged as they come. `Incremental`: changes, where a row read
+    /// between watermarks that equals the current state is a version already logged.
     pub kind: BatchKind,
     pub changes: Vec<Change>,
     pub position: Position,
+    /// Set on the batch that carries (part of) a requested re-read: the store records the
+    /// request's progress in the same transaction as the batch.
+    pub progress: Option<RequestProgress>,
+}
+
+/// A re-read of rows asked of a running source (`tidesync verify --repair`,
+/// `tidesync backfill`). The source emits the rows as they are now, at a point in its stream
+/// where no change of those keys is lost or reordered, with deletes for asked keys that no
+/// longer exist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Unique per pipeline (the store's request id).
+    pub id: i64,
+    /// The stream (configured table) to read.
+    pub stream: String,
+    pub what: RequestKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestKind {
+    /// These keys, in the form the pipeline's changes carry them (or the target's form of
+    /// them: sources read them through the key columns' types).
+    Keys(Vec<Key>),
+    /// The whole table, in key order, resuming after `after` (a key in the source's own
+    /// progress form, as it reported it in [`RequestProgress::after`]).
+    Table { after: Option<Key> },
+}
+
+/// How far a [`Request`] got with the batch it comes with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestProgress {
+    pub id: i64,
+    /// For a table re-read: the last key emitted so far (source's progress form).
+    pub after: Option<Key>,
+    /// Everything asked has been emitted (or the request failed).
+    pub done: bool,
+    /// Why the source could not serve the request (it is then done, with no rows).
+    pub error: Option<String>,
 }
 
 /// A capture mode on one database.
@@ -121,6 +162,16 @@ pub trait Source: Send {
     /// pipeline that is gone. Returns one line per thing removed. Required, not defaulted: a
     /// source that forgets to clean up leaves a trigger or a slot growing forever.
     fn remove(&mut self) -> BoxFuture<'_, Result<Vec<String>, StageError>>;
+
+    /// Queues a re-read of rows (see [`Request`]); the rows come in a later [`Self::poll`]
+    /// with [`Captured::progress`] set. A request handed again (after a restart) resumes
+    /// from its `after`. Sources that cannot re-read refuse with a definite error.
+    fn request(&mut self, request: Request) -> Result<(), StageError> {
+        Err(StageError::definite(format!(
+            "this source cannot re-read rows on request (request {} for {})",
+            request.id, request.stream
+        )))
+    }
 }
 
 /// A delivery target.
@@ -193,4 +244,15 @@ pub trait Log: Send + Sync {
     fn trim(&self, pipeline: &str, retain_us: i64) -> BoxFuture<'_, Result<u64, StageError>>;
 
     fn status(&self, pipeline: &str) -> BoxFuture<'_, Result<LogStatus, StageError>>;
+
+    /// Requests to re-read rows that the pipeline's source has not finished, oldest first.
+    fn pending_requests(&self, pipeline: &str) -> BoxFuture<'_, Result<Vec<Request>, StageError>>;
+
+    /// Marks a request failed, e.g. because the source cannot serve it.
+    fn fail_request(
+        &self,
+        pipeline: &str,
+        id: i64,
+        error: &str,
+    ) -> BoxFuture<'_, Result<(), StageError>>;
 }

@@ -25,6 +25,12 @@
 //! either succeeds (the failure came from grouping, e.g. two keys equal only to the server)
 //! or names the exact seq, table and key that fails.
 //!
+//! A run of two or more inserts (`Insert` or snapshot `Read`, no `Update`) goes through
+//! `COPY .. FROM STDIN` instead, which costs the server far less than an upsert; a row that
+//! already exists makes the `COPY` fail, and the batch is then replayed with upserts only, so
+//! the result is always the upsert's (see `copy`). The applied seq is written in the same
+//! transaction either way.
+//!
 //! # Creating tables
 //!
 //! With `create_tables`, a missing table is created from the source schema (columns in order,
@@ -78,6 +84,7 @@
 //! Messages name the target as `postgres://user@host:port/db`, never with its password.
 
 mod bind;
+mod copy;
 mod error;
 mod plan;
 mod sql;
@@ -88,6 +95,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::SinkExt as _;
 use tidesync_core::pg::describe_config;
 use tidesync_core::{Batch, BoxFuture, Seq, Sink, StageError, TableSchema, Value};
 use tokio::task::JoinHandle;
@@ -148,6 +156,8 @@ pub struct PostgresSink {
     keys: HashMap<String, Vec<String>>,
     /// stream -> the target table's columns, to add those the source adds while streaming.
     columns: HashMap<String, HashSet<String>>,
+    /// Which tables' runs of inserts skip `COPY` for now, after it failed on them.
+    copy_backoff: copy::Backoff,
 }
 
 impl fmt::Debug for PostgresSink {
@@ -163,10 +173,12 @@ impl fmt::Debug for PostgresSink {
 }
 
 /// How a batch attempt failed: `grouped` when a multi-row statement failed definitely, so
-/// that replaying one row per statement may succeed or point at the row.
+/// that replaying one row per statement may succeed or point at the row; `copy` when a `COPY`
+/// failed definitely, so that replaying with upserts only may succeed or name the change.
 struct Failure {
     error: PostgresSinkError,
     grouped: bool,
+    copy: bool,
 }
 
 impl From<PostgresSinkError> for Failure {
@@ -174,6 +186,7 @@ impl From<PostgresSinkError> for Failure {
         Failure {
             error,
             grouped: false,
+            copy: false,
         }
     }
 }
@@ -196,6 +209,7 @@ impl PostgresSink {
             conn: None,
             keys: HashMap::new(),
             columns: HashMap::new(),
+            copy_backoff: copy::Backoff::default(),
         }
     }
 
@@ -380,23 +394,39 @@ impl PostgresSink {
                 seq: entry.seq,
             });
         }
-        match self.attempt(batch, MAX_ROWS).await {
-            Err(Failure {
-                error,
-                grouped: true,
-            }) => {
-                tracing::debug!(
-                    pipeline = %self.pipeline, first_seq = %batch.first_seq, last_seq = %batch.last_seq,
-                    error = %error, "a multi-row statement failed; replaying the batch one row per statement"
-                );
-                self.attempt(batch, 1).await.map_err(|f| f.error)
+        // First with COPY for runs of inserts, then (if a COPY failed definitely) with upserts
+        // only, then (if a multi-row statement failed definitely) one row per statement.
+        let (mut max_rows, mut use_copy) = (MAX_ROWS, true);
+        loop {
+            match self.attempt(batch, max_rows, use_copy).await {
+                Ok(()) => return Ok(()),
+                Err(failure) if failure.copy && use_copy => {
+                    tracing::debug!(
+                        pipeline = %self.pipeline, first_seq = %batch.first_seq, last_seq = %batch.last_seq,
+                        error = %failure.error, "a COPY failed; replaying the batch with upserts"
+                    );
+                    use_copy = false;
+                }
+                Err(failure) if failure.grouped && max_rows > 1 => {
+                    tracing::debug!(
+                        pipeline = %self.pipeline, first_seq = %batch.first_seq, last_seq = %batch.last_seq,
+                        error = %failure.error, "a multi-row statement failed; replaying the batch one row per statement"
+                    );
+                    (max_rows, use_copy) = (1, false);
+                }
+                Err(failure) => return Err(failure.error),
             }
-            other => other.map_err(|f| f.error),
         }
     }
 
-    /// One transaction applying `batch` with at most `max_rows` rows per statement.
-    async fn attempt(&mut self, batch: &Batch, max_rows: usize) -> Result<(), Failure> {
+    /// One transaction applying `batch` with at most `max_rows` rows per statement, runs of
+    /// inserts through `COPY` if `use_copy`.
+    async fn attempt(
+        &mut self,
+        batch: &Batch,
+        max_rows: usize,
+        use_copy: bool,
+    ) -> Result<(), Failure> {
         let target = self.target.clone();
         let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
         let begin_error = self.query_error("beginning a transaction");
@@ -407,6 +437,7 @@ impl PostgresSink {
             conn,
             keys,
             columns,
+            copy_backoff,
             ..
         } = self;
         let Some(conn) = conn.as_mut() else {
@@ -431,6 +462,7 @@ impl PostgresSink {
             columns,
             create_tables,
             added: Vec::new(),
+            copy_backoff: use_copy.then_some(copy_backoff),
             target: &target,
             pipeline: &pipeline,
             sink: &sink,
@@ -470,6 +502,8 @@ struct Work<'a> {
     create_tables: bool,
     /// Columns added in this transaction: known once it commits.
     added: Vec<(String, String)>,
+    /// `Some` when runs of inserts may go through `COPY`.
+    copy_backoff: Option<&'a mut copy::Backoff>,
     target: &'a str,
     pipeline: &'a str,
     sink: &'a str,
@@ -483,12 +517,33 @@ impl Work<'_> {
         query_error(self.target, context)
     }
 
+    /// The statement for `sql`, prepared once per connection. The outer error is a timeout.
+    async fn prepare(
+        &mut self,
+        sql: &str,
+    ) -> Result<Result<Statement, tokio_postgres::Error>, PostgresSinkError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(Ok(statement.clone()));
+        }
+        let prepared = within(self.target, "preparing a statement", self.tx.prepare(sql)).await?;
+        if let Ok(statement) = &prepared {
+            if self.statements.len() >= MAX_CACHED_STATEMENTS {
+                self.statements.clear();
+            }
+            self.statements.insert(sql.to_owned(), statement.clone());
+        }
+        Ok(prepared)
+    }
+
     async fn write(&mut self, batch: &Batch, max_rows: usize) -> Result<(), Failure> {
+        let lock = self
+            .prepare(sql::LOCK_APPLIED)
+            .await?
+            .map_err(self.query_error("locking the applied seq"))?;
         let applied: i64 = within(
             self.target,
             "locking the applied seq",
-            self.tx
-                .query_opt(sql::LOCK_APPLIED, &[&self.pipeline, &self.sink]),
+            self.tx.query_opt(&lock, &[&self.pipeline, &self.sink]),
         )
         .await?
         .map_err(self.query_error("locking the applied seq"))?
@@ -511,13 +566,15 @@ impl Work<'_> {
             .last()
             .map_or(batch.last_seq, |e| e.seq.max(batch.last_seq));
         if last > applied {
+            let write = self
+                .prepare(sql::WRITE_APPLIED)
+                .await?
+                .map_err(self.query_error("recording the applied seq"))?;
             within(
                 self.target,
                 "recording the applied seq",
-                self.tx.execute(
-                    sql::WRITE_APPLIED,
-                    &[&self.pipeline, &self.sink, &(last.0 as i64)],
-                ),
+                self.tx
+                    .execute(&write, &[&self.pipeline, &self.sink, &(last.0 as i64)]),
             )
             .await?
             .map_err(self.query_error("recording the applied seq"))?;
@@ -547,11 +604,21 @@ impl Work<'_> {
                 transient,
             },
             grouped: step.entries.len() > 1 && !transient,
+            copy: false,
         };
         let pg_fail = |e: tokio_postgres::Error| fail(describe(&e), is_transient(&e));
         let rows = step.entries.len();
         if let Action::Upsert { columns } = &step.action {
             self.add_missing_columns(step, columns).await?;
+            if copy::eligible(&step.entries)
+                && self
+                    .copy_backoff
+                    .as_mut()
+                    .is_some_and(|b| b.try_now(step.stream))
+                && self.copy(step, columns, key_columns).await?
+            {
+                return Ok(());
+            }
         }
         let sql = match &step.action {
             Action::Upsert { columns } => {
@@ -561,19 +628,7 @@ impl Work<'_> {
             Action::Delete => sql::delete_sql(step.stream, key_columns, rows),
             Action::Truncate => format!("TRUNCATE {}", sql::quote_ident(step.stream)),
         };
-        let statement = match self.statements.get(&sql) {
-            Some(statement) => statement.clone(),
-            None => {
-                let statement = within(target, "preparing a statement", self.tx.prepare(&sql))
-                    .await?
-                    .map_err(&pg_fail)?;
-                if self.statements.len() >= MAX_CACHED_STATEMENTS {
-                    self.statements.clear();
-                }
-                self.statements.insert(sql, statement.clone());
-                statement
-            }
-        };
+        let statement = self.prepare(&sql).await?.map_err(&pg_fail)?;
         let kinds: Vec<ColumnKind> = statement.params().iter().map(ColumnKind::of).collect();
         let mut bound: Vec<Bound<'_>> = Vec::with_capacity(kinds.len());
         for entry in step
@@ -591,6 +646,7 @@ impl Work<'_> {
                     transient: false,
                 },
                 grouped: false,
+                copy: false,
             };
             let values: Vec<(&str, &Value)> = match upsert_row(entry) {
                 Some(row) => row.0.iter().map(|(c, v)| (c.as_str(), v)).collect(),
@@ -633,6 +689,130 @@ impl Work<'_> {
 }
 
 impl Work<'_> {
+    /// Inserts the rows of `step` (inserts only, see `copy::eligible`) with `COPY`. `false`
+    /// when a value has no exact `COPY` text form: the caller upserts instead. A definite
+    /// failure of the `COPY` itself aborts the transaction and asks for a replay with upserts
+    /// (`Failure::copy`), which gives the result, or the error, the upsert would have.
+    async fn copy(
+        &mut self,
+        step: &Step<'_>,
+        columns: &[&str],
+        key_columns: &[String],
+    ) -> Result<bool, Failure> {
+        let Some(first) = step.entries.first() else {
+            return Ok(true);
+        };
+        let target = self.target;
+        let fail = |e: tokio_postgres::Error| {
+            let transient = is_transient(&e);
+            Failure {
+                error: PostgresSinkError::BadChange {
+                    target: target.to_owned(),
+                    table: step.stream.to_owned(),
+                    seq: first.seq,
+                    key: first.change.key.to_string(),
+                    problem: format!("COPY of {} rows: {}", step.entries.len(), describe(&e)),
+                    transient,
+                },
+                grouped: false,
+                copy: !transient,
+            }
+        };
+        let owned: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+        // The one-row upsert's parameter types (the columns' types) decide how each value is
+        // converted, exactly as for an upsert; it also serves a replay one row per statement.
+        let upsert = self
+            .prepare(&sql::upsert_sql(step.stream, &owned, key_columns, 1))
+            .await?
+            .map_err(fail)?;
+        let kinds: Vec<ColumnKind> = upsert.params().iter().map(ColumnKind::of).collect();
+        if kinds.len() != columns.len() {
+            return Ok(false);
+        }
+        let mut data = bytes::BytesMut::with_capacity(step.entries.len() * 128);
+        let mut bound: Vec<Bound<'_>> = Vec::with_capacity(kinds.len());
+        for entry in &step.entries {
+            let Some(row) = upsert_row(entry) else {
+                return Ok(false);
+            };
+            bound.clear();
+            for ((column, value), kind) in row.0.iter().zip(&kinds) {
+                let value = bind(value, *kind).map_err(|problem| Failure {
+                    error: PostgresSinkError::BadChange {
+                        target: target.to_owned(),
+                        table: step.stream.to_owned(),
+                        seq: entry.seq,
+                        key: entry.change.key.to_string(),
+                        problem: format!("column `{column}`: {problem}"),
+                        transient: false,
+                    },
+                    grouped: false,
+                    copy: false,
+                })?;
+                bound.push(value);
+            }
+            if copy::put_row(&mut data, &bound).is_err() {
+                return Ok(false);
+            }
+        }
+        let statement = self
+            .prepare(&sql::copy_sql(step.stream, &owned))
+            .await?
+            .map_err(fail)?;
+        let copied = async {
+            let sink = within(
+                target,
+                "starting a COPY",
+                self.tx.copy_in::<_, bytes::Bytes>(&statement),
+            )
+            .await??;
+            let mut sink = std::pin::pin!(sink);
+            within(target, "sending rows to COPY", sink.send(data.freeze())).await??;
+            within(target, "finishing a COPY", sink.as_mut().finish()).await??;
+            Ok::<_, CopyError>(())
+        }
+        .await;
+        let backoff = self.copy_backoff.as_mut();
+        match copied {
+            Ok(()) => {
+                if let Some(b) = backoff {
+                    b.succeeded(step.stream);
+                }
+                Ok(true)
+            }
+            Err(CopyError::Timeout(e)) => Err(e.into()),
+            Err(CopyError::Pg(e)) => {
+                let failure = fail(e);
+                if failure.copy
+                    && let Some(b) = backoff
+                {
+                    b.failed(step.stream);
+                }
+                Err(failure)
+            }
+        }
+    }
+}
+
+/// How a `COPY` failed: the server's error, or no answer in time.
+enum CopyError {
+    Pg(tokio_postgres::Error),
+    Timeout(PostgresSinkError),
+}
+
+impl From<tokio_postgres::Error> for CopyError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        CopyError::Pg(e)
+    }
+}
+
+impl From<PostgresSinkError> for CopyError {
+    fn from(e: PostgresSinkError) -> Self {
+        CopyError::Timeout(e)
+    }
+}
+
+impl Work<'_> {
     /// Adds the columns of an upsert that the target table lacks (the source added them
     /// while streaming), typed from the first value of each that is not null.
     async fn add_missing_columns(
@@ -667,6 +847,7 @@ impl Work<'_> {
                     transient: false,
                 },
                 grouped: false,
+                copy: false,
             });
         }
         for column in missing {
@@ -683,10 +864,7 @@ impl Work<'_> {
             );
             within(self.target, "adding a column", self.tx.batch_execute(&sql))
                 .await?
-                .map_err(|e| Failure {
-                    error: query_error(self.target, "adding a column")(e),
-                    grouped: false,
-                })?;
+                .map_err(|e| Failure::from(query_error(self.target, "adding a column")(e)))?;
             tracing::info!(table = %step.stream, column, "added a column to the target table");
             self.added.push((step.stream.to_owned(), column.to_owned()));
         }

@@ -17,12 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, OptionalExtension, ToSql, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tidesync_core::sql::quote_ident;
-use tidesync_core::time::{format_date, format_time, format_timestamp};
 use tidesync_core::{Batch, BoxFuture, Dialect, Op, Seq, Sink, StageError, TableSchema, Value};
-use tidesync_store::sqlite_is_transient;
+use tidesync_store::{SqliteParam, sqlite_is_transient};
 
 /// What went wrong applying to SQLite, and where.
 #[derive(Debug, thiserror::Error)]
@@ -69,26 +67,6 @@ impl From<SqliteSinkError> for StageError {
             }
             _ => StageError::definite(e),
         }
-    }
-}
-
-/// Binds a [`Value`] as a SQLite parameter.
-struct Param<'a>(&'a Value);
-
-impl ToSql for Param<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(match self.0 {
-            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
-            Value::Bool(b) => ToSqlOutput::Owned(i64::from(*b).into()),
-            Value::Int(i) => ToSqlOutput::Owned((*i).into()),
-            Value::Float(f) => ToSqlOutput::Owned((*f).into()),
-            Value::Decimal(d) => ToSqlOutput::Borrowed(ValueRef::Text(d.as_str().as_bytes())),
-            Value::Text(s) | Value::Json(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
-            Value::Bytes(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
-            Value::Timestamp(t) => ToSqlOutput::Owned(format_timestamp(*t).into()),
-            Value::Date(d) => ToSqlOutput::Owned(format_date(i64::from(*d)).into()),
-            Value::Time(t) => ToSqlOutput::Owned(format_time(*t).into()),
-        })
     }
 }
 
@@ -342,7 +320,8 @@ impl Inner {
                 (Op::Delete, _) | (_, None) => {
                     let sql = &deletes[&change.stream];
                     let mut st = tx.prepare_cached(sql).map_err(&err)?;
-                    let params: Vec<Param<'_>> = change.key.0.iter().map(Param).collect();
+                    let params: Vec<SqliteParam<'_>> =
+                        change.key.0.iter().map(SqliteParam).collect();
                     st.execute(rusqlite::params_from_iter(params))
                         .map_err(bad)?;
                 }
@@ -350,7 +329,8 @@ impl Inner {
                     let sql = find_upsert(upserts, &change.stream, after)
                         .ok_or_else(|| err(rusqlite::Error::InvalidQuery))?;
                     let mut st = tx.prepare_cached(sql).map_err(&err)?;
-                    let params: Vec<Param<'_>> = after.0.iter().map(|(_, v)| Param(v)).collect();
+                    let params: Vec<SqliteParam<'_>> =
+                        after.0.iter().map(|(_, v)| SqliteParam(v)).collect();
                     st.execute(rusqlite::params_from_iter(params))
                         .map_err(bad)?;
                 }

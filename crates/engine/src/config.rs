@@ -15,7 +15,9 @@
 //! Invariants of a resolved [`Config`]: every pipeline's `source` is a key of
 //! [`Config::sources`], every one of its `sinks` is a key of [`Config::sinks`] (no duplicates,
 //! at least one), at least one pipeline exists, and all numbers are within their documented
-//! ranges. Callers may index the maps with a pipeline's names without checking.
+//! ranges. Callers may index the maps with a pipeline's names without checking. A sink's
+//! renames only name streams that reach it through a pipeline, and give no two of its streams
+//! (nor two columns of one stream) the same target name.
 //!
 //! `${VAR}` substitution happens *after* parsing, on the spanned strings, so an unset variable
 //! is reported at the string in the original file rather than somewhere in an expanded copy.
@@ -51,6 +53,8 @@ const DEFAULT_MAX_LAG: i64 = 100_000;
 const MAX_PIPELINE_NAME_LEN: usize = 48;
 const DEFAULT_CHUNK_ROWS: i64 = 10_000;
 const CHUNK_ROWS_RANGE: (i64, i64) = (1, 1_000_000);
+const DEFAULT_LINGER_MS: i64 = 5;
+const LINGER_MS_RANGE: (i64, i64) = (0, 10_000);
 
 // ---------------------------------------------------------------------------------------------
 // Resolved configuration
@@ -111,7 +115,21 @@ pub enum SourceSpec {
         slot: Option<String>,
         /// Rows per chunk of the initial copy.
         chunk_rows: usize,
+        /// After the first transaction of a batch arrives, how long to wait for more before
+        /// handing the batch on (`linger_ms`).
+        linger: Duration,
     },
+}
+
+impl SourceSpec {
+    /// The captured tables, which are also the stream names.
+    pub fn tables(&self) -> &[String] {
+        match self {
+            SourceSpec::SqliteTrigger { tables, .. } | SourceSpec::PostgresLog { tables, .. } => {
+                tables
+            }
+        }
+    }
 }
 
 /// `[sinks.NAME]`.
@@ -119,6 +137,28 @@ pub enum SourceSpec {
 pub struct SinkConfig {
     pub name: String,
     pub spec: SinkSpec,
+    /// `[sinks.NAME.tables."STREAM"]`: streams written under another table or column name,
+    /// by stream. Streams not listed keep their names. Every key is a table of a source
+    /// feeding this sink; no two streams share a target table.
+    pub renames: BTreeMap<String, TableRename>,
+}
+
+/// `[sinks.NAME.tables."STREAM"]`: where one stream goes in one sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRename {
+    /// The target table (`name`; the stream's own name when not set): a plain identifier.
+    pub table: String,
+    /// Source column -> target column (`columns`); each target a plain identifier, no two
+    /// the same. Columns not listed keep their names. Whether the source has them is only
+    /// known when the sink opens (see `rename`).
+    pub columns: BTreeMap<String, String>,
+}
+
+impl TableRename {
+    /// The target column `column` is written into.
+    pub fn target_column<'a>(&'a self, column: &'a str) -> &'a str {
+        self.columns.get(column).map_or(column, String::as_str)
+    }
 }
 
 /// What a sink is: one variant per kind this build supports.
@@ -334,6 +374,7 @@ struct RawSource {
     publication: Option<Spanned<String>>,
     slot: Option<Spanned<String>>,
     chunk_rows: Option<Spanned<i64>>,
+    linger_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,6 +382,17 @@ struct RawSource {
 struct RawSink {
     url: Spanned<String>,
     create_tables: Option<bool>,
+    /// Stream -> how it is renamed in this sink.
+    #[serde(default)]
+    tables: Names<RawRename>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRename {
+    name: Option<Spanned<String>>,
+    #[serde(default)]
+    columns: Names<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -463,8 +515,12 @@ impl Resolver<'_> {
             sources.insert(source.name.clone(), source);
         }
         let mut sinks = BTreeMap::new();
+        // Renames are checked once the pipelines say which streams reach each sink.
+        let mut raw_renames = Vec::new();
         for (name, raw) in raw.sinks {
-            let sink = self.sink(name.get_ref(), raw.into_inner())?;
+            let mut raw = raw.into_inner();
+            raw_renames.push((name.get_ref().clone(), std::mem::take(&mut raw.tables)));
+            let sink = self.sink(name.get_ref(), raw)?;
             sinks.insert(sink.name.clone(), sink);
         }
 
@@ -478,6 +534,21 @@ impl Resolver<'_> {
             .into_iter()
             .map(|(name, raw)| self.pipeline(&name, raw.into_inner(), &sources, &sinks))
             .collect::<Result<Vec<_>, _>>()?;
+
+        for (sink, raw) in raw_renames {
+            let mut streams: Vec<&str> = Vec::new();
+            for pipeline in pipelines.iter().filter(|p| p.sinks.contains(&sink)) {
+                for table in sources[&pipeline.source].spec.tables() {
+                    if !streams.contains(&table.as_str()) {
+                        streams.push(table);
+                    }
+                }
+            }
+            let renames = self.renames(&sink, raw, &streams)?;
+            if let Some(config) = sinks.get_mut(&sink) {
+                config.renames = renames;
+            }
+        }
 
         Ok(Config {
             file: self.doc.file.to_path_buf(),
@@ -545,6 +616,7 @@ impl Resolver<'_> {
         only_postgres("publication", raw.publication.as_ref().map(Spanned::span))?;
         only_postgres("slot", raw.slot.as_ref().map(Spanned::span))?;
         only_postgres("chunk_rows", raw.chunk_rows.as_ref().map(Spanned::span))?;
+        only_postgres("linger_ms", raw.linger_ms.as_ref().map(Spanned::span))?;
         let spec = match (kind, mode) {
             (DbKind::Sqlite { path }, Mode::Trigger) => SourceSpec::SqliteTrigger {
                 path,
@@ -602,12 +674,20 @@ impl Resolver<'_> {
                     Some(CHUNK_ROWS_RANGE.1),
                     &format!("{at}.chunk_rows"),
                 )?;
+                let linger_ms = self.int(
+                    raw.linger_ms.as_ref(),
+                    DEFAULT_LINGER_MS,
+                    LINGER_MS_RANGE.0,
+                    Some(LINGER_MS_RANGE.1),
+                    &format!("{at}.linger_ms"),
+                )?;
                 SourceSpec::PostgresLog {
                     url: self.string(&raw.url, &format!("{at}.url"))?,
                     tables,
                     publication,
                     slot,
                     chunk_rows: chunk_rows.unsigned_abs() as usize,
+                    linger: Duration::from_millis(linger_ms.unsigned_abs()),
                 }
             }
             (DbKind::Postgres, mode) => {
@@ -676,7 +756,118 @@ impl Resolver<'_> {
         Ok(SinkConfig {
             name: name.to_owned(),
             spec,
+            renames: BTreeMap::new(),
         })
+    }
+
+    /// `[sinks.SINK.tables]`, given the streams of the pipelines that use the sink.
+    fn renames(
+        &self,
+        sink: &str,
+        raw: Names<RawRename>,
+        streams: &[&str],
+    ) -> Result<BTreeMap<String, TableRename>, ConfigError> {
+        // In file order, so that of two clashing entries the second is the one reported.
+        let mut raw: Vec<_> = raw.into_iter().collect();
+        raw.sort_by_key(|(stream, _)| stream.span().start);
+        let mut renames = BTreeMap::new();
+        let mut name_spans = Vec::new();
+        for (stream, entry) in raw {
+            let at = format!("sinks.{sink}.tables.{}", toml_key(stream.get_ref()));
+            if !streams.contains(&stream.get_ref().as_str()) {
+                let known = if streams.is_empty() {
+                    format!("no pipeline uses sink {sink}")
+                } else {
+                    format!("its pipelines capture: {}", streams.join(", "))
+                };
+                return Err(self.doc.error(
+                    stream.span(),
+                    format!(
+                        "{at}: no captured table \"{}\" reaches this sink ({known})",
+                        stream.get_ref()
+                    ),
+                ));
+            }
+            let entry = entry.into_inner();
+            let table = match &entry.name {
+                None => stream.get_ref().clone(),
+                Some(spanned) => {
+                    let table = self.string(spanned, &format!("{at}.name"))?;
+                    if !is_identifier(&table) {
+                        return Err(self.doc.error(
+                            spanned.span(),
+                            format!(
+                                "{at}.name: bad target table name \"{table}\" (expected a plain \
+                                 identifier of letters, digits and _ not starting with a digit; \
+                                 sinks write each stream into one table of their database's \
+                                 default schema)"
+                            ),
+                        ));
+                    }
+                    name_spans.push((stream.get_ref().clone(), spanned.span()));
+                    table
+                }
+            };
+            let mut columns: Vec<_> = entry.columns.into_iter().collect();
+            columns.sort_by_key(|(from, _)| from.span().start);
+            let mut mapped: BTreeMap<String, String> = BTreeMap::new();
+            for (from, to) in columns {
+                let column_at = format!("{at}.columns.{}", toml_key(from.get_ref()));
+                if from.get_ref().is_empty() {
+                    return Err(self.doc.error(
+                        from.span(),
+                        format!("{at}.columns: a source column name is empty"),
+                    ));
+                }
+                let target = self.string(&to, &column_at)?;
+                if !is_identifier(&target) {
+                    return Err(self.doc.error(
+                        to.span(),
+                        format!(
+                            "{column_at}: bad target column name \"{target}\" (expected a plain \
+                             identifier of letters, digits and _ not starting with a digit)"
+                        ),
+                    ));
+                }
+                if let Some((other, _)) = mapped.iter().find(|(_, t)| **t == target) {
+                    return Err(self.doc.error(
+                        to.span(),
+                        format!(
+                            "{column_at}: column \"{other}\" is already written to \"{target}\" \
+                             (two columns cannot share a target column)"
+                        ),
+                    ));
+                }
+                mapped.insert(from.into_inner(), target);
+            }
+            renames.insert(
+                stream.into_inner(),
+                TableRename {
+                    table,
+                    columns: mapped,
+                },
+            );
+        }
+        // No two streams may land in one table, counting the streams that keep their name.
+        let mut taken: BTreeMap<&str, &str> = streams
+            .iter()
+            .filter(|s| !name_spans.iter().any(|(named, _)| named == *s))
+            .map(|s| (*s, *s))
+            .collect();
+        for (stream, span) in &name_spans {
+            let table = renames[stream].table.as_str();
+            if let Some(other) = taken.insert(table, stream) {
+                return Err(self.doc.error(
+                    span.clone(),
+                    format!(
+                        "sinks.{sink}.tables.{}.name: stream \"{other}\" is already written to \
+                         table \"{table}\" (two streams cannot share a target table)",
+                        toml_key(stream)
+                    ),
+                ));
+            }
+        }
+        Ok(renames)
     }
 
     fn pipeline(
@@ -885,6 +1076,19 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// `key` as written in a TOML dotted key: bare when it may be, else quoted.
+pub(crate) fn toml_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
+}
+
 fn is_env_name(s: &str) -> bool {
     is_identifier(s)
 }
@@ -992,6 +1196,7 @@ sinks = ["replica"]
                         path: PathBuf::from("/data/replica.db"),
                         create_tables: true,
                     },
+                    renames: BTreeMap::new(),
                 },
             )]),
             pipelines: vec![PipelineConfig {
@@ -1331,11 +1536,13 @@ max_lag = 1
                 publication: None,
                 slot: None,
                 chunk_rows: 10_000,
+                linger: Duration::from_millis(5),
             }
         );
         let text = with(
             "tables = [\"items\"]",
-            "tables = [\"sales.items\"]\npublication = \"pub_all\"\nslot = \"s_1\"\nchunk_rows = 500",
+            "tables = [\"sales.items\"]\npublication = \"pub_all\"\nslot = \"s_1\"\nchunk_rows = 500\n\
+             linger_ms = 0",
         )
         .replacen("${SOURCE_URL}", "postgresql://u@localhost/shop", 1);
         match parse(&text).unwrap().sources["shop"].spec.clone() {
@@ -1344,12 +1551,14 @@ max_lag = 1
                 publication,
                 slot,
                 chunk_rows,
+                linger,
                 ..
             } => {
                 assert_eq!(tables, vec!["sales.items".to_owned()]);
                 assert_eq!(publication.as_deref(), Some("pub_all"));
                 assert_eq!(slot.as_deref(), Some("s_1"));
                 assert_eq!(chunk_rows, 500);
+                assert_eq!(linger, Duration::ZERO);
             }
             other => panic!("not a postgres source: {other:?}"),
         }
@@ -1404,6 +1613,189 @@ max_lag = 1
             err.message.contains("only PostgreSQL sources have a slot"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn linger_ms_is_read_and_range_checked() {
+        let pg = with("${SOURCE_URL}", "postgres://u@localhost/shop");
+        let linger = |text: &str| match parse(text).unwrap().sources["shop"].spec.clone() {
+            SourceSpec::PostgresLog { linger, .. } => linger,
+            other => panic!("not a postgres source: {other:?}"),
+        };
+        let set = |value: &str| {
+            pg.replacen(
+                "tables = [\"items\"]",
+                &format!("tables = [\"items\"]\nlinger_ms = {value}"),
+                1,
+            )
+        };
+        assert_eq!(linger(&pg), Duration::from_millis(5));
+        assert_eq!(linger(&set("10000")), Duration::from_secs(10));
+        for bad in ["10001", "-1"] {
+            let err = parse_err(&set(bad));
+            // line 7: linger_ms = VALUE
+            assert_at(&err, 7, 13);
+            assert_eq!(
+                err.message,
+                format!("sources.shop.linger_ms: must be between 0 and 10000 (got {bad})")
+            );
+        }
+        let err = parse_err(&with(
+            "tables = [\"items\"]",
+            "tables = [\"items\"]\nlinger_ms = 5",
+        ));
+        assert!(
+            err.message
+                .contains("sources.shop.linger_ms: only PostgreSQL sources have a linger_ms"),
+            "{err}"
+        );
+    }
+
+    /// A PostgreSQL source of two tables into one sink that renames one of them.
+    const RENAMES: &str = r#"[store]
+path = "state.db"
+
+[sources.erp]
+url = "postgres://u@localhost/erp"
+tables = ["items", "sales.orders"]
+
+[sinks.target]
+url = "postgres://u@localhost/shop"
+
+[sinks.target.tables."sales.orders"]
+name = "orders"
+columns = { cust = "customer_id", "Order Date" = "ordered_at" }
+
+[pipelines.erp]
+source = "erp"
+sinks = ["target"]
+"#;
+
+    fn renames_with(from: &str, to: &str) -> String {
+        assert!(RENAMES.contains(from), "{from:?} not in RENAMES");
+        RENAMES.replacen(from, to, 1)
+    }
+
+    #[test]
+    fn renames_are_resolved_per_sink() {
+        let config = parse(RENAMES).unwrap();
+        let sink = &config.sinks["target"];
+        assert_eq!(
+            sink.renames,
+            BTreeMap::from([(
+                "sales.orders".to_owned(),
+                TableRename {
+                    table: "orders".to_owned(),
+                    columns: BTreeMap::from([
+                        ("Order Date".to_owned(), "ordered_at".to_owned()),
+                        ("cust".to_owned(), "customer_id".to_owned()),
+                    ]),
+                },
+            )])
+        );
+        let rename = &sink.renames["sales.orders"];
+        assert_eq!(rename.target_column("cust"), "customer_id");
+        assert_eq!(rename.target_column("total"), "total");
+        // Columns only, the table keeps its name.
+        let config = parse(&renames_with("name = \"orders\"\n", "")).unwrap();
+        assert_eq!(
+            config.sinks["target"].renames["sales.orders"].table,
+            "sales.orders"
+        );
+    }
+
+    #[test]
+    fn rename_of_a_stream_no_pipeline_brings_is_an_error() {
+        // line 11: [sinks.target.tables."sales.ordres"]
+        let err = parse_err(&renames_with(
+            "tables.\"sales.orders\"]",
+            "tables.\"sales.ordres\"]",
+        ));
+        assert_at(&err, 11, 22);
+        assert_eq!(
+            err.message,
+            "sinks.target.tables.\"sales.ordres\": no captured table \"sales.ordres\" reaches \
+             this sink (its pipelines capture: items, sales.orders)"
+        );
+        let text = format!(
+            "{RENAMES}\n[sinks.spare]\nurl = \"spare.db\"\n\n[sinks.spare.tables.items]\nname = \"x\"\n"
+        );
+        let err = parse_err(&text);
+        assert_eq!(
+            err.message,
+            "sinks.spare.tables.items: no captured table \"items\" reaches this sink (no pipeline \
+             uses sink spare)"
+        );
+    }
+
+    #[test]
+    fn two_streams_into_one_target_table_is_an_error() {
+        // Into the table another stream keeps its own name for.
+        let err = parse_err(&renames_with("name = \"orders\"", "name = \"items\""));
+        assert_at(&err, 12, 8);
+        assert_eq!(
+            err.message,
+            "sinks.target.tables.\"sales.orders\".name: stream \"items\" is already written to \
+             table \"items\" (two streams cannot share a target table)"
+        );
+        // Two renames to one name: the second in the file is reported.
+        let err = parse_err(&renames_with(
+            "\n[pipelines.erp]",
+            "\n[sinks.target.tables.items]\nname = \"orders\"\n\n[pipelines.erp]",
+        ));
+        assert_at(&err, 16, 8);
+        assert!(
+            err.message.starts_with(
+                "sinks.target.tables.items.name: stream \"sales.orders\" is already written to \
+                 table \"orders\""
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn two_columns_into_one_target_column_is_an_error() {
+        let err = parse_err(&renames_with("\"ordered_at\"", "\"customer_id\""));
+        assert_at(&err, 13, 50);
+        assert_eq!(
+            err.message,
+            "sinks.target.tables.\"sales.orders\".columns.\"Order Date\": column \"cust\" is \
+             already written to \"customer_id\" (two columns cannot share a target column)"
+        );
+    }
+
+    #[test]
+    fn bad_target_names_are_errors() {
+        for bad in ["", "archive.orders", "1orders", "or ders"] {
+            let err = parse_err(&renames_with("\"orders\"", &format!("\"{bad}\"")));
+            assert_at(&err, 12, 8);
+            assert!(
+                err.message.starts_with(&format!(
+                    "sinks.target.tables.\"sales.orders\".name: bad target table name \"{bad}\""
+                )),
+                "{bad}: {err}"
+            );
+        }
+        for bad in ["", "customer id", "customer-id"] {
+            let err = parse_err(&renames_with("\"customer_id\"", &format!("\"{bad}\"")));
+            assert_at(&err, 13, 20);
+            assert!(
+                err.message.starts_with(&format!(
+                    "sinks.target.tables.\"sales.orders\".columns.cust: bad target column name \
+                     \"{bad}\""
+                )),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse_err(&renames_with("cust = ", "\"\" = "));
+        assert_at(&err, 13, 13);
+        assert_eq!(
+            err.message,
+            "sinks.target.tables.\"sales.orders\".columns: a source column name is empty"
+        );
+        let err = parse_err(&renames_with("name = ", "nmae = "));
+        assert_at(&err, 12, 1);
+        assert!(err.message.contains("unknown field `nmae`"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 pub mod compare;
 pub mod config;
 pub mod demo;
+pub mod rename;
+pub mod repair;
 mod retry;
 pub mod runtime;
 pub mod verify;
@@ -24,6 +26,7 @@ pub use runtime::{Pipeline, PipelineError, PipelineOptions, PipelineStats};
 
 pub use config::PipelineConfig;
 use config::{SinkSpec, SourceSpec};
+use rename::Renamer;
 
 /// Every pipeline of a configuration, built and ready to run.
 #[derive(Debug)]
@@ -62,10 +65,12 @@ fn pg_log_source(spec: &SourceSpec, pipeline: &str) -> Option<PgLogSource> {
             publication,
             slot,
             chunk_rows,
+            linger,
         } => Some(PgLogSource::new(PgLogOptions {
             publication: publication.clone(),
             slot: slot.clone(),
             chunk_rows: *chunk_rows,
+            linger: *linger,
             ..PgLogOptions::new(url, pipeline, tables.clone())
         })),
         SourceSpec::SqliteTrigger { .. } => None,
@@ -183,7 +188,7 @@ impl Engine {
                     .iter()
                     .map(|s| (s.clone(), build_sink(config, p, s)))
                     .collect();
-                Pipeline::new(
+                let mut pipeline = Pipeline::new(
                     &p.name,
                     &p.source,
                     build_source(config, p),
@@ -195,7 +200,13 @@ impl Engine {
                         retention: config.store.retention,
                         ..PipelineOptions::default()
                     },
-                )
+                );
+                for sink in &p.sinks {
+                    if let Some(renamer) = Renamer::new(sink, &config.sinks[sink].renames) {
+                        pipeline.renames.insert(sink.clone(), renamer);
+                    }
+                }
+                pipeline
             })
             .collect();
         Ok(Engine { store, pipelines })

@@ -8,11 +8,14 @@
 //!   bounded too).
 //! - sink: resume after the larger of its stored cursor and the seq the target recorded
 //!   itself; read up to `batch_size` entries after the cursor, apply, and only then move the
-//!   cursor. Entries reach each sink in seq order, so per-key order holds.
+//!   cursor. Entries reach each sink in seq order, so per-key order holds. A sink with
+//!   renames gets its schemas and entries renamed on the way in (see `rename`); the others
+//!   get them as read.
 //! - transient errors are retried with backoff; a definite error stops the pipeline and is
 //!   returned, naming the stage.
 //! - the log is trimmed below the slowest cursor, past the retention time.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::rename::Renamer;
 use crate::retry::{Stop, retry};
 
 /// How often a busy exactly-once sink's stored cursor moves (see `SinkTask::run`).
@@ -86,6 +90,9 @@ fn stopped(pipeline: &str, stage: &str, stop: Stop) -> Result<(), PipelineError>
     }
 }
 
+/// How often the capture task looks for new re-read requests in the store.
+const REQUESTS_EVERY: Duration = Duration::from_secs(1);
+
 /// Tunables of one pipeline.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
@@ -118,6 +125,8 @@ pub struct Pipeline {
     pub log: Arc<dyn Log>,
     pub options: PipelineOptions,
     pub stats: Arc<PipelineStats>,
+    /// The renames of the sinks that have any, by sink name (empty from [`Pipeline::new`]).
+    pub renames: BTreeMap<String, Renamer>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -160,6 +169,7 @@ impl Pipeline {
             log,
             options,
             stats,
+            renames: BTreeMap::new(),
         }
     }
 
@@ -174,6 +184,7 @@ impl Pipeline {
             log,
             options,
             stats,
+            mut renames,
         } = self;
         let mut log_ref: &dyn Log = &*log;
         let position = match retry("read position", &cancel, &mut log_ref, |l| {
@@ -204,6 +215,7 @@ impl Pipeline {
                 kind: BatchKind::Full,
                 changes: vec![],
                 position: start,
+                progress: None,
             });
             if let Err(stop) = retry("record start", &cancel, &mut log_ref, |l| {
                 l.append(&name, first.clone())
@@ -223,6 +235,7 @@ impl Pipeline {
         for (i, (sink_name, sink)) in sinks.into_iter().enumerate() {
             let ctx = SinkTask {
                 pipeline: name.clone(),
+                rename: renames.remove(&sink_name),
                 sink_name,
                 index: i,
                 log: log.clone(),
@@ -283,6 +296,41 @@ impl CaptureTask {
         stopped(&self.pipeline, stage, stop)
     }
 
+    /// Hands the store's new re-read requests (`verify --repair`, `backfill`) to the source;
+    /// one the source refuses is marked failed with its reason, and capture goes on.
+    async fn hand_requests(
+        &self,
+        source: &mut dyn Source,
+        requested: &mut std::collections::HashSet<i64>,
+    ) -> Result<(), Stop> {
+        let mut log_ref: &dyn Log = &*self.log;
+        let pipeline = self.pipeline.clone();
+        let pending = retry("read requests", &self.cancel, &mut log_ref, |l| {
+            l.pending_requests(&pipeline)
+        })
+        .await?;
+        for request in pending {
+            if !requested.insert(request.id) {
+                continue;
+            }
+            let (id, stream) = (request.id, request.stream.clone());
+            match source.request(request) {
+                Ok(()) => {
+                    tracing::info!(pipeline = %self.pipeline, request = id, stream = %stream, "re-reading rows on request")
+                }
+                Err(e) => {
+                    let error = e.to_string();
+                    tracing::warn!(pipeline = %self.pipeline, request = id, stream = %stream, error = %error, "refused a re-read request");
+                    retry("fail request", &self.cancel, &mut log_ref, |l| {
+                        l.fail_request(&pipeline, id, &error)
+                    })
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn run(mut self, mut source: Box<dyn Source>) -> Result<(), PipelineError> {
         let source_stage = format!("source {}", self.source_name);
         let mut last_trim = Instant::now();
@@ -291,7 +339,16 @@ impl CaptureTask {
         let mut prefetched = None;
         // The position of the last appended batch, not yet released to the source.
         let mut pending_ack: Option<tidesync_core::Position> = None;
+        // Re-read requests already handed to the source (it keeps them until they are done).
+        let mut requested = std::collections::HashSet::new();
+        let mut last_requests: Option<Instant> = None;
         loop {
+            if last_requests.is_none_or(|t| t.elapsed() >= REQUESTS_EVERY) {
+                last_requests = Some(Instant::now());
+                if let Err(stop) = self.hand_requests(&mut *source, &mut requested).await {
+                    return self.stop("store", stop);
+                }
+            }
             // Backpressure: wait while the slowest sink is too far behind.
             loop {
                 self.cursor_moved.borrow_and_update();
@@ -402,6 +459,8 @@ struct SinkTask {
     options: PipelineOptions,
     stats: Arc<PipelineStats>,
     schemas: Arc<Vec<TableSchema>>,
+    /// `None`: the sink has no renames and gets schemas and entries as they are.
+    rename: Option<Renamer>,
     head: watch::Receiver<Seq>,
     cursor_moved: watch::Sender<()>,
     cancel: CancellationToken,
@@ -414,7 +473,13 @@ impl SinkTask {
 
     async fn run(mut self, mut sink: Box<dyn Sink>) -> Result<(), PipelineError> {
         let stage = format!("sink {}", self.sink_name);
-        let schemas = self.schemas.clone();
+        let schemas = match &self.rename {
+            None => self.schemas.clone(),
+            Some(rename) => match rename.schemas(&self.schemas) {
+                Ok(renamed) => Arc::new(renamed),
+                Err(e) => return self.stop(&stage, Stop::Failed(StageError::definite(e))),
+            },
+        };
         let applied = match retry("open sink", &self.cancel, &mut *sink, |s| {
             s.open(schemas.to_vec())
         })
@@ -468,7 +533,7 @@ impl SinkTask {
         let mut stored_cursor = cursor;
         loop {
             let max = self.options.batch_size;
-            let entries = match prefetched.take() {
+            let mut entries = match prefetched.take() {
                 Some(entries) => entries,
                 None => match retry("read log", &self.cancel, &mut log_ref, |l| {
                     l.read(&pipeline, cursor, max)
@@ -505,6 +570,12 @@ impl SinkTask {
                 continue;
             };
             let n = entries.len() as u64;
+            // Renamed in place, before the batch is shared with the sink (and its retries).
+            if let Some(rename) = &self.rename
+                && let Err(e) = rename.entries(&mut entries)
+            {
+                return self.stop(&stage, Stop::Failed(StageError::definite(e)));
+            }
             let batch = Arc::new(Batch {
                 pipeline: pipeline.clone(),
                 kind: BatchKind::Incremental,

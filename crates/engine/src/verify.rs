@@ -22,8 +22,9 @@
 //!   within `settle`, the report says so instead of waiting forever.
 //!
 //! Table names: the target table of a captured table has the stream's name, exactly as the
-//! sinks name it (one quoted identifier). A PostgreSQL source table is `table` (schema
-//! `public`) or `schema.table`, as the source reads it.
+//! sinks name it (one quoted identifier), and the same column names, unless the sink renames
+//! them (`[sinks.NAME.tables."TABLE"]`, see [`crate::rename`]). A PostgreSQL source table is
+//! `table` (schema `public`) or `schema.table`, as the source reads it.
 
 mod canon;
 mod chunk;
@@ -186,6 +187,9 @@ pub struct VerifyOptions {
     pub settle: Duration,
     /// Differing keys listed per table (counts are always exact).
     pub max_keys: usize,
+    /// Keep every differing key of a table (up to this many; 0: none) in
+    /// [`TableReport::all_keys`], for `--repair`.
+    pub collect_keys: usize,
 }
 
 impl Default for VerifyOptions {
@@ -195,6 +199,7 @@ impl Default for VerifyOptions {
             chunk_rows: DEFAULT_CHUNK_ROWS,
             settle: DEFAULT_SETTLE,
             max_keys: DEFAULT_MAX_KEYS,
+            collect_keys: 0,
         }
     }
 }
@@ -250,6 +255,12 @@ pub struct TableReport {
     pub elapsed_ms: u64,
     /// Set when the table could not be compared; the counts are then incomplete.
     pub error: Option<String>,
+    /// Every differing key, when [`VerifyOptions::collect_keys`] asked for them.
+    #[serde(skip)]
+    pub all_keys: Vec<Key>,
+    /// More keys differed than [`VerifyOptions::collect_keys`] allows.
+    #[serde(skip)]
+    pub all_keys_truncated: bool,
 }
 
 impl TableReport {
@@ -268,6 +279,8 @@ impl TableReport {
             keys: Vec::new(),
             elapsed_ms: 0,
             error: None,
+            all_keys: Vec::new(),
+            all_keys_truncated: false,
         }
     }
 
@@ -364,6 +377,7 @@ pub async fn verify(
                     &source,
                     &target,
                     table,
+                    config.sinks[sink].renames.get(table),
                     options,
                     Some((&mut settle, sink.as_str())),
                     &shown,
@@ -397,7 +411,17 @@ pub async fn compare_table(
 ) -> Result<TableReport, VerifyError> {
     let started = Instant::now();
     let mut result = TableReport::new(table, &target.describe());
-    table::run(source, target, table, options, None, &|_| {}, &mut result).await?;
+    table::run(
+        source,
+        target,
+        table,
+        None,
+        options,
+        None,
+        &|_| {},
+        &mut result,
+    )
+    .await?;
     result.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(result)
 }

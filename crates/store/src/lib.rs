@@ -18,7 +18,13 @@
 //! Blocking SQLite calls run on tokio's blocking pool; one connection writes and another
 //! reads, so WAL lets sinks read the log while the source appends.
 
+mod param;
+mod requests;
+mod rows;
 mod schema;
+
+pub use param::SqliteParam;
+pub use requests::{RequestInfo, RequestState};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,7 +34,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tidesync_core::codec::DecodeError;
 use tidesync_core::codec::binary::{self, decode_key, decode_row};
 use tidesync_core::{
-    BoxFuture, Captured, Change, Key, Log, LogEntry, LogStatus, Op, Position, Row, Seq, StageError,
+    BoxFuture, Captured, Change, Key, Log, LogEntry, LogStatus, Op, Position, Request, RequestKind,
+    Row, Seq, StageError,
 };
 
 /// What went wrong in the store, and where.
@@ -55,6 +62,8 @@ pub enum StoreError {
         #[source]
         source: DecodeError,
     },
+    #[error("store: request {id} of pipeline {pipeline} is unreadable (corrupt keys)")]
+    BadRequest { pipeline: String, id: i64 },
     #[error(
         "store was written by a newer tidesync (schema version {found}, this build knows {known})"
     )]
@@ -86,7 +95,7 @@ fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
-fn op_code(op: Op) -> i64 {
+pub(crate) fn op_code(op: Op) -> i64 {
     match op {
         Op::Insert => 0,
         Op::Update => 1,
@@ -144,6 +153,9 @@ impl SqliteStore {
         let writer = Connection::open(path).map_err(open_err)?;
         schema::configure(&writer).map_err(open_err)?;
         schema::migrate(&writer)?;
+        writer
+            .execute_batch(requests::CREATE)
+            .map_err(StoreError::sqlite("creating the requests table"))?;
         let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(open_err)?;
         schema::configure_reader(&reader).map_err(open_err)?;
@@ -268,7 +280,7 @@ impl SqliteStore {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(StoreError::sqlite("beginning a pipeline drop"))?;
         let mut entries = 0;
-        for table in ["changes", "current", "cursors", "positions"] {
+        for table in ["changes", "current", "cursors", "positions", "requests"] {
             let n = tx
                 .execute(
                     &format!("DELETE FROM {table} WHERE pipeline = ?1"),
@@ -282,6 +294,41 @@ impl SqliteStore {
         tx.commit()
             .map_err(StoreError::sqlite("committing a pipeline drop"))?;
         Ok(entries)
+    }
+
+    /// Records a request to re-read rows of `stream` from the pipeline's source; the running
+    /// pipeline picks it up (see [`Request`]). Returns its id.
+    pub fn add_request(
+        &self,
+        pipeline: &str,
+        stream: &str,
+        what: &RequestKind,
+    ) -> Result<i64, StoreError> {
+        requests::add(&mut lock(&self.inner.writer), pipeline, stream, what)
+    }
+
+    /// The requests of `pipeline` (only the pending ones if `pending_only`), oldest first.
+    /// A store that never had a request (or predates them) has none.
+    pub fn requests(
+        &self,
+        pipeline: &str,
+        pending_only: bool,
+    ) -> Result<Vec<RequestInfo>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        if !has_requests_table(&conn)? {
+            return Ok(Vec::new());
+        }
+        requests::list(&conn, pipeline, pending_only)
+    }
+
+    /// Where request `id` of `pipeline` stands; `None` if there is no such request.
+    pub fn request_state(
+        &self,
+        pipeline: &str,
+        id: i64,
+    ) -> Result<Option<RequestState>, StoreError> {
+        // The writer: a caller polling for completion must see the latest commit.
+        requests::state(&lock(&self.inner.writer), pipeline, id)
     }
 
     /// The pipelines this store has seen.
@@ -318,12 +365,10 @@ fn append(
     let mut seq = head;
     let mut last_commit_us = None;
     {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO changes (pipeline, seq, stream, op, key, before, after, commit_us, position, txn)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )
-            .map_err(e("preparing the log insert"))?;
+        // Log entries always, current-state writes when nothing in this batch reads the current
+        // state, are written with multi-row statements (see `rows`).
+        let mut pending = rows::Pending::with_capacity(captured.changes.len());
+        let collect_current = rows::can_collect_current(captured);
         let mut upsert = tx
             .prepare_cached(
                 "INSERT INTO current (pipeline, stream, key, row, seq, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -333,7 +378,6 @@ fn append(
         let mut delete = tx
             .prepare_cached("DELETE FROM current WHERE pipeline = ?1 AND stream = ?2 AND key = ?3")
             .map_err(e("preparing the current-state delete"))?;
-        let mut row_buf = Vec::with_capacity(256);
         // The row a delete just removed, when the next change needs it to fill unchanged
         // values: a key update arrives as a delete of the old key and an insert of the new.
         let mut deleted: Option<Row> = None;
@@ -386,41 +430,39 @@ fn append(
                     .map_err(e("truncating current state"))?;
             }
             seq += 1;
-            let key = binary::key_to_vec(&change.key);
-            let current_key = binary::key_to_sortable_vec(&change.key);
-            let before = change.before.as_ref().map(binary::row_to_vec);
-            row_buf.clear();
-            let after = change.after.as_ref().map(|row| {
-                binary::encode_row(&mut row_buf, row);
-                &row_buf[..]
-            });
-            insert
-                .execute(params![
-                    pipeline,
+            let logged = pending.log(seq, change);
+            match (collect_current, change.op, &logged.after) {
+                (true, Op::Insert | Op::Update | Op::Read, Some(row)) => {
+                    pending.upsert_current(&logged, row, seq);
+                }
+                (true, ..) => {
+                    // A delete: after the upserts collected so far, in seq order.
+                    pending.flush_current(&tx, pipeline)?;
+                    update_current(
+                        change,
+                        pending.blob(&logged.current_key),
+                        None,
+                        seq,
+                        pipeline,
+                        &mut upsert,
+                        &mut delete,
+                    )?;
+                }
+                (false, ..) => update_current(
+                    change,
+                    pending.blob(&logged.current_key),
+                    logged.after.as_ref().map(|r| pending.blob(r)),
                     seq,
-                    change.stream,
-                    op_code(change.op),
-                    key,
-                    before,
-                    after,
-                    change.commit_time_us,
-                    change.position.as_ref().map(Position::to_json),
-                    change.txn,
-                ])
-                .map_err(e("appending to the log"))?;
-            update_current(
-                change,
-                &current_key,
-                after,
-                seq,
-                pipeline,
-                &mut upsert,
-                &mut delete,
-            )?;
+                    pipeline,
+                    &mut upsert,
+                    &mut delete,
+                )?,
+            }
             #[cfg(test)]
             tests::failpoint(seq - head)?;
             last_commit_us = Some(change.commit_time_us);
         }
+        pending.flush(&tx, pipeline)?;
     }
     tx.execute(
         "INSERT INTO positions (pipeline, position, head, head_commit_us, updated_us) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -429,6 +471,9 @@ fn append(
         params![pipeline, captured.position.to_json(), seq, last_commit_us, now_us()],
     )
     .map_err(e("storing the source position"))?;
+    if let Some(progress) = &captured.progress {
+        requests::record_progress(&tx, pipeline, progress, seq)?;
+    }
     tidesync_core::failpoint::hit("store-before-commit");
     tx.commit().map_err(e("committing an append"))?;
     Ok((seq > head).then(|| (Seq(head as u64 + 1), Seq(seq as u64))))
@@ -745,6 +790,36 @@ impl Log for SqliteStore {
         let pipeline = pipeline.to_owned();
         self.blocking(move |inner| status(&lock(&inner.reader), &pipeline))
     }
+
+    fn pending_requests(&self, pipeline: &str) -> BoxFuture<'_, Result<Vec<Request>, StageError>> {
+        let pipeline = pipeline.to_owned();
+        self.blocking(move |inner| {
+            // The writer: progress recorded by the last append must be seen.
+            let pending = requests::list(&lock(&inner.writer), &pipeline, true)?;
+            Ok(pending.into_iter().map(|r| r.request).collect())
+        })
+    }
+
+    fn fail_request(
+        &self,
+        pipeline: &str,
+        id: i64,
+        error: &str,
+    ) -> BoxFuture<'_, Result<(), StageError>> {
+        let (pipeline, error) = (pipeline.to_owned(), error.to_owned());
+        self.blocking(move |inner| requests::fail(&lock(&inner.writer), &pipeline, id, &error))
+    }
+}
+
+fn has_requests_table(conn: &Connection) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'requests'",
+        [],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+    .map_err(StoreError::sqlite("looking for the requests table"))
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ fn captured(changes: Vec<Change>, pos: i64) -> Captured {
         kind: BatchKind::Incremental,
         changes,
         position: Position::RowId(pos),
+        progress: None,
     }
 }
 

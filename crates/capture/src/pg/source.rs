@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 use tidesync_core::codec::binary::key_to_vec;
 use tidesync_core::pg::{describe, is_transient};
 use tidesync_core::{
-    BatchKind, BoxFuture, Captured, Change, ColumnSchema, Dialect, Key, Op, Opened, Position, Row,
-    Source, StageError, TableSchema, Value,
+    BatchKind, BoxFuture, Captured, Change, ColumnSchema, Dialect, Key, Op, Opened, Position,
+    Request, RequestKind, RequestProgress, Row, Source, StageError, TableSchema, Value,
 };
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
@@ -168,8 +168,29 @@ struct Window {
     last: Option<Vec<String>>,
     /// The chunk, in key order, with each row's key.
     rows: Vec<(Key, Row)>,
-    /// Keys of `rows` still to emit (encoded: values are not `Hash`).
+    /// Keys of `rows` (and of `absent`) still to emit (encoded: values are not `Hash`).
     pending: HashSet<Vec<u8>>,
+    /// A request's keys that the table does not have (emitted as deletes).
+    absent: Vec<Key>,
+    /// The request this window serves; `None`: the initial copy's.
+    request: Option<i64>,
+}
+
+/// A re-read request (see [`Request`]) being served, one window at a time.
+#[derive(Debug)]
+struct Asked {
+    id: i64,
+    table: usize,
+    /// `Some`: these keys (one window); `None`: the whole table in chunks.
+    keys: Option<Vec<Key>>,
+    /// Table re-read: key texts of the last row of the last window read (the next window
+    /// starts after it).
+    next: Option<Vec<String>>,
+    /// The same as of what was handed out: a reconnect resumes here.
+    handed: Option<Vec<String>>,
+    /// Every window is read; what remains is handing out the last one.
+    finished: bool,
+    window: Option<Window>,
 }
 
 /// Copying tables: where, and how.
@@ -194,6 +215,8 @@ struct Txn {
     /// The copy's cursor after a watermark window that closed in this transaction: it
     /// holds only once the transaction (with the chunk's rows) is handed out.
     cursor: Option<Cursor>,
+    /// A request's window closed in this transaction: its rows are the transaction's.
+    progress: Option<RequestProgress>,
 }
 
 /// Where the copy stands: the table being copied and its last copied key (texts).
@@ -205,6 +228,8 @@ struct Ready {
     changes: Vec<Change>,
     end: Lsn,
     cursor: Option<Cursor>,
+    /// Set when `changes` are a request's rows: handed out alone, as a `Full` batch.
+    progress: Option<RequestProgress>,
 }
 
 /// PostgreSQL log capture. See the module docs.
@@ -221,6 +246,8 @@ pub struct PgLogSource {
     client: Option<Client>,
     statements: HashMap<(usize, bool), Statement>,
     copy: Option<Copy>,
+    /// Re-read requests, served in order once the initial copy is done.
+    requests: VecDeque<Asked>,
     stream: Option<PgReplicationStream>,
     txn: Option<Txn>,
     /// Whole transactions received but not handed out: changes and the commit's end.
@@ -289,6 +316,7 @@ impl PgLogSource {
             client: None,
             statements: HashMap::new(),
             copy: None,
+            requests: VecDeque::new(),
             stream: None,
             txn: None,
             ready: VecDeque::new(),
@@ -826,6 +854,7 @@ impl PgLogSource {
             kind: BatchKind::Full,
             changes,
             position: self.position(),
+            progress: None,
         })
     }
 
@@ -872,6 +901,31 @@ impl PgLogSource {
         if let Some(cursor) = self.handed_cursor.clone() {
             self.start_copy(cursor, false);
         }
+        for asked in &mut self.requests {
+            asked.window = None;
+            asked.next = asked.handed.clone();
+            asked.finished = false;
+        }
+    }
+
+    /// Whether the next poll should read a chunk between watermarks: the copy has no window
+    /// open, or (once the copy is done) the oldest request has none and more to read.
+    fn wants_window(&self) -> bool {
+        match &self.copy {
+            Some(copy) => copy.window.is_none(),
+            None => self
+                .requests
+                .front()
+                .is_some_and(|a| a.window.is_none() && !a.finished),
+        }
+    }
+
+    /// The window between watermarks, if one is in flight.
+    fn window_mut(&mut self) -> Option<&mut Window> {
+        match self.copy.as_mut() {
+            Some(copy) => copy.window.as_mut(),
+            None => self.requests.front_mut().and_then(|a| a.window.as_mut()),
+        }
     }
 
     /// Streams whole transactions: the first wait is up to `wait`, then up to the linger.
@@ -881,11 +935,16 @@ impl PgLogSource {
         wait: Duration,
     ) -> Result<Option<Captured>, StageError> {
         self.ensure_stream().await?;
-        if self.copy.as_ref().is_some_and(|c| c.window.is_none())
-            && let Err(e) = self.open_window().await
-        {
-            self.reset_stream();
-            return Err(e);
+        if self.wants_window() {
+            let opened = if self.copy.is_some() {
+                self.open_window().await
+            } else {
+                self.open_request_window().await
+            };
+            if let Err(e) = opened {
+                self.reset_stream();
+                return Err(e);
+            }
         }
         let start = Instant::now();
         let mut deadline = start + wait;
@@ -927,20 +986,22 @@ impl PgLogSource {
                         self.reset_stream();
                         return Err(e);
                     }
-                    if self.copy.as_ref().is_some_and(|c| c.window.is_none()) {
+                    if self.wants_window() && self.txn.is_none() {
                         // A window closed: hand out what we have, the next poll opens another.
-                        if self.txn.is_none() {
-                            break;
-                        }
+                        break;
                     }
                 }
             }
         }
-        // Hand out whole transactions, up to `max` changes (at least one transaction).
+        // Hand out whole transactions, up to `max` changes (at least one transaction); a
+        // request's rows go alone, logged as read (a `Full` batch).
         let mut changes = Vec::new();
         let mut end = None;
+        let mut progress = None;
         while let Some(next) = self.ready.front() {
-            if !changes.is_empty() && changes.len() + next.changes.len() > max {
+            if !changes.is_empty()
+                && (next.progress.is_some() || changes.len() + next.changes.len() > max)
+            {
                 break;
             }
             let Some(ready) = self.ready.pop_front() else {
@@ -951,6 +1012,11 @@ impl PgLogSource {
             end = Some(ready.end);
             if let Some(cursor) = ready.cursor {
                 self.handed_cursor = Some(cursor);
+            }
+            if let Some(p) = ready.progress {
+                self.request_handed(&p);
+                progress = Some(p);
+                break;
             }
         }
         // Nothing of ours arrived for a while: once everything handed out is durable and no
@@ -969,11 +1035,16 @@ impl PgLogSource {
         if let Some(end) = end.or(idle.then_some(idle_to)) {
             self.handed = self.handed.max(end);
             self.last_handed_at = Instant::now();
-            let kind = BatchKind::Incremental;
+            let kind = if progress.is_some() {
+                BatchKind::Full
+            } else {
+                BatchKind::Incremental
+            };
             return Ok(Some(Captured {
                 kind,
                 changes,
                 position: self.position(),
+                progress,
             }));
         }
         Ok(None)
@@ -1013,6 +1084,8 @@ impl PgLogSource {
                 last,
                 rows: chunk,
                 pending,
+                absent: Vec::new(),
+                request: None,
             });
         }
         Ok(())
@@ -1047,39 +1120,62 @@ impl PgLogSource {
         if slot != self.slot || run != self.run {
             return;
         }
-        let snapshot_time_us = self.snapshot_time_us;
-        let Some(copy) = self.copy.as_mut() else {
+        let Some(window) = self.window_mut().filter(|w| w.id == id) else {
             return;
         };
-        let Some(window) = copy.window.as_mut() else {
-            return;
-        };
-        if window.id != id {
-            return;
-        }
         match which {
             "L" => window.open = true,
-            "H" if window.open => {
-                let Some(window) = copy.window.take() else {
-                    return;
-                };
-                let stream = self.tables[window.table].stream.clone();
-                let emitted: Vec<Change> = window
-                    .rows
-                    .into_iter()
-                    .filter(|(key, _)| window.pending.contains(&key_to_vec(key)))
-                    .map(|(key, row)| Change {
-                        stream: stream.clone(),
-                        op: Op::Read,
-                        key,
-                        before: None,
-                        after: Some(row),
-                        commit_time_us: snapshot_time_us,
-                        position: None,
-                        txn: None,
-                        unchanged: Vec::new(),
-                    })
-                    .collect();
+            "H" if window.open => self.close_window(),
+            _ => {}
+        }
+    }
+
+    /// The high watermark passed: the window's rows still pending join the transaction
+    /// being received (which holds only that watermark), and the copy's cursor or the
+    /// request's progress moves with it.
+    fn close_window(&mut self) {
+        let window = match self.copy.as_mut() {
+            Some(copy) => copy.window.take(),
+            None => self.requests.front_mut().and_then(|a| a.window.take()),
+        };
+        let Some(window) = window else {
+            return;
+        };
+        let stream = self.tables[window.table].stream.clone();
+        let Some(txn) = self.txn.as_mut() else {
+            return;
+        };
+        let commit_time_us = match window.request {
+            Some(_) => txn.commit_time_us,
+            None => self.snapshot_time_us,
+        };
+        let read = |key: Key, row: Option<Row>| Change {
+            stream: stream.clone(),
+            op: if row.is_some() { Op::Read } else { Op::Delete },
+            key,
+            before: None,
+            after: row,
+            commit_time_us,
+            position: None,
+            txn: None,
+            unchanged: Vec::new(),
+        };
+        let mut emitted: Vec<Change> = window
+            .rows
+            .into_iter()
+            .filter(|(key, _)| window.pending.contains(&key_to_vec(key)))
+            .map(|(key, row)| read(key, Some(row)))
+            .collect();
+        emitted.extend(
+            window
+                .absent
+                .into_iter()
+                .filter(|key| window.pending.contains(&key_to_vec(key)))
+                .map(|key| read(key, None)),
+        );
+        txn.changes.extend(emitted);
+        match (window.request, self.copy.as_mut()) {
+            (None, Some(copy)) => {
                 match window.last {
                     Some(last) => copy.after = Some(last),
                     None => {
@@ -1087,14 +1183,232 @@ impl PgLogSource {
                         copy.after = None;
                     }
                 }
-                let cursor = (copy.table, copy.after.clone());
-                if let Some(txn) = self.txn.as_mut() {
-                    txn.changes.extend(emitted);
-                    txn.cursor = Some(cursor);
+                txn.cursor = Some((copy.table, copy.after.clone()));
+            }
+            (Some(id), _) => {
+                let Some(asked) = self.requests.front_mut().filter(|a| a.id == id) else {
+                    return;
+                };
+                let done = asked.keys.is_some() || window.last.is_none();
+                if window.last.is_some() {
+                    asked.next = window.last.clone();
+                }
+                asked.finished = done;
+                txn.progress = Some(RequestProgress {
+                    id,
+                    after: window.last.map(text_key),
+                    done,
+                    error: None,
+                });
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// A request's batch was handed out: its progress holds from now on.
+    fn request_handed(&mut self, progress: &RequestProgress) {
+        let Some(asked) = self.requests.front_mut().filter(|a| a.id == progress.id) else {
+            return;
+        };
+        if progress.done {
+            self.requests.pop_front();
+            return;
+        }
+        if let Some(after) = &progress.after {
+            asked.handed = key_texts(after);
+        }
+    }
+
+    /// Writes a low watermark, reads the rows the oldest request asks for next, writes a
+    /// high watermark; like a copy chunk, they wait in the request's window. A request the
+    /// server cannot serve (a key that is not of the key columns' types) ends with its
+    /// error instead of stopping capture.
+    async fn open_request_window(&mut self) -> Result<(), StageError> {
+        let Some(asked) = self.requests.front() else {
+            return Ok(());
+        };
+        let (t, keys, after) = (asked.table, asked.keys.clone(), asked.next.clone());
+        let id = self.next_window;
+        self.next_window += 1;
+        self.emit_watermark('L', id).await?;
+        let read = match &keys {
+            Some(keys) => self.read_keys(t, keys).await,
+            None => self
+                .read_chunk(t, after.as_deref(), self.opts.chunk_rows)
+                .await
+                .map(|rows| {
+                    let last = rows.last().map(|(_, _, texts)| texts.clone());
+                    let rows = rows.into_iter().map(|(k, r, _)| (k, r)).collect();
+                    (rows, Vec::new(), last)
+                }),
+        };
+        let (rows, absent, last) = match read {
+            Ok(read) => read,
+            Err(StageError::Definite(e)) => {
+                let Some(asked) = self.requests.pop_front() else {
+                    return Ok(());
+                };
+                tracing::warn!(source = %self.target, request = asked.id, error = %e, "a re-read request failed");
+                // Handed out on its own, after everything received so far.
+                self.ready.push_back(Ready {
+                    changes: Vec::new(),
+                    end: self.seen.max(self.handed),
+                    cursor: None,
+                    progress: Some(RequestProgress {
+                        id: asked.id,
+                        after: None,
+                        done: true,
+                        error: Some(e.to_string()),
+                    }),
+                });
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        self.emit_watermark('H', id).await?;
+        let mut pending = HashSet::with_capacity(rows.len() + absent.len());
+        for key in rows.iter().map(|(k, _)| k).chain(&absent) {
+            pending.insert(key_to_vec(key));
+        }
+        if let Some(asked) = self.requests.front_mut() {
+            asked.window = Some(Window {
+                id,
+                table: t,
+                open: false,
+                last,
+                rows,
+                pending,
+                absent,
+                request: Some(asked.id),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads the rows of `keys` in table `t` as they are now: the rows found, and the keys
+    /// (as the server reads them) that the table does not have.
+    #[allow(clippy::type_complexity)]
+    async fn read_keys(
+        &mut self,
+        t: usize,
+        keys: &[Key],
+    ) -> Result<(Vec<(Key, Row)>, Vec<Key>, Option<Vec<String>>), StageError> {
+        let table = &self.tables[t];
+        let key_types: Vec<(Oid, String)> = table
+            .key
+            .iter()
+            .map(|k| {
+                table
+                    .columns
+                    .iter()
+                    .find(|c| &c.name == k)
+                    .map_or((Oid(25), "text".to_owned()), |c| {
+                        (c.type_oid, c.type_name.clone())
+                    })
+            })
+            .collect();
+        // One text array per key column; duplicates asked once.
+        let mut seen = HashSet::new();
+        let mut columns: Vec<Vec<String>> = vec![Vec::with_capacity(keys.len()); table.key.len()];
+        for key in keys {
+            if key.0.len() != table.key.len() {
+                return Err(definite(format!(
+                    "source {}: table {}: a requested key has {} values for the {} key columns {:?}",
+                    self.target,
+                    table.stream,
+                    key.0.len(),
+                    table.key.len(),
+                    table.key
+                )));
+            }
+            let texts: Vec<String> = key.0.iter().map(tidesync_core::pg::input_text).collect();
+            if seen.insert(texts.clone()) {
+                for (column, text) in columns.iter_mut().zip(texts) {
+                    column.push(text);
                 }
             }
-            _ => {}
         }
+        let names: Vec<String> = (0..table.key.len()).map(|i| format!("k{i}")).collect();
+        let cast = |i: usize| {
+            format!(
+                "(r.k{i})::{}",
+                tidesync_core::sql::safe_type_name(&key_types[i].1)
+            )
+        };
+        let sql = format!(
+            "SELECT {}, t.ctid IS NOT NULL, {} FROM unnest({}) AS r({}) LEFT JOIN ONLY {} AS t ON ({}) = ({})",
+            (0..table.key.len())
+                .map(|i| format!("({})::text", cast(i)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            table
+                .columns
+                .iter()
+                .map(|c| format!("t.{}::text", quote_ident(&c.name)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (1..=table.key.len())
+                .map(|i| format!("${i}::text[]"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            names.join(", "),
+            table.qualified(),
+            table
+                .key
+                .iter()
+                .map(|k| format!("t.{}", quote_ident(k)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (0..table.key.len())
+                .map(cast)
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        let err = self.pg_error(&format!("re-reading rows of table {}", table.stream));
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns
+            .iter()
+            .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let client = self.client().await?;
+        let rows = client.query(&sql, &params).await.map_err(err)?;
+        let table = &self.tables[t];
+        let nkey = table.key.len();
+        let key_at = table.key_positions();
+        let convert = |oid: Oid, type_name: &str, column: &str, text: &str| {
+            text_to_value(oid, Some(type_name), text).map_err(|e| {
+                definite(format!(
+                    "source {}: table {} column {column}: {e}",
+                    self.target, table.stream
+                ))
+            })
+        };
+        let (mut found, mut absent) = (Vec::new(), Vec::new());
+        for r in rows {
+            let text = |i: usize| -> Result<Option<String>, StageError> {
+                r.try_get(i).map_err(self.pg_error("reading a row"))
+            };
+            let present: bool = r.try_get(nkey).map_err(self.pg_error("reading a row"))?;
+            if present {
+                let mut values = Vec::with_capacity(table.columns.len());
+                for (i, c) in table.columns.iter().enumerate() {
+                    let value = match text(nkey + 1 + i)? {
+                        None => Value::Null,
+                        Some(t) => convert(c.type_oid, &c.type_name, &c.name, &t)?,
+                    };
+                    values.push((c.name.clone(), value));
+                }
+                let key = Key(key_at.iter().map(|&i| values[i].1.clone()).collect());
+                found.push((key, Row(values)));
+            } else {
+                let mut key = Vec::with_capacity(nkey);
+                for (i, (oid, type_name)) in key_types.iter().enumerate() {
+                    let t = text(i)?.unwrap_or_default();
+                    key.push(convert(*oid, type_name, &table.key[i], &t)?);
+                }
+                absent.push(Key(key));
+            }
+        }
+        Ok((found, absent, None))
     }
 
     /// Applies one message of the stream to the transaction being received.
@@ -1110,6 +1424,7 @@ impl PgLogSource {
                     commit_time_us,
                     changes: Vec::new(),
                     cursor: None,
+                    progress: None,
                 });
             }
             PgOutputMessage::Commit { end_lsn, .. } => {
@@ -1120,12 +1435,13 @@ impl PgLogSource {
                     ))
                 })?;
                 self.seen = self.seen.max(end_lsn);
-                if !txn.changes.is_empty() || txn.cursor.is_some() {
+                if !txn.changes.is_empty() || txn.cursor.is_some() || txn.progress.is_some() {
                     self.ready_changes += txn.changes.len();
                     self.ready.push_back(Ready {
                         changes: txn.changes,
                         end: end_lsn,
                         cursor: txn.cursor,
+                        progress: txn.progress,
                     });
                 }
             }
@@ -1313,12 +1629,7 @@ impl PgLogSource {
         mut after: Option<Row>,
         mut unchanged: Vec<String>,
     ) -> Result<(), StageError> {
-        if let Some(window) = self
-            .copy
-            .as_mut()
-            .and_then(|c| c.window.as_mut())
-            .filter(|w| w.open && w.table == t)
-        {
+        if let Some(window) = self.window_mut().filter(|w| w.open && w.table == t) {
             if op == Op::Truncate {
                 window.pending.clear();
             } else if window.pending.remove(&key_to_vec(&key))
@@ -1356,6 +1667,22 @@ impl PgLogSource {
         });
         Ok(())
     }
+}
+
+/// Key texts as a key (the progress form of a table re-read, like the copy's position).
+fn text_key(texts: Vec<String>) -> Key {
+    Key(texts.into_iter().map(Value::Text).collect())
+}
+
+/// The texts of a key in [`text_key`] form; `None` if a value is not text.
+fn key_texts(key: &Key) -> Option<Vec<String>> {
+    key.0
+        .iter()
+        .map(|v| match v {
+            Value::Text(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The type name reported for a column: `format_type()` for built-in types, `text` for
@@ -1471,6 +1798,45 @@ impl Source for PgLogSource {
             }
             Ok(())
         })
+    }
+
+    fn request(&mut self, request: Request) -> Result<(), StageError> {
+        if self.requests.iter().any(|a| a.id == request.id) {
+            return Ok(());
+        }
+        let Some(table) = self.tables.iter().position(|t| t.stream == request.stream) else {
+            return Err(definite(format!(
+                "source {}: `{}` is not a table this pipeline captures (tables: {})",
+                self.target,
+                request.stream,
+                self.opts.tables.join(", ")
+            )));
+        };
+        let (keys, after) = match request.what {
+            RequestKind::Keys(keys) => (Some(keys), None),
+            RequestKind::Table { after } => {
+                let after = match after {
+                    None => None,
+                    Some(key) => Some(key_texts(&key).ok_or_else(|| {
+                        definite(format!(
+                            "source {}: request {}: the stored progress {key} is not a key of this source",
+                            self.target, request.id
+                        ))
+                    })?),
+                };
+                (None, after)
+            }
+        };
+        self.requests.push_back(Asked {
+            id: request.id,
+            table,
+            keys,
+            next: after.clone(),
+            handed: after,
+            finished: false,
+            window: None,
+        });
+        Ok(())
     }
 
     fn remove(&mut self) -> BoxFuture<'_, Result<Vec<String>, StageError>> {

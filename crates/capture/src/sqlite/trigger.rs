@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tidesync_core::sql::quote_ident;
 use tidesync_core::{
-    BatchKind, BoxFuture, Captured, Change, ColumnSchema, Key, Op, Opened, Position, Row, Source,
-    StageError, TableSchema, Value,
+    BatchKind, BoxFuture, Captured, Change, ColumnSchema, Key, Op, Opened, Position, Request,
+    RequestKind, RequestProgress, Row, Source, StageError, TableSchema, Value,
 };
-use tidesync_store::sqlite_is_transient;
+use tidesync_store::{SqliteParam, sqlite_is_transient};
 
 use super::literal;
 
@@ -61,6 +61,12 @@ pub enum TriggerError {
         path: PathBuf,
         table: String,
         id: i64,
+        problem: String,
+    },
+    #[error("source database {path}: a request to re-read rows of `{table}`: {problem}")]
+    BadRequest {
+        path: PathBuf,
+        table: String,
         problem: String,
     },
     #[error("source database {path}: change row {id} refers to unknown schema {schema_id}")]
@@ -113,6 +119,10 @@ struct Inner {
     shapes: HashMap<i64, Arc<TableShape>>,
     /// The last change id handed out by `poll` (not yet necessarily acked).
     last_polled: i64,
+    /// Re-read requests not yet written into the change table.
+    requests: std::collections::VecDeque<Request>,
+    /// Requests written into the change table: (id, last change id of their rows).
+    served: std::collections::VecDeque<(i64, i64)>,
 }
 
 /// Trigger capture from one SQLite database.
@@ -134,6 +144,8 @@ impl TriggerSource {
                 conn: None,
                 shapes: HashMap::new(),
                 last_polled: 0,
+                requests: Default::default(),
+                served: Default::default(),
             })),
             poll_interval,
         }
@@ -480,7 +492,151 @@ impl Inner {
         Ok(shape)
     }
 
+    /// Writes the oldest request's rows into the change table, in one transaction: each
+    /// asked row as it is now (`P`, read as [`Op::Read`]) and each asked key the table lacks
+    /// (`X`, a delete of that key). In the change table they sit after every change committed
+    /// before them and before every change after them, so no key sees its versions out of
+    /// order. Returns `(id, last change id)`; a request that wrote nothing is done at once.
+    fn serve_request(&mut self) -> Result<Option<(i64, i64)>, TriggerError> {
+        let Some(request) = self.requests.pop_front() else {
+            return Ok(None);
+        };
+        let (path, pipeline) = (self.path.clone(), self.pipeline.clone());
+        let err = self.err(&format!(
+            "re-reading rows of `{}` on request",
+            request.stream
+        ));
+        let conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let (changes, schemas) = (
+            quote_ident(&change_table(&pipeline)),
+            quote_ident(&schema_table(&pipeline)),
+        );
+        let schema_id: i64 = tx
+            .query_row(
+                &format!("SELECT max(id) FROM {schemas} WHERE tbl = ?1"),
+                [&request.stream],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map_err(&err)?
+            .ok_or_else(|| TriggerError::NoTable {
+                path: path.clone(),
+                table: request.stream.clone(),
+            })?;
+        let schema = Self::table_schema(&tx, &path, &request.stream)?;
+        let row_expr = schema
+            .columns
+            .iter()
+            .map(|c| format!("quote({})", quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(" || ',' || ");
+        let tbl = quote_ident(&request.stream);
+        let now = "CAST(unixepoch('subsec') * 1000000 AS INTEGER)";
+        let mut written = 0;
+        match &request.what {
+            RequestKind::Table { .. } => {
+                written += tx
+                    .execute(
+                        &format!(
+                            "INSERT INTO {changes} (schema_id, op, old, new, at_us)
+                             SELECT ?1, 'P', NULL, {row_expr}, {now} FROM {tbl}"
+                        ),
+                        [schema_id],
+                    )
+                    .map_err(&err)?;
+            }
+            RequestKind::Keys(keys) => {
+                let matches = schema
+                    .key
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| format!("{} = ?{}", quote_ident(k), i + 2))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                let key_literal = (0..schema.key.len())
+                    .map(|i| format!("quote(?{})", i + 2))
+                    .collect::<Vec<_>>()
+                    .join(" || ',' || ");
+                let mut read = tx
+                    .prepare(&format!(
+                        "INSERT INTO {changes} (schema_id, op, old, new, at_us)
+                         SELECT ?1, 'P', NULL, {row_expr}, {now} FROM {tbl} WHERE {matches}"
+                    ))
+                    .map_err(&err)?;
+                let mut gone = tx
+                    .prepare(&format!(
+                        "INSERT INTO {changes} (schema_id, op, old, new, at_us)
+                         VALUES (?1, 'X', {key_literal}, NULL, {now})"
+                    ))
+                    .map_err(&err)?;
+                for key in keys {
+                    if key.0.len() != schema.key.len() {
+                        return Err(TriggerError::BadRequest {
+                            path,
+                            table: request.stream.clone(),
+                            problem: format!(
+                                "a key of {} values for the {} key columns {:?}",
+                                key.0.len(),
+                                schema.key.len(),
+                                schema.key
+                            ),
+                        });
+                    }
+                    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&schema_id];
+                    let bound: Vec<SqliteParam<'_>> = key.0.iter().map(SqliteParam).collect();
+                    params.extend(bound.iter().map(|p| p as &dyn rusqlite::ToSql));
+                    let n = read.execute(params.as_slice()).map_err(&err)?;
+                    if n == 0 {
+                        gone.execute(params.as_slice()).map_err(&err)?;
+                    }
+                    written += n.max(1);
+                }
+            }
+        }
+        let last = tx.last_insert_rowid();
+        tx.commit().map_err(&err)?;
+        tracing::info!(path = %path.display(), request = request.id, table = %request.stream, rows = written, "queued requested rows");
+        Ok(Some((request.id, if written == 0 { 0 } else { last })))
+    }
+
     fn poll_once(&mut self, max: usize) -> Result<Option<Captured>, TriggerError> {
+        let front = self.requests.front().map(|r| r.id);
+        let served = match self.serve_request() {
+            // A request this source cannot serve fails alone; capture goes on.
+            Err(e @ TriggerError::BadRequest { .. }) => {
+                return Ok(Some(Captured {
+                    kind: BatchKind::Full,
+                    changes: Vec::new(),
+                    position: Position::RowId(self.last_polled),
+                    progress: front.map(|id| RequestProgress {
+                        id,
+                        after: None,
+                        done: true,
+                        error: Some(e.to_string()),
+                    }),
+                }));
+            }
+            other => other?,
+        };
+        if let Some((id, last)) = served {
+            if last == 0 {
+                // Nothing to read (an empty table): done with no rows.
+                return Ok(Some(Captured {
+                    kind: BatchKind::Full,
+                    changes: Vec::new(),
+                    position: Position::RowId(self.last_polled),
+                    progress: Some(RequestProgress {
+                        id,
+                        after: None,
+                        done: true,
+                        error: None,
+                    }),
+                }));
+            }
+            self.served.push_back((id, last));
+        }
         let pipeline = self.pipeline.clone();
         let after = self.last_polled;
         let err = self.err("reading captured changes");
@@ -505,6 +661,29 @@ impl Inner {
             .and_then(|rows| rows.collect())
             .map_err(err)?
         };
+        // Requested rows (`P`, `X`) travel in batches of their own, logged as they are (a
+        // `Full` batch), and a batch ends with the last row of a request.
+        let requested = |op: &str| op == "P" || op == "X";
+        let mut rows = rows;
+        let Some(first) = rows.first().map(|r| requested(&r.2)) else {
+            return Ok(None);
+        };
+        let cut = rows.iter().position(|r| requested(&r.2) != first);
+        rows.truncate(cut.unwrap_or(rows.len()));
+        let mut progress = None;
+        if first
+            && let Some(&(id, end)) = self.served.front()
+            && let Some(at) = rows.iter().position(|r| r.0 >= end)
+        {
+            rows.truncate(at + 1);
+            self.served.pop_front();
+            progress = Some(RequestProgress {
+                id,
+                after: None,
+                done: true,
+                error: None,
+            });
+        }
         let Some(last) = rows.last().map(|r| r.0) else {
             return Ok(None);
         };
@@ -535,6 +714,31 @@ impl Inner {
                     .zip(values)
                     .collect())))
             };
+            if op == "X" {
+                // A requested key the table lacks: `old` holds just the key's values.
+                let text = old.unwrap_or_default();
+                let values =
+                    literal::parse_list(&text).map_err(|p| bad(format!("requested key: {p}")))?;
+                if values.len() != shape.key_indexes.len() {
+                    return Err(bad(format!(
+                        "requested key has {} values for {} key columns",
+                        values.len(),
+                        shape.key_indexes.len()
+                    )));
+                }
+                changes.push(Change {
+                    stream: shape.table.clone(),
+                    op: Op::Delete,
+                    key: Key(values),
+                    before: None,
+                    after: None,
+                    commit_time_us: at_us,
+                    position: Some(Position::RowId(id)),
+                    txn: None,
+                    unchanged: Vec::new(),
+                });
+                continue;
+            }
             let (before, after) = (decode(old, "old")?, decode(new, "new")?);
             let key_of = |row: &Row| {
                 Key(shape
@@ -556,7 +760,9 @@ impl Inner {
             };
             match (op.as_str(), before, after) {
                 ("I", None, Some(a)) => changes.push(make(Op::Insert, key_of(&a), None, Some(a))),
-                ("R", None, Some(a)) => changes.push(make(Op::Read, key_of(&a), None, Some(a))),
+                ("R" | "P", None, Some(a)) => {
+                    changes.push(make(Op::Read, key_of(&a), None, Some(a)))
+                }
                 ("D", Some(b), None) => changes.push(make(Op::Delete, key_of(&b), Some(b), None)),
                 ("U", Some(b), Some(a)) => {
                     let (old_key, new_key) = (key_of(&b), key_of(&a));
@@ -571,7 +777,7 @@ impl Inner {
             }
         }
         self.last_polled = last;
-        let kind = if changes.iter().all(|c| c.op == Op::Read) {
+        let kind = if first || changes.iter().all(|c| c.op == Op::Read) {
             BatchKind::Full
         } else {
             BatchKind::Incremental
@@ -580,6 +786,7 @@ impl Inner {
             kind,
             changes,
             position: Position::RowId(last),
+            progress,
         }))
     }
 }
@@ -725,6 +932,24 @@ impl Source for TriggerSource {
 
     fn remove(&mut self) -> BoxFuture<'_, Result<Vec<String>, StageError>> {
         self.blocking(|inner| inner.remove())
+    }
+
+    fn request(&mut self, request: Request) -> Result<(), StageError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if !inner.tables.contains(&request.stream) {
+            return Err(StageError::definite(format!(
+                "source database {}: `{}` is not a table this pipeline captures (tables: {})",
+                inner.path.display(),
+                request.stream,
+                inner.tables.join(", ")
+            )));
+        }
+        let known = inner.requests.iter().any(|r| r.id == request.id)
+            || inner.served.iter().any(|(id, _)| *id == request.id);
+        if !known {
+            inner.requests.push_back(request);
+        }
+        Ok(())
     }
 
     fn ack(&mut self, position: Position) -> BoxFuture<'_, Result<(), StageError>> {

@@ -122,17 +122,22 @@ pub fn row_to_vec(row: &Row) -> Vec<u8> {
 /// key values).
 pub fn key_to_sortable_vec(key: &Key) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + 9 * key.0.len());
-    put_varint(&mut out, key.0.len() as u64);
+    encode_sortable_key(&mut out, key);
+    out
+}
+
+/// Appends the form of [`key_to_sortable_vec`] to `out`.
+pub fn encode_sortable_key(out: &mut Vec<u8>, key: &Key) {
+    put_varint(out, key.0.len() as u64);
     for v in &key.0 {
         match v {
             Value::Int(i) => {
                 out.push(INT);
                 out.extend_from_slice(&((*i as u64) ^ (1 << 63)).to_be_bytes());
             }
-            other => encode_value(&mut out, other),
+            other => encode_value(out, other),
         }
     }
-    out
 }
 
 /// Reads the binary forms from a byte slice.

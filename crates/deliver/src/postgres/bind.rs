@@ -28,9 +28,9 @@ use tokio_postgres::types::{Format, IsNull, ToSql, Type, to_sql_checked};
 use bytes::BytesMut;
 
 /// Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
-const PG_EPOCH_US: i64 = 946_684_800_000_000;
+pub(crate) const PG_EPOCH_US: i64 = 946_684_800_000_000;
 /// Days from 1970-01-01 to 2000-01-01.
-const PG_EPOCH_DAYS: i32 = 10_957;
+pub(crate) const PG_EPOCH_DAYS: i32 = 10_957;
 
 /// How the values of one column are bound, decided from the parameter type the server inferred.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

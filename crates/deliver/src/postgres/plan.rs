@@ -4,14 +4,18 @@
 //! `INSERT .. ON CONFLICT`, consecutive deletes of one table one `DELETE .. IN (..)`. Only
 //! neighbours are grouped, so the statements run in seq order and every key sees its changes
 //! in order. A group ends before a key it already holds: PostgreSQL refuses to let one
-//! `INSERT .. ON CONFLICT DO UPDATE` touch a row twice. Our key comparison is textual, so
+//! `INSERT .. ON CONFLICT DO UPDATE` touch a row twice. Keys are compared by a hash of their
+//! text form: two different keys with the same hash merely end a group early, which is always
+//! correct. Our key comparison is textual, so
 //! keys the server sees as equal but we do not (e.g. `1` and `1.0`, or a case-insensitive
 //! collation) can still meet in one statement; the sink then replays the batch one row per
 //! statement, which is always correct.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
-use tidesync_core::{Key, LogEntry, Op, Row};
+use tidesync_core::{Key, LogEntry, Op, Row, Value};
 
 use super::bind::text_of;
 
@@ -53,7 +57,8 @@ pub(crate) fn plan<'b>(
     key_len: impl Fn(&str) -> usize,
 ) -> Vec<Step<'b>> {
     let mut steps: Vec<Step<'b>> = Vec::new();
-    let mut keys: HashSet<String> = HashSet::new();
+    let mut keys: HashSet<u64> = HashSet::new();
+    let mut text = String::new();
     for entry in entries {
         let stream = entry.change.stream.as_str();
         if entry.change.op == Op::Truncate {
@@ -66,7 +71,7 @@ pub(crate) fn plan<'b>(
             continue;
         }
         let row = upsert_row(entry);
-        let fingerprint = fingerprint(&entry.change.key);
+        let fingerprint = fingerprint(&entry.change.key, &mut text);
         let joins = steps.last().is_some_and(|step| {
             let width = match &step.action {
                 Action::Upsert { columns } => columns.len(),
@@ -105,15 +110,24 @@ pub(crate) fn plan<'b>(
     steps
 }
 
-/// The key as the server would read it, for spotting a key twice in one statement.
-fn fingerprint(key: &Key) -> String {
-    let mut out = String::new();
+/// A hash of the key as the server would read it, for spotting a key twice in one statement
+/// (`text`: a buffer to reuse).
+fn fingerprint(key: &Key, text: &mut String) -> u64 {
+    text.clear();
     for v in &key.0 {
-        match text_of(v) {
-            Ok(text) => out.push_str(&text),
-            Err(_) => out.push_str(&v.to_string()),
+        match v {
+            // The common case, without text_of's allocation.
+            Value::Int(i) => {
+                let _ = write!(text, "{i}");
+            }
+            _ => match text_of(v) {
+                Ok(t) => text.push_str(&t),
+                Err(_) => text.push_str(&v.to_string()),
+            },
         }
-        out.push('\u{1f}');
+        text.push('\u{1f}');
     }
-    out
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
 }

@@ -103,6 +103,15 @@ pub(crate) fn upsert_sql(table: &str, columns: &[String], key: &[String], rows: 
     )
 }
 
+/// `COPY t (cols) FROM STDIN`, in the text format (see `copy`).
+pub(crate) fn copy_sql(table: &str, columns: &[String]) -> String {
+    format!(
+        "COPY {} ({}) FROM STDIN",
+        quote_ident(table),
+        quote_list(columns.iter().map(String::as_str))
+    )
+}
+
 /// `DELETE FROM t WHERE k = $1` for one row, `WHERE (k1, k2) IN (($1, $2), ..)` for several.
 pub(crate) fn delete_sql(table: &str, key: &[String], rows: usize) -> String {
     let n = key.len();

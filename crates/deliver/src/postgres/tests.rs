@@ -8,9 +8,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use super::bind::{Bound, ColumnKind, bind, text_of};
+use super::copy::{Backoff, NotCopyable, eligible, put_row};
 use super::error::is_transient_code;
 use super::plan::{Action, plan};
-use super::sql::{create_table_sql, delete_sql, pg_type_for, upsert_sql};
+use super::sql::{copy_sql, create_table_sql, delete_sql, pg_type_for, upsert_sql};
 use super::*;
 
 #[test]
@@ -355,4 +356,131 @@ fn sqlstates_split_into_transient_and_definite() {
     for code in definite {
         assert!(!is_transient_code(&code), "{code:?}");
     }
+}
+
+fn copy_line(values: &[Bound<'_>]) -> Result<String, NotCopyable> {
+    let mut out = BytesMut::new();
+    put_row(&mut out, values)?;
+    Ok(String::from_utf8(out.to_vec()).unwrap())
+}
+
+#[test]
+fn copy_text_escapes_what_ends_a_value_or_a_line() {
+    let line = copy_line(&[
+        Bound::Int8(-7),
+        Bound::Null,
+        Bound::Text(Cow::Borrowed("a\tb\nc\rd\\e \u{e9}")),
+        Bound::Text(Cow::Borrowed("")),
+        Bound::Bool(true),
+        Bound::Bool(false),
+        Bound::Int4(i32::MIN),
+        Bound::Int2(3),
+        Bound::Int8(i64::MIN),
+        Bound::Int8(0),
+    ])
+    .unwrap();
+    assert_eq!(
+        line,
+        "-7\t\\N\ta\\tb\\nc\\rd\\\\e \u{e9}\t\tt\tf\t-2147483648\t3\t-9223372036854775808\t0\n"
+    );
+}
+
+#[test]
+fn copy_text_of_bytes_floats_and_times() {
+    let line = copy_line(&[
+        Bound::Bytes(&[0x00, 0xab, 0x5c]),
+        Bound::Bytes(&[]),
+        Bound::Float8(0.1),
+        Bound::Float8(-0.0),
+        Bound::Float8(1e300),
+        Bound::Float8(f64::NAN),
+        Bound::Float8(f64::NEG_INFINITY),
+        Bound::Float4(0.1),
+        Bound::Float4(f32::INFINITY),
+    ])
+    .unwrap();
+    assert_eq!(
+        line,
+        "\\\\x00ab5c\t\\\\x\t0.1\t-0.0\t1e300\tNaN\t-Infinity\t0.1\tInfinity\n"
+    );
+    // Timestamps and dates arrive bound to PostgreSQL's epoch (2000-01-01).
+    let ts = |unix_us: i64| Bound::Timestamp(unix_us - 946_684_800_000_000);
+    let date = |unix_days: i32| Bound::Date(unix_days - 10_957);
+    let line = copy_line(&[
+        ts(0),
+        ts(-1),
+        ts(1_700_000_000_123_456),
+        date(0),
+        date(-719_162),
+        Bound::Time(0),
+        Bound::Time(86_400_000_000),
+    ])
+    .unwrap();
+    assert_eq!(
+        line,
+        "1970-01-01T00:00:00.000000Z\t1969-12-31T23:59:59.999999Z\t2023-11-14T22:13:20.123456Z\t\
+         1970-01-01\t0001-01-01\t00:00:00.000000\t24:00:00.000000\n"
+    );
+}
+
+#[test]
+fn years_outside_1_to_9999_and_times_outside_the_day_are_not_copied() {
+    let date = |unix_days: i32| Bound::Date(unix_days - 10_957);
+    assert_eq!(copy_line(&[date(-719_163)]), Err(NotCopyable)); // 0000-12-31
+    assert_eq!(copy_line(&[date(2_932_897)]), Err(NotCopyable)); // 10000-01-01
+    assert!(copy_line(&[date(2_932_896)]).is_ok()); // 9999-12-31
+    let ts = bind(
+        &Value::Timestamp(253_402_300_800_000_000),
+        ColumnKind::Timestamp,
+    )
+    .unwrap();
+    assert_eq!(copy_line(&[ts]), Err(NotCopyable));
+    assert_eq!(copy_line(&[Bound::Time(-1)]), Err(NotCopyable));
+    assert_eq!(copy_line(&[Bound::Time(86_400_000_001)]), Err(NotCopyable));
+}
+
+#[test]
+fn only_runs_of_inserts_are_copied() {
+    let inserts = [put(1, "t", 1, &["id"]), put(2, "t", 2, &["id"])];
+    let refs: Vec<&LogEntry> = inserts.iter().collect();
+    assert!(eligible(&refs));
+    assert!(!eligible(&refs[..1]), "one row: the upsert is cheaper");
+    let mut read = put(3, "t", 3, &["id"]);
+    read.change.op = Op::Read;
+    let mut update = put(4, "t", 4, &["id"]);
+    update.change.op = Op::Update;
+    assert!(eligible(&[&inserts[0], &read]));
+    assert!(!eligible(&[&inserts[0], &update]));
+}
+
+#[test]
+fn a_failed_copy_skips_the_next_runs_of_its_table_doubling() {
+    let mut b = Backoff::default();
+    assert!(b.try_now("t"));
+    b.failed("t");
+    assert!(!b.try_now("t"));
+    assert!(b.try_now("u"), "other tables are not affected");
+    assert!(b.try_now("t"));
+    b.failed("t");
+    assert_eq!(
+        [b.try_now("t"), b.try_now("t"), b.try_now("t")],
+        [false, false, true]
+    );
+    b.succeeded("t");
+    assert!(b.try_now("t"));
+    for _ in 0..20 {
+        b.failed("t");
+    }
+    let skipped = std::iter::repeat_with(|| b.try_now("t"))
+        .take_while(|ok| !ok)
+        .count();
+    assert_eq!(skipped, 1024);
+}
+
+#[test]
+fn copy_names_its_columns_quoted() {
+    assert_eq!(
+        copy_sql("my \"t\"", &["id".into(), "a b".into()]),
+        "COPY \"my \"\"t\"\"\" (\"id\", \"a b\") FROM STDIN"
+    );
 }

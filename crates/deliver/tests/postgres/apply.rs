@@ -194,3 +194,73 @@ async fn forget_removes_the_applied_seq_and_keeps_the_rows() {
     let (_again, applied) = open_sink(&pg, items_schema(), false).await;
     assert_eq!(applied, Some(Seq(0)));
 }
+
+/// Has every row written to `items` record the statement that wrote it.
+fn log_statements(pg: &Postgres) {
+    pg.psql(
+        DB,
+        "CREATE TABLE statements (id bigint, query text);
+         CREATE FUNCTION log_statement() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO statements VALUES (NEW.id, split_part(current_query(), ' ', 1)); RETURN NEW; END $$;
+         CREATE TRIGGER log_statement BEFORE INSERT OR UPDATE ON items
+           FOR EACH ROW EXECUTE FUNCTION log_statement();",
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_inserts_are_copied_and_updates_upserted() {
+    let pg = server();
+    let (mut sink, _) = open_sink(&pg, items_schema(), true).await;
+    log_statements(&pg);
+    let mut update = upsert(3, 1, Some("a2"), Value::Int(2));
+    update.change.op = Op::Update;
+    sink.apply(batch(vec![
+        upsert(1, 1, Some("a"), Value::Int(1)),
+        upsert(2, 2, Some("b\tc\\d"), Value::Null),
+        update,
+        upsert(4, 3, Some("e"), Value::Int(3)),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(items(&pg), "1|a2|2\n2|b\tc\\d|\n3|e|3");
+    // Seq 4 alone is a one-row run: an upsert. (An upsert of an existing row fires both
+    // BEFORE INSERT and BEFORE UPDATE.)
+    assert_eq!(
+        pg.psql(
+            DB,
+            "SELECT DISTINCT id, query FROM statements ORDER BY id, query"
+        )
+        .unwrap(),
+        "1|COPY\n1|INSERT\n2|COPY\n3|INSERT"
+    );
+    assert_eq!(applied_seq(&pg), "4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_of_rows_the_target_already_has_fall_back_to_upserts() {
+    let pg = server();
+    let (mut sink, _) = open_sink(&pg, items_schema(), true).await;
+    pg.psql(
+        DB,
+        "INSERT INTO items VALUES (2, 'old', '0'), (3, 'old', '0')",
+    )
+    .unwrap();
+    let entries = (1..=4)
+        .map(|i| upsert(i, i as i64, Some("new"), Value::Int(i as i64)))
+        .collect();
+    sink.apply(batch(entries)).await.unwrap();
+    assert_eq!(items(&pg), "1|new|1\n2|new|2\n3|new|3\n4|new|4");
+    assert_eq!(applied_seq(&pg), "4");
+    // The next run of new rows applies too (whether copied or upserted).
+    let entries = (5..=8)
+        .map(|i| upsert(i, i as i64, Some("new"), Value::Int(i as i64)))
+        .collect();
+    sink.apply(batch(entries)).await.unwrap();
+    assert_eq!(
+        pg.psql(DB, "SELECT count(*), min(id), max(id) FROM items")
+            .unwrap(),
+        "8|1|8"
+    );
+    assert_eq!(applied_seq(&pg), "8");
+}

@@ -17,6 +17,8 @@ struct SourceState {
     /// Index of the next batch `poll` hands out.
     next: usize,
     opened_from: Vec<Option<Position>>,
+    /// What `open` declares.
+    schemas: Vec<TableSchema>,
     acked: Vec<Position>,
 }
 
@@ -36,6 +38,7 @@ impl MemSource {
                 kind: BatchKind::Incremental,
                 changes,
                 position: Position::RowId(last),
+                progress: None,
             });
         }
         s
@@ -76,7 +79,7 @@ impl Source for MemSource {
                 .unwrap_or(s.batches.len());
             s.opened_from.push(from);
             Ok(tidesync_core::Opened {
-                schemas: vec![],
+                schemas: s.schemas.clone(),
                 start: Some(Position::RowId(0)),
             })
         })
@@ -126,6 +129,9 @@ struct SinkState {
     /// (head seq, first seq of the batch) at each apply.
     observed: Vec<(u64, u64)>,
     stats: Option<Arc<PipelineStats>>,
+    /// The schemas given to `open`, and the changes of the fresh entries applied.
+    opened: Vec<TableSchema>,
+    changes: Vec<Change>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -134,9 +140,13 @@ struct MemSink(Arc<Mutex<SinkState>>);
 impl Sink for MemSink {
     fn open(
         &mut self,
-        _schemas: Vec<TableSchema>,
+        schemas: Vec<TableSchema>,
     ) -> tidesync_core::BoxFuture<'_, Result<Option<Seq>, StageError>> {
-        let recorded = self.0.lock().unwrap().recorded;
+        let recorded = {
+            let mut s = self.0.lock().unwrap();
+            s.opened = schemas;
+            s.recorded
+        };
         Box::pin(async move { Ok(recorded) })
     }
 
@@ -178,6 +188,13 @@ impl Sink for MemSink {
                 .map(|e: &LogEntry| e.seq)
                 .filter(|q| *q > done)
                 .collect();
+            s.changes.extend(
+                batch
+                    .entries
+                    .iter()
+                    .filter(|e| e.seq > done)
+                    .map(|e| e.change.clone()),
+            );
             s.applied.extend(fresh);
             Ok(())
         })
@@ -382,6 +399,97 @@ async fn a_target_ahead_of_the_store_is_refused() {
         err.to_string()
             .contains("the target has applied up to seq 500"),
         "{err}"
+    );
+    assert!(sink.0.lock().unwrap().applied.is_empty());
+}
+
+/// `items (id)`, renamed to `products (item_id)` in sink `renamed` and left alone in `plain`.
+fn renames(columns: &[(&str, &str)]) -> crate::rename::Renamer {
+    let renames = std::collections::BTreeMap::from([(
+        "items".to_owned(),
+        crate::config::TableRename {
+            table: "products".to_owned(),
+            columns: columns
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect(),
+        },
+    )]);
+    crate::rename::Renamer::new("renamed", &renames).unwrap()
+}
+
+fn items_schema() -> TableSchema {
+    TableSchema {
+        name: "items".into(),
+        columns: vec![tidesync_core::ColumnSchema {
+            name: "id".into(),
+            type_name: "INTEGER".into(),
+            nullable: false,
+        }],
+        key: vec!["id".into()],
+        dialect: tidesync_core::Dialect::Sqlite,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_with_renames_gets_renamed_schemas_and_changes_and_the_others_as_read() {
+    let (_dir, log) = store();
+    let source = MemSource::with_batches(1, 2, 3);
+    source.0.lock().unwrap().schemas = vec![items_schema()];
+    let (renamed, plain) = (MemSink::default(), MemSink::default());
+    let mut p = pipeline(
+        &source,
+        &[("renamed", &renamed), ("plain", &plain)],
+        &log,
+        options(4, 1000),
+    );
+    p.renames
+        .insert("renamed".into(), renames(&[("id", "item_id")]));
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(p.run(cancel.clone()));
+    until(|| {
+        renamed.0.lock().unwrap().applied.len() == 6 && plain.0.lock().unwrap().applied.len() == 6
+    })
+    .await;
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+
+    let got = renamed.0.lock().unwrap();
+    assert_eq!(got.opened.len(), 1);
+    assert_eq!(got.opened[0].name, "products");
+    assert_eq!(got.opened[0].columns[0].name, "item_id");
+    assert_eq!(got.opened[0].key, ["item_id"]);
+    let expected: Vec<Change> = (1..=6)
+        .map(|id| Change {
+            stream: "products".into(),
+            after: Some(Row(vec![("item_id".into(), Value::Int(id))])),
+            ..insert(id)
+        })
+        .collect();
+    assert_eq!(got.changes, expected);
+
+    let got = plain.0.lock().unwrap();
+    assert_eq!(got.opened, [items_schema()]);
+    assert_eq!(got.changes, (1..=6).map(insert).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_of_a_column_the_source_lacks_stops_the_pipeline_naming_the_sink() {
+    let (_dir, log) = store();
+    let source = MemSource::with_batches(1, 1, 3);
+    source.0.lock().unwrap().schemas = vec![items_schema()];
+    let sink = MemSink::default();
+    let mut p = pipeline(&source, &[("renamed", &sink)], &log, options(4, 1000));
+    p.renames
+        .insert("renamed".into(), renames(&[("sku", "code")]));
+    let err = tokio::time::timeout(Duration::from_secs(20), p.run(CancellationToken::new()))
+        .await
+        .expect("the pipeline stops by itself")
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "pipeline p: sink renamed: sinks.renamed.tables.items.columns renames column `sku`, \
+         which table `items` does not have (its columns: id)"
     );
     assert!(sink.0.lock().unwrap().applied.is_empty());
 }

@@ -23,6 +23,7 @@ use super::postgres::PgSide;
 use super::settle::Settle;
 use super::side::{CatalogColumn, ColType, LookupKey, Role, Side, SidePlan, TableShape};
 use super::{Endpoint, KeyDiff, Method, TableReport, VerifyError, VerifyOptions};
+use crate::config::TableRename;
 
 /// Rounds of re-checking a key that still differs while the source keeps changing.
 const MAX_ROUNDS: usize = 5;
@@ -32,26 +33,35 @@ const BATCH: usize = 32;
 /// The keys above the first bound and up to the second, each side's own form; `None`: open.
 type KeyRange = (Option<Vec<Native>>, Option<Vec<Native>>);
 
-/// Compares `table` of `source` with its copy in `target`, filling `report`. With `settle`
-/// (the pipeline's store and the sink's name), differing keys are re-checked once the
-/// pipeline has caught up; without, they are reported as found.
+/// Compares `table` of `source` with its copy in `target`, filling `report`. The copy is the
+/// table of the same name with the same column names, or as `rename` (the sink's
+/// `[sinks.NAME.tables."TABLE"]`) says. With `settle` (the pipeline's store and the sink's
+/// name), differing keys are re-checked once the pipeline has caught up; without, they are
+/// reported as found.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     source: &Endpoint,
     target: &Endpoint,
     table: &str,
+    rename: Option<&TableRename>,
     options: &VerifyOptions,
     settle: Option<(&mut Settle, &str)>,
     progress: &(dyn Fn(u64) + Sync),
     report: &mut TableReport,
 ) -> Result<(), VerifyError> {
     let (s, t) = tokio::try_join!(Side::connect(source), Side::connect(target))?;
+    let t_table = rename.map_or(table, |r| r.table.as_str());
     let (s_sql, t_sql) = (
         s.table_sql(table, Role::Source),
-        t.table_sql(table, Role::Target),
+        t.table_sql(t_table, Role::Target),
     );
     let (s_shape, t_shape) =
-        tokio::try_join!(s.describe(&s_sql, table), t.describe(&t_sql, table))?;
-    let (splan, tplan) = plan(&s, &t, table, s_sql, t_sql, s_shape, t_shape)?;
+        tokio::try_join!(s.describe(&s_sql, table), t.describe(&t_sql, t_table))?;
+    let (splan, tplan) = plan(
+        (&s, table, s_sql, s_shape),
+        (&t, t_table, t_sql, t_shape),
+        rename,
+    )?;
     let by_database = matches!((&s, &t), (Side::Postgres(_), Side::Postgres(_)))
         && splan
             .columns
@@ -70,6 +80,7 @@ pub(crate) async fn run(
         tplan: Arc::new(tplan),
         rows: options.chunk_rows.max(1),
         max_keys: options.max_keys,
+        collect: options.collect_keys,
         settle,
         progress,
         report,
@@ -91,16 +102,15 @@ fn same_pg_type(a: &ColType, b: &ColType) -> bool {
 }
 
 /// Both sides' plans: the source's columns (generated ones excepted), each with the class of
-/// its target column.
+/// its target column (the column of the same name, or the one `rename` names). Each side is
+/// (database, table name, table in SQL, catalog shape).
 fn plan(
-    s: &Side,
-    t: &Side,
-    table: &str,
-    s_sql: String,
-    t_sql: String,
-    s_shape: TableShape,
-    t_shape: TableShape,
+    (s, table, s_sql, s_shape): (&Side, &str, String, TableShape),
+    (t, t_table, t_sql, t_shape): (&Side, &str, String, TableShape),
+    rename: Option<&TableRename>,
 ) -> Result<(SidePlan, SidePlan), VerifyError> {
+    let target_column =
+        |name: &'_ str| -> String { rename.map_or(name, |r| r.target_column(name)).to_owned() };
     let key = s_shape.key.ok_or_else(|| VerifyError::NoKey {
         db: s.db().to_owned(),
         table: table.to_owned(),
@@ -113,15 +123,17 @@ fn plan(
     let mut missing = Vec::new();
     let mut t_columns = Vec::with_capacity(columns.len());
     for c in &columns {
-        match t_shape.columns.iter().find(|t| t.name == c.name) {
+        let name = target_column(&c.name);
+        match t_shape.columns.iter().find(|t| t.name == name) {
             Some(tc) => t_columns.push(tc.clone()),
-            None => missing.push(format!("`{}`", c.name)),
+            None if name == c.name => missing.push(format!("`{name}`")),
+            None => missing.push(format!("`{name}` (renamed from `{}`)", c.name)),
         }
     }
     if !missing.is_empty() {
         return Err(VerifyError::MissingColumns {
             db: t.db().to_owned(),
-            table: table.to_owned(),
+            table: t_table.to_owned(),
             columns: missing.join(", "),
         });
     }
@@ -161,7 +173,7 @@ fn plan(
             ColType::Postgres { .. } => Some(*class),
         })
         .collect();
-    let side = |side: &Side, table_sql, columns: Vec<CatalogColumn>, conv| SidePlan {
+    let side = |side: &Side, table: &str, table_sql, columns: Vec<CatalogColumn>, conv| SidePlan {
         db: side.db().to_owned(),
         table: table.to_owned(),
         table_sql,
@@ -170,8 +182,8 @@ fn plan(
         conv,
     };
     Ok((
-        side(s, s_sql, columns, s_conv),
-        side(t, t_sql, t_columns, t_conv),
+        side(s, table, s_sql, columns, s_conv),
+        side(t, t_table, t_sql, t_columns, t_conv),
     ))
 }
 
@@ -182,6 +194,8 @@ struct Walk<'a> {
     tplan: Arc<SidePlan>,
     rows: usize,
     max_keys: usize,
+    /// Every differing key is kept (up to this many) for a repair.
+    collect: usize,
     settle: Option<(&'a mut Settle, &'a str)>,
     progress: &'a (dyn Fn(u64) + Sync),
     report: &'a mut TableReport,
@@ -341,6 +355,13 @@ impl Walk<'_> {
                 DiffKind::Missing => self.report.missing += 1,
                 DiffKind::Extra => self.report.extra += 1,
                 DiffKind::Different => self.report.different += 1,
+            }
+            if self.collect > 0 {
+                if self.report.all_keys.len() < self.collect {
+                    self.report.all_keys.push(Key(d.key.clone()));
+                } else {
+                    self.report.all_keys_truncated = true;
+                }
             }
             if self.report.keys.len() < self.max_keys {
                 self.report.keys.push(KeyDiff {
