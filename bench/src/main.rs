@@ -63,6 +63,10 @@ pub struct Common {
     /// Add this run's row to the benchmark's section of RESULTS.md.
     #[arg(long)]
     pub write_results: bool,
+    /// A setting added to the PostgreSQL benchmarks' `[sources.src]` section, as
+    /// `KEY=VALUE` in TOML (e.g. `chunk_rows=100000`, `direct_copy=false`); repeatable.
+    #[arg(long = "source-setting", value_name = "KEY=VALUE")]
+    pub source_settings: Vec<String>,
     /// The results file --write-results updates.
     #[arg(long, value_name = "PATH", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md"))]
     pub results: PathBuf,

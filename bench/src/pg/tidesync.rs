@@ -42,11 +42,31 @@ fn toml_literal(s: &str) -> anyhow::Result<String> {
 }
 
 /// The configuration: `items` from the source (log mode) to the target.
-pub fn config_text(dir: &Path, servers: &Servers, bench: &str) -> anyhow::Result<String> {
+pub fn config_text(
+    dir: &Path,
+    servers: &Servers,
+    bench: &str,
+    source_settings: &[String],
+) -> anyhow::Result<String> {
+    let mut extra = String::new();
+    for setting in source_settings {
+        let (key, value) = setting
+            .split_once('=')
+            .with_context(|| format!("--source-setting {setting}: expected KEY=VALUE"))?;
+        ensure!(
+            !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "--source-setting {setting}: bad key `{key}`"
+        );
+        ensure!(
+            !value.contains('\n'),
+            "--source-setting {setting}: one line only"
+        );
+        extra.push_str(&format!("{key} = {value}\n"));
+    }
     Ok(format!(
         "# Written by tidesync-bench {bench}.\n\
          [store]\npath = {store}\n\n\
-         [sources.src]\nurl = {source}\nmode = \"log\"\ntables = [\"items\"]\n\n\
+         [sources.src]\nurl = {source}\nmode = \"log\"\ntables = [\"items\"]\n{extra}\n\
          [sinks.dst]\nurl = {target}\ncreate_tables = true\n\n\
          [pipelines.items]\nsource = \"src\"\nsinks = [\"dst\"]\n",
         store = toml_literal(&dir.join("state").join("tidesync.db").display().to_string())?,
@@ -99,7 +119,8 @@ pub fn prepare(
 ) -> Result<Prepared, String> {
     let binary = common.tidesync_binary().map_err(|e| format!("{e:#}"))?;
     let config = dir.join("tidesync.toml");
-    let text = config_text(dir, servers, bench).map_err(|e| format!("{e:#}"))?;
+    let text =
+        config_text(dir, servers, bench, &common.source_settings).map_err(|e| format!("{e:#}"))?;
     std::fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
     let config_arg = config.display().to_string();
     let log = dir.join("tidesync-check.log");

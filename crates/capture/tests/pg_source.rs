@@ -74,6 +74,142 @@ async fn copies_in_key_order_then_streams_what_came_after() {
     assert_eq!(streamed, vec![(Op::Insert, 9001), (Op::Update, 1)]);
 }
 
+/// The ids of a direct-copy chunk (first column of each `COPY` text line).
+fn chunk_ids(chunk: &tidesync_core::CopyChunk) -> Vec<i64> {
+    String::from_utf8(chunk.data.clone())
+        .unwrap()
+        .lines()
+        .map(|line| line.split('\t').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_copy_hands_out_chunks_and_poll_takes_over_after_an_abandon() {
+    let pg = server(2_500);
+    pg.psql(
+        DB,
+        "CREATE TABLE other (k text PRIMARY KEY, v text); \
+         INSERT INTO other VALUES ('a\tb', 'x'), ('c', NULL);",
+    )
+    .unwrap();
+    let mut opts = PgLogOptions::new(pg.url(DB), "p1", vec!["items".into(), "other".into()]);
+    opts.chunk_rows = 1_000;
+    let mut source = PgLogSource::new(opts);
+    source.open(None).await.unwrap();
+    // After the snapshot: the stream's, not the copy's.
+    pg.psql(DB, "INSERT INTO items VALUES (9001, 'late', NULL)")
+        .unwrap();
+    let first = source.copy_chunk(usize::MAX).await.unwrap().unwrap();
+    assert_eq!(first.stream, "items");
+    assert_eq!(first.columns, ["id", "name", "note"]);
+    assert_eq!(
+        (first.rows, chunk_ids(&first)),
+        (1_000, (1..=1_000).collect())
+    );
+    assert_eq!(
+        first.position,
+        Position::Snapshot {
+            stream: Box::new(match &first.position {
+                Position::Snapshot { stream, .. } => (**stream).clone(),
+                other => panic!("{other:?}"),
+            }),
+            table: "items".into(),
+            after: Some(tidesync_core::Key(vec![Value::Text("1000".into())])),
+        }
+    );
+    let second = source.copy_chunk(usize::MAX).await.unwrap().unwrap();
+    assert_eq!(chunk_ids(&second), (1_001..=2_000).collect::<Vec<_>>());
+    let third = source.copy_chunk(usize::MAX).await.unwrap().unwrap();
+    assert_eq!(chunk_ids(&third), (2_001..=2_500).collect::<Vec<_>>());
+    // The table is done: the position moves on to the next one.
+    assert!(
+        matches!(&third.position, Position::Snapshot { table, after: None, .. } if table == "other")
+    );
+    // The sink refused the second chunk (the third was read meanwhile): poll re-reads from
+    // the second on, under the same snapshot, then copies `other`, then streams.
+    source.copy_abandon(&second);
+    let mut copied = Vec::new();
+    let mut others = Vec::new();
+    loop {
+        let batch = source
+            .poll(700, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .unwrap();
+        for c in &batch.changes {
+            assert_eq!(c.op, Op::Read);
+            match c.stream.as_str() {
+                "items" => copied.push(ids_of(c)),
+                _ => others.push(c.key.to_string()),
+            }
+        }
+        source.ack(batch.position.clone()).await.unwrap();
+        if matches!(batch.position, Position::Lsn(_)) {
+            break;
+        }
+    }
+    assert_eq!(copied, (1_001..=2_500).collect::<Vec<_>>());
+    assert_eq!(others.len(), 2);
+    assert!(source.copy_chunk(usize::MAX).await.unwrap().is_none());
+    let mut streamed = Vec::new();
+    for _ in 0..50 {
+        if let Some(batch) = source.poll(100, Duration::from_millis(200)).await.unwrap() {
+            streamed.extend(batch.changes.iter().map(|c| (c.op, ids_of(c))));
+            source.ack(batch.position).await.unwrap();
+        }
+        if !streamed.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(streamed, vec![(Op::Insert, 9001)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_copy_takes_keys_with_tabs_and_backslashes_from_the_copy_text() {
+    let pg = Postgres::start();
+    pg.create_database(DB).unwrap();
+    pg.psql(
+        DB,
+        "CREATE TABLE other (k text PRIMARY KEY, v text); \
+         INSERT INTO other SELECT 'k' || g, 'v' FROM generate_series(1, 5) g; \
+         INSERT INTO other VALUES (E'k3\\tz\\\\', 'tab');",
+    )
+    .unwrap();
+    let mut opts = PgLogOptions::new(pg.url(DB), "p1", vec!["other".into()]);
+    opts.chunk_rows = 4;
+    let mut source = PgLogSource::new(opts);
+    source.open(None).await.unwrap();
+    // k1, k2, k3, then 'k3<tab>z\' (it extends k3, so it sorts right after it).
+    let first = source.copy_chunk(usize::MAX).await.unwrap().unwrap();
+    assert_eq!(first.rows, 4);
+    match &first.position {
+        Position::Snapshot {
+            after: Some(key), ..
+        } => {
+            assert_eq!(key.0, vec![Value::Text("k3\tz\\".into())]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let second = source.copy_chunk(usize::MAX).await.unwrap().unwrap();
+    assert_eq!(second.rows, 2);
+    // Abandoning the second rewinds to after the tab key: poll reads k4 and k5 after it.
+    source.copy_abandon(&second);
+    let batch = source
+        .poll(100, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    let keys: Vec<String> = batch
+        .changes
+        .iter()
+        .map(|c| match &c.key.0[0] {
+            Value::Text(t) => t.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(keys, ["k4", "k5"]);
+}
+
 fn ids_of(change: &tidesync_core::Change) -> i64 {
     match change.key.0.first() {
         Some(Value::Int(i)) => *i,

@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod direct;
 mod pg_source;
 mod postgres;
 mod rename;

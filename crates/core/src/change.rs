@@ -127,6 +127,16 @@ pub enum Op {
     /// Every row of the stream was removed (PostgreSQL `TRUNCATE`). `key` is empty and there
     /// are no rows.
     Truncate,
+    /// Sets the columns `after` holds on the existing row whose key is `key`; columns `after`
+    /// does not hold keep their values; when the target has no row with that key, nothing
+    /// happens. `after` may hold new values of the key columns (the row's key then changes).
+    /// Made by the log when a change's unchanged values cannot be filled (see
+    /// [`Change::unchanged`]); `unchanged` is empty on a patch.
+    ///
+    /// Why not an upsert: the log has no complete row for the key (e.g. the target got its
+    /// rows from a copy that bypassed the log), so a sink must keep the values it has; an
+    /// insert would write nulls or fail a `NOT NULL` check.
+    Patch,
 }
 
 impl Op {
@@ -137,6 +147,7 @@ impl Op {
             Op::Delete => "delete",
             Op::Read => "read",
             Op::Truncate => "truncate",
+            Op::Patch => "patch",
         }
     }
 }
@@ -150,7 +161,8 @@ pub struct Change {
     pub op: Op,
     /// The row's key (for a delete: the deleted row's key). An update that changes key
     /// columns is captured as a delete of the old key followed by an insert of the new one, so
-    /// a change never moves a row between keys.
+    /// a captured change never moves a row between keys; only a [`Op::Patch`] the log made of
+    /// such a pair does (`key` is then the old key, `after` holds the new key's values).
     pub key: Key,
     /// The row before the change, when the source knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,7 +181,8 @@ pub struct Change {
     /// Columns of `after` whose values the source did not send because the change left them
     /// as they were (PostgreSQL's unchanged TOASTed values); `after` holds a null for each.
     /// The log fills them from its current state before anything reads the change, so no
-    /// entry a sink sees has any.
+    /// entry a sink sees has any; when its current state has no row to fill them from, it
+    /// logs the change as an [`Op::Patch`] of the columns that were sent instead.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unchanged: Vec<String>,
 }

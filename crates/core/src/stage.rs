@@ -139,6 +139,25 @@ pub struct RequestProgress {
     pub error: Option<String>,
 }
 
+/// Rows of an initial copy in PostgreSQL's `COPY` text format, handed by a source straight to
+/// the one sink of its pipeline (the direct copy; see [`Source::copy_chunk`]): no row is
+/// decoded, logged or encoded on the way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyChunk {
+    /// Numbers the chunks one source handed out (for [`Source::copy_abandon`]).
+    pub number: u64,
+    /// The stream (table) the rows belong to.
+    pub stream: String,
+    /// Its columns, in the order of each line's values.
+    pub columns: Vec<String>,
+    /// One line per row: values tab-separated in `columns` order, `\N` for null, backslash
+    /// escapes (PostgreSQL docs, "COPY", "Text Format").
+    pub data: Vec<u8>,
+    pub rows: u64,
+    /// The source's position once this chunk is in the target: the copy's progress.
+    pub position: Position,
+}
+
 /// A capture mode on one database.
 pub trait Source: Send {
     /// Checks prerequisites, prepares capture (e.g. installs triggers) and resumes after
@@ -172,6 +191,25 @@ pub trait Source: Send {
             request.id, request.stream
         )))
     }
+
+    /// While the source runs an initial copy under a consistent snapshot on a fresh start:
+    /// the next chunk of that copy (about `max_rows` rows, in key order) in `COPY` form, for a
+    /// sink to write directly ([`Sink::copy`]). The source counts it as handed out, as if
+    /// polled. `None` when there is no such copy (any more): [`Self::poll`] goes on with the
+    /// rest. An error ends the direct copy (what was not handed out is polled later).
+    fn copy_chunk(
+        &mut self,
+        max_rows: usize,
+    ) -> BoxFuture<'_, Result<Option<CopyChunk>, StageError>> {
+        let _ = max_rows;
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The sink did not take `chunk` (or a chunk handed out after it): the source rewinds to
+    /// just before it, ends the direct copy, and [`Self::poll`] reads those rows again.
+    fn copy_abandon(&mut self, chunk: &CopyChunk) {
+        let _ = chunk;
+    }
 }
 
 /// A delivery target.
@@ -192,6 +230,36 @@ pub trait Sink: Send {
     /// refused as "ahead of the store". The target's data stays. Returns one line per thing
     /// removed.
     fn forget(&mut self) -> BoxFuture<'_, Result<Vec<String>, StageError>>;
+
+    /// Whether this sink takes direct copies ([`Self::copy`]).
+    fn can_copy(&self) -> bool {
+        false
+    }
+
+    /// Writes `chunk` (after [`Self::open`]) and records its position in the target, in one
+    /// transaction: [`Self::copied`] returns it until [`Self::clear_copied`]. A definite error
+    /// means this chunk cannot go this way (e.g. a row exists): the runtime sends its rows
+    /// through the log instead.
+    fn copy(&mut self, chunk: Arc<CopyChunk>) -> BoxFuture<'_, Result<(), StageError>> {
+        Box::pin(async move {
+            Err(StageError::definite(format!(
+                "this sink cannot take a direct copy (chunk {} of {})",
+                chunk.number, chunk.stream
+            )))
+        })
+    }
+
+    /// The position of the last chunk [`Self::copy`] wrote for this pipeline and sink, if
+    /// it is still recorded. After a crash between that write and the log's, it is one chunk
+    /// ahead of the log.
+    fn copied(&mut self) -> BoxFuture<'_, Result<Option<Position>, StageError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Forgets the position [`Self::copied`] returns, once the log holds it.
+    fn clear_copied(&mut self) -> BoxFuture<'_, Result<(), StageError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Where a pipeline's log stands, for `status`.

@@ -16,7 +16,12 @@
 //!
 //! Consecutive upserts of one table with the same column list are sent as one multi-row
 //! `INSERT .. ON CONFLICT (key) DO UPDATE SET c = EXCLUDED.c` (up to [`MAX_ROWS`] rows),
-//! consecutive deletes as one `DELETE .. WHERE (key) IN (..)` (see `plan`). Statements are
+//! consecutive deletes as one `DELETE .. WHERE (key) IN (..)` (see `plan`). A patch
+//! ([`tidesync_core::Op::Patch`]: the store could not fill an update's unchanged TOASTed
+//! values) is one `UPDATE t SET c = $1, .. WHERE k = $n` of the columns it holds, a statement of
+//! its own between the runs: the other columns keep the target's values (an upsert would
+//! write nulls, or fail a `NOT NULL` check), and a patch of a key the target lacks changes
+//! nothing. It never goes through `COPY`. Statements are
 //! prepared once per connection and cached by their text; the server infers each parameter's
 //! type from its column, and values are bound to that type (see `bind`): natively where a
 //! value has an exact binary form, otherwise as text parsed by the column type's input
@@ -85,6 +90,7 @@
 
 mod bind;
 mod copy;
+mod direct;
 mod error;
 mod plan;
 mod sql;
@@ -97,7 +103,9 @@ use std::time::Duration;
 
 use futures_util::SinkExt as _;
 use tidesync_core::pg::describe_config;
-use tidesync_core::{Batch, BoxFuture, Seq, Sink, StageError, TableSchema, Value};
+use tidesync_core::{
+    Batch, BoxFuture, CopyChunk, Position, Seq, Sink, StageError, TableSchema, Value,
+};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Statement, Transaction};
@@ -608,6 +616,9 @@ impl Work<'_> {
         };
         let pg_fail = |e: tokio_postgres::Error| fail(describe(&e), is_transient(&e));
         let rows = step.entries.len();
+        if let Action::Patch { columns } = &step.action {
+            self.add_missing_columns(step, columns).await?;
+        }
         if let Action::Upsert { columns } = &step.action {
             self.add_missing_columns(step, columns).await?;
             if copy::eligible(&step.entries)
@@ -626,6 +637,10 @@ impl Work<'_> {
                 sql::upsert_sql(step.stream, &columns, key_columns, rows)
             }
             Action::Delete => sql::delete_sql(step.stream, key_columns, rows),
+            Action::Patch { columns } => {
+                let columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+                sql::patch_sql(step.stream, &columns, key_columns)
+            }
             Action::Truncate => format!("TRUNCATE {}", sql::quote_ident(step.stream)),
         };
         let statement = self.prepare(&sql).await?.map_err(&pg_fail)?;
@@ -648,22 +663,30 @@ impl Work<'_> {
                 grouped: false,
                 copy: false,
             };
-            let values: Vec<(&str, &Value)> = match upsert_row(entry) {
-                Some(row) => row.0.iter().map(|(c, v)| (c.as_str(), v)).collect(),
-                None => {
-                    if entry.change.key.0.len() != key_columns.len() {
-                        return Err(bad(format!(
-                            "the key has {} values but the table's key has {} columns",
-                            entry.change.key.0.len(),
-                            key_columns.len()
-                        )));
-                    }
-                    key_columns
-                        .iter()
-                        .map(String::as_str)
-                        .zip(&entry.change.key.0)
-                        .collect()
+            let key = || {
+                if entry.change.key.0.len() != key_columns.len() {
+                    return Err(bad(format!(
+                        "the key has {} values but the table's key has {} columns",
+                        entry.change.key.0.len(),
+                        key_columns.len()
+                    )));
                 }
+                Ok(key_columns
+                    .iter()
+                    .map(String::as_str)
+                    .zip(&entry.change.key.0))
+            };
+            let values: Vec<(&str, &Value)> = match (&step.action, upsert_row(entry)) {
+                // `SET` the row's columns `WHERE` the key (the old one, for a key update).
+                (Action::Patch { .. }, _) => entry
+                    .change
+                    .after
+                    .iter()
+                    .flat_map(|row| row.0.iter().map(|(c, v)| (c.as_str(), v)))
+                    .chain(key()?)
+                    .collect(),
+                (_, Some(row)) => row.0.iter().map(|(c, v)| (c.as_str(), v)).collect(),
+                (_, None) => key()?.collect(),
             };
             for (column, value) in values {
                 let Some(kind) = kinds.get(bound.len()) else {
@@ -813,8 +836,8 @@ impl From<PostgresSinkError> for CopyError {
 }
 
 impl Work<'_> {
-    /// Adds the columns of an upsert that the target table lacks (the source added them
-    /// while streaming), typed from the first value of each that is not null.
+    /// Adds the columns of an upsert or a patch that the target table lacks (the source added
+    /// them while streaming), typed from the first value of each that is not null.
     async fn add_missing_columns(
         &mut self,
         step: &Step<'_>,
@@ -851,10 +874,11 @@ impl Work<'_> {
             });
         }
         for column in missing {
+            // Upserts and patches both carry their columns in `after`.
             let value = step
                 .entries
                 .iter()
-                .filter_map(|e| upsert_row(e).and_then(|r| r.get(column)))
+                .filter_map(|e| e.change.after.as_ref().and_then(|r| r.get(column)))
                 .find(|v| !matches!(v, Value::Null));
             let sql = format!(
                 "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
@@ -945,15 +969,21 @@ impl Sink for PostgresSink {
             .await
             .map_err(StageError::from)?
             .map_err(|e| StageError::from(err(e)))?;
+            let copied = self.clear_copied_inner().await.map_err(StageError::from)?;
             // The connection re-creates the row on its next use; drop it so it does not.
             self.conn = None;
-            Ok(if n > 0 {
-                vec![format!(
+            let mut forgot = Vec::new();
+            if n > 0 {
+                forgot.push(format!(
                     "forgot the applied seq of {pipeline}/{sink} in {target}"
-                )]
-            } else {
-                vec![]
-            })
+                ));
+            }
+            if copied {
+                forgot.push(format!(
+                    "forgot the direct copy's position of {pipeline}/{sink} in {target}"
+                ));
+            }
+            Ok(forgot)
         })
     }
 
@@ -964,6 +994,33 @@ impl Sink for PostgresSink {
                 self.conn = None;
             }
             result.map_err(StageError::from)
+        })
+    }
+
+    fn can_copy(&self) -> bool {
+        true
+    }
+
+    fn copy(&mut self, chunk: Arc<CopyChunk>) -> BoxFuture<'_, Result<(), StageError>> {
+        Box::pin(async move {
+            let result = self.copy_inner(chunk).await;
+            if result.is_err() {
+                self.conn = None;
+            }
+            result.map_err(StageError::from)
+        })
+    }
+
+    fn copied(&mut self) -> BoxFuture<'_, Result<Option<Position>, StageError>> {
+        Box::pin(async move { self.copied_inner().await.map_err(StageError::from) })
+    }
+
+    fn clear_copied(&mut self) -> BoxFuture<'_, Result<(), StageError>> {
+        Box::pin(async move {
+            self.clear_copied_inner()
+                .await
+                .map(drop)
+                .map_err(StageError::from)
         })
     }
 }

@@ -1,9 +1,14 @@
 //! Database apply into SQLite.
 //!
-//! Each batch is one transaction: multi-row upserts (`INSERT .. ON CONFLICT (key) DO UPDATE`)
-//! and deletes in seq order, plus the batch's last seq in `_tidesync_applied`. Entries at or
+//! Each batch is one transaction: upserts (`INSERT .. ON CONFLICT (key) DO UPDATE`), deletes
+//! and patches in seq order, plus the batch's last seq in `_tidesync_applied`. Entries at or
 //! below the recorded seq are skipped, so a batch replayed after a crash (the store's cursor
 //! moves only after this commit) is never applied twice: exactly-once.
+//!
+//! A patch ([`Op::Patch`]: the store could not fill an update's unchanged values) is an
+//! `UPDATE t SET c = ?1, .. WHERE k = ?n` of the columns it holds, so the row's other columns
+//! keep their values (an upsert would write nulls or fail a `NOT NULL` check); it may set the
+//! key columns (a key update), and a patch of a key the table lacks changes nothing.
 //!
 //! Values map onto SQLite storage classes: int, float, text and bytes as themselves, bool as
 //! 0/1, decimal as its exact text, timestamp/date/time as ISO 8601 text (`time` module formats),
@@ -82,6 +87,8 @@ struct Inner {
     /// stream -> (column list, upsert SQL) for each column list seen; deletes by stream.
     upserts: HashMap<String, Vec<(Vec<String>, String)>>,
     deletes: HashMap<String, String>,
+    /// stream -> (column list, patch SQL) for each column list seen.
+    patches: HashMap<String, Vec<(Vec<String>, String)>>,
 }
 
 /// Applies batches to one SQLite database.
@@ -103,6 +110,7 @@ impl SqliteSink {
                 keys: HashMap::new(),
                 upserts: HashMap::new(),
                 deletes: HashMap::new(),
+                patches: HashMap::new(),
             })),
         }
     }
@@ -203,6 +211,7 @@ impl Inner {
             .collect();
         self.upserts.clear();
         self.deletes.clear();
+        self.patches.clear();
         self.applied()
     }
 
@@ -226,6 +235,9 @@ impl Inner {
         let err = self.err("applying a batch");
         // Build the SQL we need before borrowing the connection mutably.
         let mut alters: Vec<String> = Vec::new();
+        // (table, column) of each ALTER above: two column lists of one batch (an upsert's and
+        // a patch's, say) may both hold a column the table lacks, and it is added once.
+        let mut added: Vec<(&str, String)> = Vec::new();
         for entry in &batch.entries {
             let stream = &entry.change.stream;
             let Some(key) = self.keys.get(stream) else {
@@ -235,8 +247,15 @@ impl Inner {
                     seq: entry.seq,
                 });
             };
+            let patching = entry.change.op == Op::Patch;
+            let statements = if patching {
+                &self.patches
+            } else {
+                &self.upserts
+            };
             if let Some(after) = &entry.change.after
-                && find_upsert(&self.upserts, stream, after).is_none()
+                && !(patching && after.is_empty())
+                && find_statement(statements, stream, after).is_none()
             {
                 // A new column list: columns the source added (ALTER TABLE ADD COLUMN) are
                 // added to the target first, in the batch's transaction.
@@ -244,7 +263,15 @@ impl Inner {
                     .conn
                     .as_ref()
                     .ok_or_else(|| err(rusqlite::Error::InvalidQuery))?;
-                let missing = missing_columns(conn, stream, after).map_err(&err)?;
+                let missing: Vec<String> = missing_columns(conn, stream, after)
+                    .map_err(&err)?
+                    .into_iter()
+                    .filter(|c| {
+                        !added
+                            .iter()
+                            .any(|(t, a)| t == stream && a.eq_ignore_ascii_case(c))
+                    })
+                    .collect();
                 if !missing.is_empty() && !self.create_tables {
                     return Err(SqliteSinkError::BadChange {
                         path,
@@ -264,10 +291,15 @@ impl Inner {
                         quote_ident(stream),
                         quote_ident(&column)
                     ));
+                    added.push((stream.as_str(), column));
                 }
                 let columns: Vec<String> = after.columns().map(str::to_owned).collect();
-                let sql = upsert_sql(stream, &columns, key);
-                self.upserts
+                let (sql, statements) = if patching {
+                    (patch_sql(stream, &columns, key), &mut self.patches)
+                } else {
+                    (upsert_sql(stream, &columns, key), &mut self.upserts)
+                };
+                statements
                     .entry(stream.clone())
                     .or_default()
                     .push((columns, sql));
@@ -281,6 +313,7 @@ impl Inner {
             conn,
             upserts,
             deletes,
+            patches,
             ..
         } = self;
         let conn = conn
@@ -317,6 +350,23 @@ impl Inner {
                     let mut st = tx.prepare_cached(&sql).map_err(&err)?;
                     st.execute([]).map_err(bad)?;
                 }
+                (Op::Patch, Some(after)) if !after.is_empty() => {
+                    let sql = find_statement(patches, &change.stream, after)
+                        .ok_or_else(|| err(rusqlite::Error::InvalidQuery))?;
+                    let mut st = tx.prepare_cached(sql).map_err(&err)?;
+                    // The columns' values, then the key's (the old key, for a key update).
+                    let params: Vec<SqliteParam<'_>> = after
+                        .0
+                        .iter()
+                        .map(|(_, v)| v)
+                        .chain(&change.key.0)
+                        .map(SqliteParam)
+                        .collect();
+                    st.execute(rusqlite::params_from_iter(params))
+                        .map_err(bad)?;
+                }
+                // A patch of no column: nothing to set.
+                (Op::Patch, _) => {}
                 (Op::Delete, _) | (_, None) => {
                     let sql = &deletes[&change.stream];
                     let mut st = tx.prepare_cached(sql).map_err(&err)?;
@@ -326,7 +376,7 @@ impl Inner {
                         .map_err(bad)?;
                 }
                 (_, Some(after)) => {
-                    let sql = find_upsert(upserts, &change.stream, after)
+                    let sql = find_statement(upserts, &change.stream, after)
                         .ok_or_else(|| err(rusqlite::Error::InvalidQuery))?;
                     let mut st = tx.prepare_cached(sql).map_err(&err)?;
                     let params: Vec<SqliteParam<'_>> =
@@ -380,12 +430,13 @@ fn sqlite_type_of_value(value: &Value) -> &'static str {
     }
 }
 
-fn find_upsert<'a>(
-    upserts: &'a HashMap<String, Vec<(Vec<String>, String)>>,
+/// The statement cached in `statements` for `row`'s column list.
+fn find_statement<'a>(
+    statements: &'a HashMap<String, Vec<(Vec<String>, String)>>,
     stream: &str,
     row: &tidesync_core::Row,
 ) -> Option<&'a str> {
-    upserts
+    statements
         .get(stream)?
         .iter()
         .find(|(cols, _)| cols.iter().map(String::as_str).eq(row.columns()))
@@ -474,6 +525,26 @@ fn upsert_sql(table: &str, columns: &[String], key: &[String]) -> String {
     )
 }
 
+/// `UPDATE t SET c1 = ?1, .. WHERE k1 = ?n AND ..`: the columns' values, then the key's.
+fn patch_sql(table: &str, columns: &[String], key: &[String]) -> String {
+    let sets: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = ?{}", quote_ident(c), i + 1))
+        .collect();
+    let conds: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{} = ?{}", quote_ident(k), columns.len() + i + 1))
+        .collect();
+    format!(
+        "UPDATE {} SET {} WHERE {}",
+        quote_ident(table),
+        sets.join(", "),
+        conds.join(" AND ")
+    )
+}
+
 fn delete_sql(table: &str, key: &[String]) -> String {
     let conds: Vec<String> = key
         .iter()
@@ -528,6 +599,7 @@ impl Sink for SqliteSink {
             if applied.is_err() {
                 // A failed batch may have rolled back an ALTER TABLE its statements expect.
                 inner.upserts.clear();
+                inner.patches.clear();
             }
             applied
         })

@@ -118,6 +118,9 @@ pub enum SourceSpec {
         /// After the first transaction of a batch arrives, how long to wait for more before
         /// handing the batch on (`linger_ms`).
         linger: Duration,
+        /// Whether a pipeline with exactly one sink that can take it copies the tables
+        /// straight into that sink on a fresh start (`direct_copy`, default true).
+        direct_copy: bool,
     },
 }
 
@@ -375,6 +378,7 @@ struct RawSource {
     slot: Option<Spanned<String>>,
     chunk_rows: Option<Spanned<i64>>,
     linger_ms: Option<Spanned<i64>>,
+    direct_copy: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -617,6 +621,7 @@ impl Resolver<'_> {
         only_postgres("slot", raw.slot.as_ref().map(Spanned::span))?;
         only_postgres("chunk_rows", raw.chunk_rows.as_ref().map(Spanned::span))?;
         only_postgres("linger_ms", raw.linger_ms.as_ref().map(Spanned::span))?;
+        only_postgres("direct_copy", raw.direct_copy.as_ref().map(Spanned::span))?;
         let spec = match (kind, mode) {
             (DbKind::Sqlite { path }, Mode::Trigger) => SourceSpec::SqliteTrigger {
                 path,
@@ -688,6 +693,7 @@ impl Resolver<'_> {
                     slot,
                     chunk_rows: chunk_rows.unsigned_abs() as usize,
                     linger: Duration::from_millis(linger_ms.unsigned_abs()),
+                    direct_copy: raw.direct_copy.as_ref().is_none_or(|d| *d.get_ref()),
                 }
             }
             (DbKind::Postgres, mode) => {
@@ -1537,12 +1543,13 @@ max_lag = 1
                 slot: None,
                 chunk_rows: 10_000,
                 linger: Duration::from_millis(5),
+                direct_copy: true,
             }
         );
         let text = with(
             "tables = [\"items\"]",
             "tables = [\"sales.items\"]\npublication = \"pub_all\"\nslot = \"s_1\"\nchunk_rows = 500\n\
-             linger_ms = 0",
+             linger_ms = 0\ndirect_copy = false",
         )
         .replacen("${SOURCE_URL}", "postgresql://u@localhost/shop", 1);
         match parse(&text).unwrap().sources["shop"].spec.clone() {
@@ -1552,8 +1559,10 @@ max_lag = 1
                 slot,
                 chunk_rows,
                 linger,
+                direct_copy,
                 ..
             } => {
+                assert!(!direct_copy);
                 assert_eq!(tables, vec!["sales.items".to_owned()]);
                 assert_eq!(publication.as_deref(), Some("pub_all"));
                 assert_eq!(slot.as_deref(), Some("s_1"));

@@ -66,6 +66,7 @@ fn pg_log_source(spec: &SourceSpec, pipeline: &str) -> Option<PgLogSource> {
             slot,
             chunk_rows,
             linger,
+            direct_copy: _,
         } => Some(PgLogSource::new(PgLogOptions {
             publication: publication.clone(),
             slot: slot.clone(),
@@ -198,6 +199,13 @@ impl Engine {
                         batch_size: p.batch_size,
                         max_lag: p.max_lag,
                         retention: config.store.retention,
+                        direct_copy: matches!(
+                            config.sources[&p.source].spec,
+                            SourceSpec::PostgresLog {
+                                direct_copy: true,
+                                ..
+                            }
+                        ),
                         ..PipelineOptions::default()
                     },
                 );

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use tidesync_core::{LogEntry, Row, Seq, TableSchema};
+use tidesync_core::{CopyChunk, LogEntry, Row, Seq, TableSchema};
 
 use crate::config::{TableRename, toml_key};
 
@@ -174,6 +174,21 @@ impl Renamer {
             if let Some(table) = &rename.table {
                 change.stream.clone_from(table);
             }
+        }
+        Ok(())
+    }
+
+    /// Renames the table and columns a direct-copy chunk goes into (its rows stay as they
+    /// are: values are in column order).
+    pub fn copy_chunk(&self, chunk: &mut CopyChunk) -> Result<(), RenameError> {
+        let Some(rename) = self.streams.get(&chunk.stream) else {
+            return Ok(());
+        };
+        for column in &mut chunk.columns {
+            self.column(&chunk.stream, rename, column, None)?;
+        }
+        if let Some(table) = &rename.table {
+            chunk.stream.clone_from(table);
         }
         Ok(())
     }

@@ -102,6 +102,9 @@ pub struct PipelineOptions {
     /// How long one source poll waits for changes before checking for shutdown and trimming.
     pub poll_wait: Duration,
     pub trim_every: Duration,
+    /// A fresh start may copy the source's tables straight into the pipeline's one sink
+    /// (see `direct`), when both can.
+    pub direct_copy: bool,
 }
 
 impl Default for PipelineOptions {
@@ -112,6 +115,7 @@ impl Default for PipelineOptions {
             retention: Duration::from_secs(3600),
             poll_wait: Duration::from_millis(250),
             trim_every: Duration::from_secs(10),
+            direct_copy: true,
         }
     }
 }
@@ -180,7 +184,7 @@ impl Pipeline {
             name,
             source_name,
             mut source,
-            sinks,
+            mut sinks,
             log,
             options,
             stats,
@@ -198,6 +202,24 @@ impl Pipeline {
         let status = match retry("read status", &cancel, &mut log_ref, |l| l.status(&name)).await {
             Ok(s) => s,
             Err(stop) => return stopped(&name, "store", stop),
+        };
+        // The direct copy needs the pipeline's one sink to take it (see `direct`).
+        let copy_sink = sinks.len() == 1 && sinks.iter().all(|(_, s)| s.can_copy());
+        let position = match sinks.first_mut() {
+            Some((sink_name, sink)) if copy_sink => {
+                match direct::reconcile(&name, &cancel, &*log, &mut **sink, position).await {
+                    Ok(position) => position,
+                    Err((stage, stop)) => {
+                        let stage = if stage == "sink" {
+                            format!("sink {sink_name}")
+                        } else {
+                            stage.to_owned()
+                        };
+                        return stopped(&name, &stage, stop);
+                    }
+                }
+            }
+            _ => position,
         };
         tracing::info!(pipeline = %name, position = ?position.as_ref().map(ToString::to_string), head = status.head.0, "starting");
         let opened = match retry("open source", &cancel, &mut *source, |s| {
@@ -223,6 +245,32 @@ impl Pipeline {
             .await
             {
                 return stopped(&name, "store", stop);
+            }
+        }
+        if position.is_none()
+            && copy_sink
+            && options.direct_copy
+            && let Some((sink_name, sink)) = sinks.first_mut()
+        {
+            let copied = direct::copy(
+                direct::Direct {
+                    pipeline: &name,
+                    cancel: &cancel,
+                    log: &*log,
+                    source: &mut *source,
+                    sink: &mut **sink,
+                    rename: renames.get(sink_name.as_str()),
+                },
+                &opened.schemas,
+            )
+            .await;
+            if let Err((stage, stop)) = copied {
+                let stage = match stage {
+                    "sink" => format!("sink {sink_name}"),
+                    "source" => format!("source {source_name}"),
+                    other => other.to_owned(),
+                };
+                return stopped(&name, &stage, stop);
             }
         }
         let schemas = Arc::new(opened.schemas);
@@ -627,6 +675,8 @@ impl SinkTask {
         }
     }
 }
+
+mod direct;
 
 #[cfg(test)]
 mod tests;

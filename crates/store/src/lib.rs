@@ -11,6 +11,11 @@
 //!   and the source position in ONE transaction. The caller acknowledges the source only after it
 //!   returned, so a crash anywhere loses nothing (the source re-delivers after the stored
 //!   position) and duplicates nothing (the position moved with the batch).
+//! - Unchanged values (`Change::unchanged`) are filled from the current state inside that
+//!   transaction. When it has no row to fill them from, the change is logged as an
+//!   [`Op::Patch`] of the columns that were sent (a key update's delete and insert as one patch
+//!   of the old key), and the current state is left without a row for the key: the store
+//!   never holds a row it does not know whole.
 //! - Cursors never move backwards.
 //! - [`SqliteStore::trim`] deletes only entries every registered cursor has passed.
 //! - `synchronous=FULL`: a commit is on disk before we acknowledge a source, even on power loss.
@@ -102,6 +107,7 @@ pub(crate) fn op_code(op: Op) -> i64 {
         Op::Delete => 2,
         Op::Read => 3,
         Op::Truncate => 4,
+        Op::Patch => 5,
     }
 }
 
@@ -112,6 +118,7 @@ fn op_from_code(code: i64) -> Option<Op> {
         2 => Op::Delete,
         3 => Op::Read,
         4 => Op::Truncate,
+        5 => Op::Patch,
         _ => return None,
     })
 }
@@ -381,27 +388,27 @@ fn append(
         // The row a delete just removed, when the next change needs it to fill unchanged
         // values: a key update arrives as a delete of the old key and an insert of the new.
         let mut deleted: Option<Row> = None;
+        // Set when a key update became one patch: its insert is already in that patch.
+        let mut skip_next = false;
+        let mut patches = 0_usize;
         for (i, change) in captured.changes.iter().enumerate() {
-            let filled;
+            if std::mem::take(&mut skip_next) {
+                continue;
+            }
+            let made;
             let change = if change.unchanged.is_empty() {
                 change
             } else {
                 match fill_unchanged(&tx, pipeline, change, deleted.take())? {
                     Some(complete) => {
-                        filled = complete;
-                        &filled
+                        made = complete;
+                        &made
                     }
                     None => {
-                        tracing::warn!(
-                            pipeline,
-                            stream = %change.stream,
-                            key = %change.key,
-                            columns = ?change.unchanged,
-                            "skipped an update whose unchanged values cannot be filled: the \
-                             current state has no row for its key (a snapshot chunk still to \
-                             come carries the row; otherwise run `tidesync verify`)"
-                        );
-                        continue;
+                        // No row to fill from (e.g. the target got it from a copy that
+                        // bypassed the log): the target keeps the values it has.
+                        made = patch(change, change.key.clone(), change.before.clone());
+                        &made
                     }
                 }
             };
@@ -417,12 +424,37 @@ fn append(
                 continue;
             }
             deleted = None;
-            let next_fills = captured
-                .changes
-                .get(i + 1)
-                .is_some_and(|n| !n.unchanged.is_empty() && n.stream == change.stream);
-            if change.op == Op::Delete && next_fills {
-                deleted = current_row_in(&tx, pipeline, &change.stream, &change.key)?;
+            // The insert half of a key update (see `Change::key`), when it needs filling.
+            let moved_to = captured.changes.get(i + 1).filter(|n| {
+                n.op == Op::Insert && !n.unchanged.is_empty() && n.stream == change.stream
+            });
+            let moved;
+            let change = match moved_to {
+                Some(insert) if change.op == Op::Delete => {
+                    deleted = current_row_in(&tx, pipeline, &change.stream, &change.key)?;
+                    if deleted.is_none()
+                        && current_row_in(&tx, pipeline, &insert.stream, &insert.key)?.is_none()
+                    {
+                        // Neither key has a row to fill the insert from: one patch moving
+                        // the target's row from the old key to the new, instead of a delete
+                        // and an insert that would lose the unchanged values.
+                        moved = patch(insert, change.key.clone(), change.before.clone());
+                        skip_next = true;
+                        &moved
+                    } else {
+                        change
+                    }
+                }
+                _ => change,
+            };
+            if change.op == Op::Patch {
+                patches += 1;
+                tracing::trace!(
+                    pipeline,
+                    stream = %change.stream,
+                    key = %change.key,
+                    "logged a patch: the current state has no row to fill unchanged values from"
+                );
             }
             if change.op == Op::Truncate {
                 tx.prepare_cached("DELETE FROM current WHERE pipeline = ?1 AND stream = ?2")
@@ -432,6 +464,9 @@ fn append(
             seq += 1;
             let logged = pending.log(seq, change);
             match (collect_current, change.op, &logged.after) {
+                // The store holds no complete row for a patch's key (that is why it is a
+                // patch), so the current state stays as it is.
+                (_, Op::Patch, _) => {}
                 (true, Op::Insert | Op::Update | Op::Read, Some(row)) => {
                     pending.upsert_current(&logged, row, seq);
                 }
@@ -461,6 +496,13 @@ fn append(
             #[cfg(test)]
             tests::failpoint(seq - head)?;
             last_commit_us = Some(change.commit_time_us);
+        }
+        if patches > 0 {
+            tracing::debug!(
+                pipeline,
+                patches,
+                "logged patches for changes whose unchanged values the current state cannot fill"
+            );
         }
         pending.flush(&tx, pipeline)?;
     }
@@ -507,6 +549,23 @@ fn fill_unchanged(
         }
     }
     Ok(Some(complete))
+}
+
+/// `change` as an [`Op::Patch`] of the row whose key is `key`: its `after` without the
+/// columns it left unchanged (their values are not known, and the target keeps its own).
+/// For a key update, `change` is the insert of the new key and `key` the old one.
+fn patch(change: &Change, key: Key, before: Option<Row>) -> Change {
+    let mut patch = change.clone();
+    patch.op = Op::Patch;
+    patch.key = key;
+    patch.before = before;
+    if let Some(after) = patch.after.as_mut() {
+        after
+            .0
+            .retain(|(column, _)| !change.unchanged.contains(column));
+    }
+    patch.unchanged.clear();
+    patch
 }
 
 /// The current row of `key` in `stream`, with the seq that wrote it (`conn` may be the
@@ -563,7 +622,8 @@ fn update_current(
 ) -> Result<(), StoreError> {
     let e = StoreError::sqlite;
     match (change.op, after) {
-        (Op::Truncate, _) => 0,
+        // A patch leaves the current state alone (see `append`).
+        (Op::Truncate | Op::Patch, _) => 0,
         (Op::Delete, _) | (_, None) => delete
             .execute(params![pipeline, change.stream, key])
             .map_err(e("deleting from current state"))?,

@@ -213,3 +213,178 @@ fn a_newer_schema_is_refused() {
         "{err}"
     );
 }
+
+/// A change of `items` row `id` with a `note` column; the columns in `unchanged` hold the
+/// null placeholder the PostgreSQL source puts in for an unchanged TOASTed value.
+fn noted(op: Op, id: i64, qty: i64, note: &str, unchanged: &[&str]) -> Change {
+    let mut c = change(op, id, Some(qty));
+    let unchanged: Vec<String> = unchanged.iter().map(|u| (*u).to_owned()).collect();
+    if let Some(after) = c.after.as_mut() {
+        after.0.push(("note".into(), Value::Text(note.into())));
+        for (column, value) in after.0.iter_mut() {
+            if unchanged.contains(column) {
+                *value = Value::Null;
+            }
+        }
+    }
+    c.unchanged = unchanged;
+    c
+}
+
+fn key(id: i64) -> Key {
+    Key(vec![Value::Int(id)])
+}
+
+#[test]
+fn an_update_whose_unchanged_values_cannot_be_filled_is_logged_as_a_patch() {
+    let (_dir, s) = store();
+    // Row 1 reached the target without passing through the store (e.g. a direct copy).
+    let update = noted(Op::Update, 1, 7, "", &["note"]);
+    assert_eq!(
+        s.append_blocking("p", &captured(vec![update.clone()], 1))
+            .unwrap(),
+        Some((Seq(1), Seq(1)))
+    );
+    let read = s.read_blocking("p", Seq(0), 10).unwrap();
+    assert_eq!(read.len(), 1);
+    let logged = &read[0].change;
+    assert_eq!(logged.op, Op::Patch);
+    assert_eq!(logged.key, key(1));
+    assert_eq!(
+        logged.after,
+        Some(Row(vec![
+            ("id".into(), Value::Int(1)),
+            ("qty".into(), Value::Int(7)),
+        ])),
+        "the patch holds the columns that were sent, not the placeholder"
+    );
+    assert!(logged.unchanged.is_empty());
+    assert_eq!(
+        (logged.commit_time_us, &logged.position),
+        (update.commit_time_us, &update.position)
+    );
+    // The store has no complete row for the key: the current state stays without one.
+    assert_eq!(s.current_row("p", "items", &key(1)).unwrap(), None);
+    assert!(s.current_counts("p").unwrap().is_empty());
+}
+
+#[test]
+fn a_key_update_without_rows_to_fill_from_is_one_patch_of_the_old_key() {
+    let (_dir, s) = store();
+    // UPDATE items SET id = 2, qty = 8 WHERE id = 1, the note left alone: the source's pair.
+    let pair = vec![
+        change(Op::Delete, 1, None),
+        noted(Op::Insert, 2, 8, "", &["note"]),
+    ];
+    assert_eq!(
+        s.append_blocking("p", &captured(pair, 2)).unwrap(),
+        Some((Seq(1), Seq(1)))
+    );
+    let read = s.read_blocking("p", Seq(0), 10).unwrap();
+    assert_eq!(read.len(), 1, "{read:?}");
+    let logged = &read[0].change;
+    assert_eq!(logged.op, Op::Patch);
+    assert_eq!(logged.key, key(1), "the patch finds the row by its old key");
+    assert_eq!(
+        logged.after,
+        Some(Row(vec![
+            ("id".into(), Value::Int(2)),
+            ("qty".into(), Value::Int(8)),
+        ])),
+        "the patch carries the new key's values"
+    );
+    assert!(logged.unchanged.is_empty());
+    assert_eq!(s.current_row("p", "items", &key(1)).unwrap(), None);
+    assert_eq!(s.current_row("p", "items", &key(2)).unwrap(), None);
+    assert_eq!(s.status_blocking("p").unwrap().head, Seq(1));
+}
+
+#[test]
+fn unchanged_values_are_filled_from_the_current_row() {
+    let (_dir, s) = store();
+    s.append_blocking("p", &captured(vec![noted(Op::Insert, 1, 5, "big", &[])], 1))
+        .unwrap();
+    s.append_blocking(
+        "p",
+        &captured(vec![noted(Op::Update, 1, 6, "", &["note"])], 2),
+    )
+    .unwrap();
+    let filled = noted(Op::Update, 1, 6, "big", &[]);
+    let read = s.read_blocking("p", Seq(1), 10).unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].change, filled);
+    let (row, seq) = s.current_row("p", "items", &key(1)).unwrap().unwrap();
+    assert_eq!((Some(row), seq), (filled.after, Seq(2)));
+}
+
+#[test]
+fn a_key_update_fills_its_insert_from_the_row_the_delete_removed() {
+    let (_dir, s) = store();
+    s.append_blocking("p", &captured(vec![noted(Op::Insert, 1, 5, "big", &[])], 1))
+        .unwrap();
+    let pair = vec![
+        change(Op::Delete, 1, None),
+        noted(Op::Insert, 2, 8, "", &["note"]),
+    ];
+    assert_eq!(
+        s.append_blocking("p", &captured(pair, 2)).unwrap(),
+        Some((Seq(2), Seq(3)))
+    );
+    let read: Vec<Change> = s
+        .read_blocking("p", Seq(1), 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.change)
+        .collect();
+    let filled = noted(Op::Insert, 2, 8, "big", &[]);
+    assert_eq!(read, [change(Op::Delete, 1, None), filled.clone()]);
+    assert_eq!(s.current_row("p", "items", &key(1)).unwrap(), None);
+    let (row, _) = s.current_row("p", "items", &key(2)).unwrap().unwrap();
+    assert_eq!(Some(row), filled.after);
+}
+
+#[test]
+fn a_delete_never_fills_an_update_of_another_key() {
+    let (_dir, s) = store();
+    s.append_blocking("p", &captured(vec![noted(Op::Insert, 1, 5, "one", &[])], 1))
+        .unwrap();
+    // Key 2 has no current row; key 1's row must not lend it its note.
+    let batch = vec![
+        change(Op::Delete, 1, None),
+        noted(Op::Update, 2, 9, "", &["note"]),
+    ];
+    s.append_blocking("p", &captured(batch, 2)).unwrap();
+    let read: Vec<Change> = s
+        .read_blocking("p", Seq(1), 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.change)
+        .collect();
+    assert_eq!(read.len(), 2, "{read:?}");
+    assert_eq!((read[0].op, &read[0].key), (Op::Delete, &key(1)));
+    assert_eq!((read[1].op, &read[1].key), (Op::Patch, &key(2)));
+    assert_eq!(read[1].after.as_ref().and_then(|r| r.get("note")), None);
+}
+
+#[test]
+fn a_patch_does_not_stop_later_changes_of_its_key_from_writing_the_current_state() {
+    let (_dir, s) = store();
+    let batch = vec![
+        noted(Op::Update, 1, 6, "", &["note"]),
+        noted(Op::Update, 1, 7, "whole", &[]),
+        noted(Op::Update, 1, 8, "", &["note"]),
+    ];
+    s.append_blocking("p", &captured(batch, 3)).unwrap();
+    let ops: Vec<Op> = s
+        .read_blocking("p", Seq(0), 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.change.op)
+        .collect();
+    assert_eq!(ops, [Op::Patch, Op::Update, Op::Update]);
+    let (row, seq) = s.current_row("p", "items", &key(1)).unwrap().unwrap();
+    assert_eq!(
+        (Some(row), seq),
+        (noted(Op::Update, 1, 8, "whole", &[]).after, Seq(3))
+    );
+}

@@ -28,17 +28,20 @@
 //! from the chunk row it holds for that key).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::pin::Pin;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use tidesync_core::codec::binary::key_to_vec;
 use tidesync_core::pg::{describe, is_transient};
 use tidesync_core::{
-    BatchKind, BoxFuture, Captured, Change, ColumnSchema, Dialect, Key, Op, Opened, Position,
-    Request, RequestKind, RequestProgress, Row, Source, StageError, TableSchema, Value,
+    BatchKind, BoxFuture, Captured, Change, ColumnSchema, CopyChunk, Dialect, Key, Op, Opened,
+    Position, Request, RequestKind, RequestProgress, Row, Source, StageError, TableSchema, Value,
 };
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Config, CopyOutStream, NoTls, Statement};
 
+use super::copy_text;
 use super::pgoutput::{Lsn, Oid, OldTuple, PgOutputMessage, Relation, Tuple, TupleValue};
 use super::replication::{
     PgReplication, PgReplicationStream, ReplicationError, SESSION_OPTIONS, StreamSpec,
@@ -50,6 +53,13 @@ const WATERMARK_PREFIX: &str = "tidesync";
 
 /// How long a connect or a catalog query may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A direct-copy chunk ends at this many bytes even if it has fewer rows than asked for, to
+/// bound the memory two chunks in flight take.
+const MAX_CHUNK_BYTES: usize = 16 << 20;
+
+/// The direct copy remembers where this many chunks began, to rewind to one of them.
+const CHUNK_STARTS_KEPT: usize = 8;
 
 /// With nothing but transactions of other tables (or none) arriving, the position still
 /// advances this often, so the slot does not hold WAL for a quiet pipeline.
@@ -206,6 +216,21 @@ struct Copy {
     window: Option<Window>,
 }
 
+/// The direct copy of one table: its `COPY (SELECT ..) TO STDOUT` under the exported snapshot,
+/// cut into chunks as it arrives.
+struct Direct {
+    table: usize,
+    rows: Pin<Box<CopyOutStream>>,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A transaction being received.
 #[derive(Debug)]
 struct Txn {
@@ -246,6 +271,12 @@ pub struct PgLogSource {
     client: Option<Client>,
     statements: HashMap<(usize, bool), Statement>,
     copy: Option<Copy>,
+    /// The table the direct copy is reading, if it is (see [`Source::copy_chunk`]).
+    direct: Option<Direct>,
+    /// Chunks the direct copy handed out.
+    chunks: u64,
+    /// Where the last chunks handed out began (chunk number, cursor), for `copy_abandon`.
+    chunk_starts: VecDeque<(u64, Cursor)>,
     /// Re-read requests, served in order once the initial copy is done.
     requests: VecDeque<Asked>,
     stream: Option<PgReplicationStream>,
@@ -316,6 +347,9 @@ impl PgLogSource {
             client: None,
             statements: HashMap::new(),
             copy: None,
+            direct: None,
+            chunks: 0,
+            chunk_starts: VecDeque::new(),
             requests: VecDeque::new(),
             stream: None,
             txn: None,
@@ -808,21 +842,51 @@ impl PgLogSource {
         Ok(out)
     }
 
+    /// The copy under the exported snapshot is done: ends the snapshot transaction; the
+    /// stream starts at the next poll.
+    async fn end_snapshot(&mut self) -> Result<(), StageError> {
+        self.copy = None;
+        self.handed_cursor = None;
+        self.direct = None;
+        if let Some(client) = self.client.as_ref() {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(self.pg_error("ending the snapshot transaction"))?;
+        }
+        tracing::info!(source = %self.target, "initial copy done; streaming");
+        Ok(())
+    }
+
+    /// Reading under the exported snapshot failed: the snapshot is lost with its
+    /// transaction (or its connection), so the copy goes on between watermarks from what was
+    /// handed out, as after a restart.
+    fn lose_snapshot(&mut self) {
+        if !self.copy.as_ref().is_some_and(|c| c.exported) {
+            return;
+        }
+        tracing::warn!(source = %self.target, "the copy lost its snapshot; going on between watermarks while streaming");
+        self.direct = None;
+        self.client = None;
+        let cursor = self.handed_cursor.clone().unwrap_or((0, None));
+        self.start_copy(cursor, false);
+    }
+
     /// One chunk of the copy under the exported snapshot; moves to the next table (and
     /// finally to streaming) as tables end.
     async fn poll_exported(&mut self, max: usize) -> Result<Captured, StageError> {
+        let polled = self.poll_exported_inner(max).await;
+        if polled.is_err() {
+            self.lose_snapshot();
+        }
+        polled
+    }
+
+    async fn poll_exported_inner(&mut self, max: usize) -> Result<Captured, StageError> {
         let mut changes = Vec::new();
         while let Some(copy) = self.copy.as_ref() {
             if copy.table >= self.tables.len() {
-                // Done: end the snapshot transaction; the stream starts at the next poll.
-                self.copy = None;
-                if let Some(client) = self.client.as_ref() {
-                    client
-                        .batch_execute("COMMIT")
-                        .await
-                        .map_err(self.pg_error("ending the snapshot transaction"))?;
-                }
-                tracing::info!(source = %self.target, "initial copy done; streaming");
+                self.end_snapshot().await?;
                 break;
             }
             let (t, after) = (copy.table, copy.after.clone());
@@ -856,6 +920,119 @@ impl PgLogSource {
             position: self.position(),
             progress: None,
         })
+    }
+
+    /// The statement copying table `t` whole, in key order (no parameters: `COPY` takes none;
+    /// the chunks are cut from its output).
+    fn copy_statement(&self, t: usize) -> String {
+        let table = &self.tables[t];
+        let columns: Vec<String> = table
+            .columns
+            .iter()
+            .map(|c| format!("t.{}", quote_ident(&c.name)))
+            .collect();
+        let key: Vec<String> = table
+            .key
+            .iter()
+            .map(|k| format!("t.{}", quote_ident(k)))
+            .collect();
+        format!(
+            "COPY (SELECT {} FROM ONLY {} AS t ORDER BY {}) TO STDOUT",
+            columns.join(", "),
+            table.qualified(),
+            key.join(", ")
+        )
+    }
+
+    /// See [`Source::copy_chunk`].
+    async fn copy_chunk_inner(&mut self, max_rows: usize) -> Result<Option<CopyChunk>, StageError> {
+        let max_rows = max_rows.min(self.opts.chunk_rows).max(1);
+        loop {
+            let Some(copy) = self.copy.as_ref().filter(|c| c.exported) else {
+                return Ok(None);
+            };
+            let start: Cursor = (copy.table, copy.after.clone());
+            let t = start.0;
+            if t >= self.tables.len() {
+                self.end_snapshot().await?;
+                return Ok(None);
+            }
+            let stream = self.tables[t].stream.clone();
+            let err = self.pg_error(&format!("copying table {stream}"));
+            if self.direct.as_ref().is_none_or(|d| d.table != t) {
+                if start.1.is_some() {
+                    // A table begun by `poll` (after an abandoned chunk): `poll` finishes it.
+                    return Ok(None);
+                }
+                let sql = self.copy_statement(t);
+                let client = self.client().await?;
+                let rows = client.copy_out(sql.as_str()).await.map_err(&err)?;
+                tracing::info!(source = %self.target, table = %stream, "copying directly into the sink");
+                self.direct = Some(Direct {
+                    table: t,
+                    rows: Box::pin(rows),
+                });
+            }
+            let Some(direct) = self.direct.as_mut() else {
+                return Ok(None);
+            };
+            let mut data: Vec<u8> = Vec::new();
+            let mut rows = 0u64;
+            let mut end = false;
+            // Whole lines only: PostgreSQL sends one row per message, but a chunk is cut only
+            // where a line ends, whatever the messages.
+            while (rows < max_rows as u64 && data.len() < MAX_CHUNK_BYTES)
+                || data.last().is_some_and(|&b| b != b'\n')
+            {
+                match direct.rows.next().await {
+                    Some(Ok(bytes)) => {
+                        rows += copy_text::count_rows(&bytes);
+                        data.extend_from_slice(&bytes);
+                    }
+                    Some(Err(e)) => return Err(err(e)),
+                    None => {
+                        end = true;
+                        break;
+                    }
+                }
+            }
+            let table = &self.tables[t];
+            let next: Cursor = if end {
+                self.direct = None;
+                (t + 1, None)
+            } else {
+                let key =
+                    copy_text::last_row_values(&data, table.columns.len(), &table.key_positions())
+                        .map_err(|e| {
+                            definite(format!(
+                                "source {}: copying table {stream}: the last row of a chunk: {e}",
+                                self.target
+                            ))
+                        })?;
+                (
+                    t,
+                    Some(key.into_iter().map(Option::unwrap_or_default).collect()),
+                )
+            };
+            let columns = table.columns.iter().map(|c| c.name.clone()).collect();
+            self.start_copy(next, true);
+            if rows == 0 {
+                continue;
+            }
+            self.chunks += 1;
+            self.chunk_starts.push_back((self.chunks, start));
+            if self.chunk_starts.len() > CHUNK_STARTS_KEPT {
+                self.chunk_starts.pop_front();
+            }
+            return Ok(Some(CopyChunk {
+                number: self.chunks,
+                stream,
+                columns,
+                data,
+                rows,
+                position: self.position(),
+            }));
+        }
     }
 
     fn read_change(&self, stream: &str, key: Key, row: Row) -> Change {
@@ -1777,6 +1954,38 @@ impl Source for PgLogSource {
             }
             self.poll_stream(max, wait).await
         })
+    }
+
+    fn copy_chunk(
+        &mut self,
+        max_rows: usize,
+    ) -> BoxFuture<'_, Result<Option<CopyChunk>, StageError>> {
+        Box::pin(async move {
+            let chunk = self.copy_chunk_inner(max_rows).await;
+            if chunk.is_err() {
+                self.lose_snapshot();
+            }
+            chunk
+        })
+    }
+
+    fn copy_abandon(&mut self, chunk: &CopyChunk) {
+        let Some(at) = self
+            .chunk_starts
+            .iter()
+            .position(|(number, _)| *number == chunk.number)
+        else {
+            tracing::error!(source = %self.target, chunk = chunk.number, "asked to rewind to a chunk it does not know; going on from what it handed out");
+            self.direct = None;
+            return;
+        };
+        let (_, start) = self.chunk_starts[at].clone();
+        self.chunk_starts.truncate(at);
+        // Dropping the stream leaves the rest of the `COPY` to be read and discarded by the
+        // connection; the snapshot transaction goes on for `poll`.
+        self.direct = None;
+        let exported = self.copy.as_ref().is_some_and(|c| c.exported);
+        self.start_copy(start, exported);
     }
 
     fn ack(&mut self, position: Position) -> BoxFuture<'_, Result<(), StageError>> {

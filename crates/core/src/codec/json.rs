@@ -48,7 +48,8 @@ mod tests {
                 Just(Op::Update),
                 Just(Op::Delete),
                 Just(Op::Read),
-                Just(Op::Truncate)
+                Just(Op::Truncate),
+                Just(Op::Patch)
             ],
             proptest::collection::vec(any_value(), 1..3),
             proptest::option::of(proptest::collection::vec(("[a-z]{1,6}", any_value()), 0..6)),
@@ -98,6 +99,22 @@ mod tests {
                 let bytes = encode_batch_compressed(&batch, enc);
                 prop_assert_eq!(&decode_batch_compressed(&bytes, enc, 1 << 24).unwrap(), &batch);
             }
+        }
+    }
+
+    #[test]
+    fn every_op_is_named_in_json_as_its_as_str() {
+        for op in [
+            Op::Insert,
+            Op::Update,
+            Op::Delete,
+            Op::Read,
+            Op::Truncate,
+            Op::Patch,
+        ] {
+            let json = serde_json::to_string(&op).unwrap();
+            assert_eq!(json, format!("\"{}\"", op.as_str()));
+            assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), op);
         }
     }
 

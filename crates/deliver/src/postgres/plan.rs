@@ -1,7 +1,9 @@
 //! Grouping a batch's entries into statements, keeping seq order.
 //!
 //! Consecutive upserts of one table with the same column list become one multi-row
-//! `INSERT .. ON CONFLICT`, consecutive deletes of one table one `DELETE .. IN (..)`. Only
+//! `INSERT .. ON CONFLICT`, consecutive deletes of one table one `DELETE .. IN (..)`. A patch
+//! (an `UPDATE` of one row, which may change its key) and a truncate are steps of their own
+//! that end the runs around them, so nothing is reordered across them. Only
 //! neighbours are grouped, so the statements run in seq order and every key sees its changes
 //! in order. A group ends before a key it already holds: PostgreSQL refuses to let one
 //! `INSERT .. ON CONFLICT DO UPDATE` touch a row twice. Keys are compared by a hash of their
@@ -32,6 +34,11 @@ pub(crate) enum Action<'b> {
     Delete,
     /// Remove every row of the table; always a step of its own.
     Truncate,
+    /// Set these columns (in this order) on the row with the entry's key, if there is one;
+    /// always a step of one entry (see [`tidesync_core::Op::Patch`]).
+    Patch {
+        columns: Vec<&'b str>,
+    },
 }
 
 /// One statement: an action on one table for one or more entries.
@@ -42,10 +49,10 @@ pub(crate) struct Step<'b> {
     pub(crate) entries: Vec<&'b LogEntry>,
 }
 
-/// The row an entry writes, or `None` if it deletes.
+/// The row an entry upserts, or `None` if it deletes (or, for a truncate or a patch, neither).
 pub(crate) fn upsert_row(entry: &LogEntry) -> Option<&Row> {
     match (entry.change.op, &entry.change.after) {
-        (Op::Delete | Op::Truncate, _) | (_, None) => None,
+        (Op::Delete | Op::Truncate | Op::Patch, _) | (_, None) => None,
         (_, Some(after)) => Some(after),
     }
 }
@@ -70,13 +77,28 @@ pub(crate) fn plan<'b>(
             });
             continue;
         }
+        if entry.change.op == Op::Patch {
+            // Its own step, ending the runs: the patch may touch a key of the run before it
+            // (its old key) and of the run after it (its new key). A patch of no column sets
+            // nothing and needs no statement.
+            let columns: Vec<&str> = entry.change.after.iter().flat_map(Row::columns).collect();
+            if !columns.is_empty() {
+                keys.clear();
+                steps.push(Step {
+                    stream,
+                    action: Action::Patch { columns },
+                    entries: vec![entry],
+                });
+            }
+            continue;
+        }
         let row = upsert_row(entry);
         let fingerprint = fingerprint(&entry.change.key, &mut text);
         let joins = steps.last().is_some_and(|step| {
             let width = match &step.action {
                 Action::Upsert { columns } => columns.len(),
                 Action::Delete => key_len(stream),
-                Action::Truncate => return false,
+                Action::Truncate | Action::Patch { .. } => return false,
             };
             let room = step.entries.len() < max_rows.min(MAX_PARAMS / width.max(1));
             let same = step.stream == stream

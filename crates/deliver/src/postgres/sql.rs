@@ -137,6 +137,27 @@ pub(crate) fn delete_sql(table: &str, key: &[String], rows: usize) -> String {
     format!("DELETE FROM {} WHERE {condition}", quote_ident(table))
 }
 
+/// `UPDATE t SET c1 = $1, .. WHERE k1 = $n AND ..` for one row: the columns' values, then
+/// the key's. A patch's columns may include the key columns (a key update).
+pub(crate) fn patch_sql(table: &str, columns: &[String], key: &[String]) -> String {
+    let sets: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = ${}", quote_ident(c), i + 1))
+        .collect();
+    let condition: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{} = ${}", quote_ident(k), columns.len() + i + 1))
+        .collect();
+    format!(
+        "UPDATE {} SET {} WHERE {}",
+        quote_ident(table),
+        sets.join(", "),
+        condition.join(" AND ")
+    )
+}
+
 pub(crate) const CREATE_APPLIED: &str = "CREATE TABLE IF NOT EXISTS _tidesync_applied (
     pipeline text NOT NULL, sink text NOT NULL, seq bigint NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, sink))";

@@ -11,7 +11,7 @@ use super::bind::{Bound, ColumnKind, bind, text_of};
 use super::copy::{Backoff, NotCopyable, eligible, put_row};
 use super::error::is_transient_code;
 use super::plan::{Action, plan};
-use super::sql::{copy_sql, create_table_sql, delete_sql, pg_type_for, upsert_sql};
+use super::sql::{copy_sql, create_table_sql, delete_sql, patch_sql, pg_type_for, upsert_sql};
 use super::*;
 
 #[test]
@@ -262,6 +262,7 @@ fn shape(entries: &[LogEntry], max_rows: usize) -> Vec<(String, char, Vec<u64>)>
                 Action::Upsert { .. } => 'U',
                 Action::Delete => 'D',
                 Action::Truncate => 'T',
+                Action::Patch { .. } => 'P',
             };
             let seqs = s.entries.iter().map(|e| e.seq.0).collect();
             (s.stream.to_owned(), kind, seqs)
@@ -292,6 +293,52 @@ fn neighbours_group_and_a_repeated_key_starts_a_new_statement() {
             s("b", 'U', &[7]),
             s("a", 'U', &[8]),
         ]
+    );
+}
+
+fn patch(seq: u64, stream: &str, id: i64, columns: &[&str]) -> LogEntry {
+    let mut e = put(seq, stream, id, columns);
+    e.change.op = Op::Patch;
+    e
+}
+
+#[test]
+fn a_patch_is_a_step_of_its_own_that_ends_the_runs_around_it() {
+    let entries = [
+        put(1, "a", 1, &["id", "v"]),
+        put(2, "a", 2, &["id", "v"]),
+        patch(3, "a", 3, &["id", "v"]),
+        put(4, "a", 4, &["id", "v"]),
+        patch(5, "a", 5, &["v"]),
+        patch(6, "a", 6, &["v"]),
+        del(7, "a", 1),
+        patch(8, "a", 7, &[]),
+        del(9, "a", 2),
+    ];
+    let s = |kind, seqs: &[u64]| ("a".to_owned(), kind, seqs.to_vec());
+    assert_eq!(
+        shape(&entries, 1000),
+        [
+            s('U', &[1, 2]),
+            s('P', &[3]),
+            s('U', &[4]),
+            s('P', &[5]),
+            s('P', &[6]),
+            // Seq 8 sets no column: no statement, and the deletes around it group.
+            s('D', &[7, 9]),
+        ]
+    );
+    let steps = plan(&entries[4..5], 1000, |_| 1);
+    assert!(matches!(&steps[0].action, Action::Patch { columns } if *columns == ["v"]));
+}
+
+#[test]
+fn patches_set_their_columns_where_the_key_is() {
+    let columns = ["id".to_owned(), "v w".to_owned()];
+    let key = ["id".to_owned(), "k2".to_owned()];
+    assert_eq!(
+        patch_sql("t", &columns, &key),
+        "UPDATE \"t\" SET \"id\" = $1, \"v w\" = $2 WHERE \"id\" = $3 AND \"k2\" = $4"
     );
 }
 
@@ -451,6 +498,8 @@ fn only_runs_of_inserts_are_copied() {
     update.change.op = Op::Update;
     assert!(eligible(&[&inserts[0], &read]));
     assert!(!eligible(&[&inserts[0], &update]));
+    let patched = patch(5, "t", 5, &["id"]);
+    assert!(!eligible(&[&inserts[0], &patched]));
 }
 
 #[test]

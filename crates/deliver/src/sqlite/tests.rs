@@ -184,4 +184,128 @@ fn generated_sql_quotes_identifiers() {
         delete_sql("t", &["a".into(), "b".into()]),
         "DELETE FROM \"t\" WHERE \"a\" = ?1 AND \"b\" = ?2"
     );
+    assert_eq!(
+        patch_sql("t", &["id".into(), "a b".into()], &["id".into()]),
+        "UPDATE \"t\" SET \"id\" = ?1, \"a b\" = ?2 WHERE \"id\" = ?3"
+    );
+}
+
+/// A patch of `items` row `key` setting `columns`.
+fn patch(seq: u64, key: i64, columns: Vec<(&str, Value)>) -> LogEntry {
+    let mut e = entry(seq, Op::Patch, key, None);
+    e.change.after = Some(Row(columns
+        .into_iter()
+        .map(|(c, v)| (c.to_owned(), v))
+        .collect()));
+    e
+}
+
+/// A sink on a new target whose `items` holds rows 1 and 2 (`sku-1`, `sku-2`; price = id).
+async fn with_two_rows(path: &Path) -> SqliteSink {
+    let mut sink = SqliteSink::new(path, "p", "replica", true);
+    sink.open(schema()).await.unwrap();
+    sink.apply(batch(vec![
+        entry(1, Op::Insert, 1, Some(Value::Int(1))),
+        entry(2, Op::Insert, 2, Some(Value::Int(2))),
+    ]))
+    .await
+    .unwrap();
+    sink
+}
+
+#[tokio::test]
+async fn a_patch_sets_only_its_columns_and_the_others_keep_their_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("target.db");
+    let mut sink = with_two_rows(&path).await;
+    // `sku` is NOT NULL and absent: an upsert would fail, the patch leaves it.
+    sink.apply(batch(vec![patch(3, 1, vec![("price", Value::Int(10))])]))
+        .await
+        .unwrap();
+    use rusqlite::types::Value as V;
+    assert_eq!(
+        rows(&path),
+        [
+            (1, "sku-1".to_owned(), V::Integer(10)),
+            (2, "sku-2".to_owned(), V::Integer(2))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_patch_of_a_missing_key_changes_nothing_and_the_batch_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("target.db");
+    let mut sink = with_two_rows(&path).await;
+    sink.apply(batch(vec![
+        patch(3, 9, vec![("price", Value::Int(10))]),
+        entry(4, Op::Update, 2, Some(Value::Int(20))),
+    ]))
+    .await
+    .unwrap();
+    use rusqlite::types::Value as V;
+    assert_eq!(
+        rows(&path),
+        [
+            (1, "sku-1".to_owned(), V::Integer(1)),
+            (2, "sku-2".to_owned(), V::Integer(20))
+        ]
+    );
+    let mut again = SqliteSink::new(&path, "p", "replica", false);
+    assert_eq!(again.open(schema()).await.unwrap(), Some(Seq(4)));
+}
+
+#[tokio::test]
+async fn a_key_changing_patch_moves_the_row_and_keeps_its_other_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("target.db");
+    let mut sink = with_two_rows(&path).await;
+    sink.apply(batch(vec![patch(
+        3,
+        1,
+        vec![("id", Value::Int(5)), ("price", Value::Int(50))],
+    )]))
+    .await
+    .unwrap();
+    use rusqlite::types::Value as V;
+    assert_eq!(
+        rows(&path),
+        [
+            (2, "sku-2".to_owned(), V::Integer(2)),
+            (5, "sku-1".to_owned(), V::Integer(50))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_patch_adds_a_column_the_table_lacks_once_per_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("target.db");
+    let mut sink = with_two_rows(&path).await;
+    // The source added `note`: an upsert and a patch of one batch both carry it.
+    let mut upsert = entry(3, Op::Update, 2, Some(Value::Int(2)));
+    if let Some(after) = upsert.change.after.as_mut() {
+        after.0.push(("note".into(), Value::from("two")));
+    }
+    sink.apply(batch(vec![
+        upsert,
+        patch(4, 1, vec![("note", Value::from("one"))]),
+    ]))
+    .await
+    .unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let notes: Vec<(i64, String, String)> = conn
+        .prepare("SELECT id, sku, note FROM items ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        notes,
+        [
+            (1, "sku-1".to_owned(), "one".to_owned()),
+            (2, "sku-2".to_owned(), "two".to_owned())
+        ]
+    );
 }
