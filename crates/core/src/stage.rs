@@ -140,7 +140,8 @@ pub struct RequestProgress {
 }
 
 /// Rows of an initial copy in PostgreSQL's `COPY` text format, handed by a source straight to
-/// the one sink of its pipeline (the direct copy; see [`Source::copy_chunk`]): no row is
+/// the one sink of its pipeline (the direct copy; see [`Source::copy_chunk`] and
+/// [`CopyWriter`]): no row is
 /// decoded, logged or encoded on the way.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopyChunk {
@@ -194,7 +195,7 @@ pub trait Source: Send {
 
     /// While the source runs an initial copy under a consistent snapshot on a fresh start:
     /// the next chunk of that copy (about `max_rows` rows, in key order) in `COPY` form, for a
-    /// sink to write directly ([`Sink::copy`]). The source counts it as handed out, as if
+    /// sink to write directly ([`CopyWriter`]). The source counts it as handed out, as if
     /// polled. `None` when there is no such copy (any more): [`Self::poll`] goes on with the
     /// rest. An error ends the direct copy (what was not handed out is polled later).
     fn copy_chunk(
@@ -210,6 +211,22 @@ pub trait Source: Send {
     fn copy_abandon(&mut self, chunk: &CopyChunk) {
         let _ = chunk;
     }
+}
+
+/// Writes direct-copy chunks into a sink's target on a connection of its own, so that several
+/// chunks are written at once while their commits stay in chunk order (the runtime commits
+/// them one after the other): the position a commit records is then always that of a chunk
+/// whose predecessors are all in the target.
+pub trait CopyWriter: Send {
+    /// Starts a transaction and writes `chunk`'s rows in it, not committed yet. A definite
+    /// error means this chunk cannot go this way (e.g. a row exists): the runtime sends its
+    /// rows through the log instead. After a transient error, calling it again starts over.
+    fn write(&mut self, chunk: Arc<CopyChunk>) -> BoxFuture<'_, Result<(), StageError>>;
+
+    /// Records the written chunk's position in the target (what [`Sink::copied`] returns) and
+    /// commits. After a transient error, calling it again finds out whether the commit
+    /// happened and finishes the chunk either way, never writing it twice.
+    fn commit(&mut self) -> BoxFuture<'_, Result<(), StageError>>;
 }
 
 /// A delivery target.
@@ -231,25 +248,13 @@ pub trait Sink: Send {
     /// removed.
     fn forget(&mut self) -> BoxFuture<'_, Result<Vec<String>, StageError>>;
 
-    /// Whether this sink takes direct copies ([`Self::copy`]).
-    fn can_copy(&self) -> bool {
-        false
+    /// A writer of direct copies into this target ([`CopyWriter`]) with a connection of its
+    /// own, for use after [`Self::open`]; `None`: this sink takes no direct copies.
+    fn copy_writer(&self) -> Option<Box<dyn CopyWriter>> {
+        None
     }
 
-    /// Writes `chunk` (after [`Self::open`]) and records its position in the target, in one
-    /// transaction: [`Self::copied`] returns it until [`Self::clear_copied`]. A definite error
-    /// means this chunk cannot go this way (e.g. a row exists): the runtime sends its rows
-    /// through the log instead.
-    fn copy(&mut self, chunk: Arc<CopyChunk>) -> BoxFuture<'_, Result<(), StageError>> {
-        Box::pin(async move {
-            Err(StageError::definite(format!(
-                "this sink cannot take a direct copy (chunk {} of {})",
-                chunk.number, chunk.stream
-            )))
-        })
-    }
-
-    /// The position of the last chunk [`Self::copy`] wrote for this pipeline and sink, if
+    /// The position of the last chunk a [`CopyWriter`] committed for this pipeline and sink, if
     /// it is still recorded. After a crash between that write and the log's, it is one chunk
     /// ahead of the log.
     fn copied(&mut self) -> BoxFuture<'_, Result<Option<Position>, StageError>> {

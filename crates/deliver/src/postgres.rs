@@ -104,7 +104,7 @@ use std::time::Duration;
 use futures_util::SinkExt as _;
 use tidesync_core::pg::describe_config;
 use tidesync_core::{
-    Batch, BoxFuture, CopyChunk, Position, Seq, Sink, StageError, TableSchema, Value,
+    Batch, BoxFuture, CopyWriter, Position, Seq, Sink, StageError, TableSchema, Value,
 };
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
@@ -997,18 +997,8 @@ impl Sink for PostgresSink {
         })
     }
 
-    fn can_copy(&self) -> bool {
-        true
-    }
-
-    fn copy(&mut self, chunk: Arc<CopyChunk>) -> BoxFuture<'_, Result<(), StageError>> {
-        Box::pin(async move {
-            let result = self.copy_inner(chunk).await;
-            if result.is_err() {
-                self.conn = None;
-            }
-            result.map_err(StageError::from)
-        })
+    fn copy_writer(&self) -> Option<Box<dyn CopyWriter>> {
+        Some(Box::new(direct::PgCopyWriter::new(self)))
     }
 
     fn copied(&mut self) -> BoxFuture<'_, Result<Option<Position>, StageError>> {

@@ -204,7 +204,7 @@ impl Pipeline {
             Err(stop) => return stopped(&name, "store", stop),
         };
         // The direct copy needs the pipeline's one sink to take it (see `direct`).
-        let copy_sink = sinks.len() == 1 && sinks.iter().all(|(_, s)| s.can_copy());
+        let copy_sink = sinks.len() == 1 && sinks.iter().all(|(_, s)| s.copy_writer().is_some());
         let position = match sinks.first_mut() {
             Some((sink_name, sink)) if copy_sink => {
                 match direct::reconcile(&name, &cancel, &*log, &mut **sink, position).await {

@@ -1,7 +1,7 @@
-//! The direct copy into PostgreSQL ([`Sink::copy`](tidesync_core::Sink::copy)): a chunk of
-//! the source's `COPY` text goes into `COPY .. FROM STDIN` as it is, no row decoded or
-//! re-encoded, and the chunk's position is recorded in `_tidesync_copied` in the same
-//! transaction. After a crash between that commit and the log's, the runtime reads the
+//! The direct copy into PostgreSQL ([`CopyWriter`]): a chunk of the source's `COPY` text goes
+//! into `COPY .. FROM STDIN` as it is, no row decoded or re-encoded, on a writer connection of
+//! its own, and the chunk's position is recorded in `_tidesync_copied` in the same
+//! transaction when the runtime commits it. After a crash between that commit and the log's, the runtime reads the
 //! recorded position back ([`Sink::copied`](tidesync_core::Sink::copied)) and resumes after
 //! it, so no chunk is applied twice.
 //!
@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use futures_util::SinkExt as _;
-use tidesync_core::{CopyChunk, Position};
+use tidesync_core::{BoxFuture, CopyChunk, CopyWriter, Position, StageError};
 
 use super::error::PostgresSinkError;
 use super::{PostgresSink, sql, within};
@@ -40,33 +40,58 @@ impl AsRef<[u8]> for ChunkData {
     }
 }
 
-impl PostgresSink {
-    pub(super) async fn copy_inner(
-        &mut self,
-        chunk: Arc<CopyChunk>,
-    ) -> Result<(), PostgresSinkError> {
-        let target = self.target.clone();
-        let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
+/// A [`CopyWriter`] with its own connection (a [`PostgresSink`] used for its connection only).
+pub(super) struct PgCopyWriter {
+    conn: PostgresSink,
+    /// The chunk written (its transaction open) or being committed.
+    chunk: Option<Arc<CopyChunk>>,
+    /// A commit failed without saying whether it happened.
+    uncertain: bool,
+}
+
+impl PgCopyWriter {
+    pub(super) fn new(sink: &PostgresSink) -> Self {
+        PgCopyWriter {
+            conn: PostgresSink::new(&sink.url, &sink.pipeline, &sink.sink, false),
+            chunk: None,
+            uncertain: false,
+        }
+    }
+
+    /// Begins a transaction and copies `chunk` in it.
+    async fn write_inner(&mut self, chunk: &Arc<CopyChunk>) -> Result<(), PostgresSinkError> {
+        let target = self.conn.target.clone();
         let context = format!("copying {} rows into {}", chunk.rows, chunk.stream);
-        let err = self.query_error(&context);
-        let conn = self.connect().await?;
+        let err = self.conn.query_error(&context);
+        // A connection that was in a transaction (an earlier attempt) starts afresh.
+        if self.conn.conn.as_ref().is_some_and(|c| c.dirty) {
+            self.conn.conn = None;
+        }
+        let conn = self.conn.connect().await?;
         conn.dirty = true;
-        let tx = within(&target, &context, conn.client.transaction())
+        // Created outside the chunk's transaction: created inside it, the table would make
+        // every other writer wait for this commit.
+        within(&target, &context, conn.client.batch_execute(CREATE_COPIED))
             .await?
             .map_err(&err)?;
-        within(&target, &context, tx.batch_execute(CREATE_COPIED))
+        within(&target, &context, conn.client.batch_execute("BEGIN"))
             .await?
             .map_err(&err)?;
         let statement = within(
             &target,
             &context,
-            tx.prepare(&sql::copy_sql(&chunk.stream, &chunk.columns)),
+            conn.client
+                .prepare(&sql::copy_sql(&chunk.stream, &chunk.columns)),
         )
         .await?
         .map_err(&err)?;
-        let rows = within(&target, &context, tx.copy_in::<_, bytes::Bytes>(&statement))
-            .await?
-            .map_err(&err)?;
+        let rows = within(
+            &target,
+            &context,
+            conn.client.copy_in::<_, bytes::Bytes>(&statement),
+        )
+        .await?
+        .map_err(&err)?;
         let mut rows = std::pin::pin!(rows);
         let data = bytes::Bytes::from_owner(ChunkData(chunk.clone()));
         within(&target, &context, rows.send(data))
@@ -75,21 +100,85 @@ impl PostgresSink {
         within(&target, &context, rows.as_mut().finish())
             .await?
             .map_err(&err)?;
+        Ok(())
+    }
+
+    /// Records the chunk's position and commits; after an uncertain commit, first finds out
+    /// whether it happened (the recorded position is the chunk's) and else writes it again.
+    async fn commit_inner(&mut self) -> Result<(), PostgresSinkError> {
+        let Some(chunk) = self.chunk.clone() else {
+            return Ok(());
+        };
+        if self.uncertain {
+            self.conn.conn = None;
+            if self.conn.copied_inner().await? == Some(chunk.position.clone()) {
+                self.uncertain = false;
+                self.chunk = None;
+                return Ok(());
+            }
+            self.write_inner(&chunk).await?;
+            self.uncertain = false;
+        }
+        let target = self.conn.target.clone();
+        let (pipeline, sink) = (self.conn.pipeline.clone(), self.conn.sink.clone());
+        let context = format!("committing {} rows into {}", chunk.rows, chunk.stream);
+        let err = self.conn.query_error(&context);
+        // The connection whose transaction holds the rows (never a new one: committing
+        // there would record the position without the rows).
+        let Some(conn) = self.conn.conn.as_mut().filter(|c| c.dirty) else {
+            return Err(PostgresSinkError::Connect {
+                target,
+                problem: "the connection that wrote the chunk is gone".to_owned(),
+                transient: true,
+            });
+        };
         let position = chunk.position.to_json();
         within(
             &target,
             &context,
-            tx.execute(WRITE_COPIED, &[&pipeline, &sink, &position]),
+            conn.client
+                .execute(WRITE_COPIED, &[&pipeline, &sink, &position]),
         )
         .await?
         .map_err(&err)?;
-        within(&target, &context, tx.commit())
+        within(&target, &context, conn.client.batch_execute("COMMIT"))
             .await?
             .map_err(&err)?;
         conn.dirty = false;
+        self.uncertain = false;
+        self.chunk = None;
         Ok(())
     }
+}
 
+impl CopyWriter for PgCopyWriter {
+    fn write(&mut self, chunk: Arc<CopyChunk>) -> BoxFuture<'_, Result<(), StageError>> {
+        Box::pin(async move {
+            self.uncertain = false;
+            self.chunk = Some(chunk.clone());
+            let result = self.write_inner(&chunk).await;
+            if result.is_err() {
+                self.conn.conn = None;
+            }
+            result.map_err(StageError::from)
+        })
+    }
+
+    fn commit(&mut self) -> BoxFuture<'_, Result<(), StageError>> {
+        Box::pin(async move {
+            let result = self.commit_inner().await;
+            if result.is_err() {
+                // Whether the error came before or after COMMIT reached the server, the next
+                // call finds out from the recorded position, and writes the chunk again if
+                // it is not there.
+                self.uncertain = true;
+            }
+            result.map_err(StageError::from)
+        })
+    }
+}
+
+impl PostgresSink {
     pub(super) async fn copied_inner(&mut self) -> Result<Option<Position>, PostgresSinkError> {
         let target = self.target.clone();
         let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());

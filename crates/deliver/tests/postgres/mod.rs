@@ -1,6 +1,7 @@
 //! The PostgreSQL sink against a real PostgreSQL. Every test starts its own server.
 
 mod apply;
+mod direct;
 mod patch;
 mod restart;
 mod setup;

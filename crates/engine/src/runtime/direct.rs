@@ -12,19 +12,27 @@
 //! record is cleared once the log holds it (at the start, and when the direct copy ends), so a
 //! stale record can never move the log backwards.
 //!
-//! Reading the next chunk overlaps writing the current one. Anything the sink refuses (a row
-//! that exists already, a value its column type rejects) or the source fails to read ends the
-//! direct copy: the source rewinds to the first chunk not in the target and the runtime goes
-//! on as usual, sending those rows through the log (upserts, with errors naming the row).
+//! [`WRITERS`] chunks are written at once, each by a [`CopyWriter`] with a connection of its
+//! own, while the next chunk is read; they are committed strictly in chunk order, so the
+//! position a commit records always has every earlier chunk in the target. Anything the sink
+//! refuses (a row that exists already, a value its column type rejects) or the source fails
+//! to read ends the direct copy: the writes after it are rolled back, the source rewinds to
+//! the first chunk not in the target and the runtime goes on as usual, sending those rows
+//! through the log (upserts, with errors naming the row).
 //!
 //! Rows copied this way are not in the log's current state. An update that leaves a TOASTed
 //! value unchanged therefore reaches the sink as a patch of the columns it changed (see
 //! `Op::Patch`), which the target applies to the row it holds.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidesync_core::{BatchKind, Captured, Log, Position, Sink, Source, TableSchema};
+use tidesync_core::{
+    BatchKind, Captured, CopyChunk, CopyWriter, Log, Position, Sink, Source, StageError,
+    TableSchema,
+};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::rename::Renamer;
@@ -33,6 +41,11 @@ use crate::retry::{Stop, retry};
 /// Rows per chunk at most; sources cut their chunks smaller (PostgreSQL: `chunk_rows`, and
 /// 16 MiB).
 const CHUNK_ROWS: usize = 1_000_000;
+
+/// Chunks written at once, each by a writer with a connection of its own: the target's
+/// parsing and index work is what a copy waits for, and with two writers two of its backends
+/// do it (measured in bench/RESULTS.md).
+const WRITERS: usize = 2;
 
 /// How often a progress line is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -95,6 +108,19 @@ async fn record(
     .map_err(|stop| ("store", stop))
 }
 
+/// A chunk being written by a writer task, which hands the writer back.
+struct InFlight {
+    chunk: Arc<CopyChunk>,
+    task: JoinHandle<(Box<dyn CopyWriter>, Result<(), Stop>)>,
+}
+
+/// Stops the writes still running; their uncommitted transactions go with their connections.
+fn abort_all(in_flight: VecDeque<InFlight>) {
+    for f in in_flight {
+        f.task.abort();
+    }
+}
+
 /// Everything [`copy`] works with.
 pub(super) struct Direct<'a> {
     pub pipeline: &'a str,
@@ -122,45 +148,91 @@ pub(super) async fn copy(
     let schemas = match rename {
         Some(r) => r
             .schemas(schemas)
-            .map_err(|e| ("sink", Stop::Failed(tidesync_core::StageError::definite(e))))?,
+            .map_err(|e| ("sink", Stop::Failed(StageError::definite(e))))?,
         None => schemas.to_vec(),
     };
     retry("open sink", cancel, sink, |s| s.open(schemas.clone()))
         .await
         .map_err(|stop| ("sink", stop))?;
+    let mut idle: Vec<Box<dyn CopyWriter>> =
+        (0..WRITERS).filter_map(|_| sink.copy_writer()).collect();
     let started = Instant::now();
     let mut last_progress = Instant::now();
     let (mut rows, mut chunks) = (0u64, 0u64);
-    let mut next = source.copy_chunk(CHUNK_ROWS).await;
+    // Chunks being written, in chunk order; each is committed only after those before it.
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut reading = !idle.is_empty();
     loop {
-        let mut chunk = match next {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
+        // Hand chunks to the free writers (reading the next chunk overlaps the writes).
+        while reading && let Some(mut writer) = idle.pop() {
+            let mut chunk = match source.copy_chunk(CHUNK_ROWS).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => {
+                    idle.push(writer);
+                    reading = false;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(pipeline, error = %e, "reading the direct copy failed; the rest of the copy goes through the log");
+                    idle.push(writer);
+                    reading = false;
+                    break;
+                }
+            };
+            if let Some(rename) = rename
+                && let Err(e) = rename.copy_chunk(&mut chunk)
+            {
+                abort_all(in_flight);
+                return Err(("sink", Stop::Failed(StageError::definite(e))));
+            }
+            let chunk = Arc::new(chunk);
+            let (written, cancel) = (chunk.clone(), cancel.clone());
+            let task = tokio::spawn(async move {
+                let result = retry("copy into the sink", &cancel, &mut *writer, |w| {
+                    w.write(written.clone())
+                })
+                .await;
+                (writer, result)
+            });
+            in_flight.push_back(InFlight { chunk, task });
+        }
+        let Some(InFlight { chunk, task }) = in_flight.pop_front() else {
+            break;
+        };
+        let (mut writer, written) = match task.await {
+            Ok(done) => done,
             Err(e) => {
-                tracing::warn!(pipeline, error = %e, "reading the direct copy failed; the rest of the copy goes through the log");
-                break;
+                abort_all(in_flight);
+                return Err((
+                    "sink",
+                    Stop::Failed(StageError::definite(format!(
+                        "a direct-copy writer panicked: {e}"
+                    ))),
+                ));
             }
         };
-        if let Some(rename) = rename
-            && let Err(e) = rename.copy_chunk(&mut chunk)
-        {
-            return Err(("sink", Stop::Failed(tidesync_core::StageError::definite(e))));
-        }
-        let chunk = Arc::new(chunk);
-        let (written, read) = tokio::join!(
-            retry("copy into the sink", cancel, sink, |s| s
-                .copy(chunk.clone())),
-            source.copy_chunk(CHUNK_ROWS)
-        );
-        match written {
+        let committed = match written {
+            Ok(()) => {
+                retry("commit a direct-copy chunk", cancel, &mut *writer, |w| {
+                    w.commit()
+                })
+                .await
+            }
+            Err(stop) => Err(stop),
+        };
+        match committed {
             Ok(()) => tidesync_core::failpoint::hit("direct-copy-before-log"),
             Err(Stop::Failed(e)) => {
                 tracing::warn!(pipeline, table = %chunk.stream, error = %e, "the sink did not take a chunk of the direct copy; the rest of the copy goes through the log");
                 source.copy_abandon(&chunk);
                 break;
             }
-            Err(stop @ Stop::Cancelled) => return Err(("sink", stop)),
+            Err(stop @ Stop::Cancelled) => {
+                abort_all(in_flight);
+                return Err(("sink", stop));
+            }
         }
+        idle.push(writer);
         record(pipeline, cancel, log, &chunk.position).await?;
         retry("ack", cancel, source, |s| s.ack(chunk.position.clone()))
             .await
@@ -172,8 +244,10 @@ pub(super) async fn copy(
             let secs = started.elapsed().as_secs_f64().max(1e-3);
             tracing::info!(pipeline, table = %chunk.stream, rows, rows_per_s = (rows as f64 / secs) as u64, "direct copy");
         }
-        next = read;
     }
+    // After an abandoned chunk, the later ones are not committed: their transactions roll
+    // back with their connections.
+    abort_all(in_flight);
     retry("clear the direct copy's position", cancel, sink, |s| {
         s.clear_copied()
     })
