@@ -61,7 +61,7 @@ fn a_crash_between_the_targets_commit_and_the_logs_copies_no_chunk_twice() {
         ("STATE_DIR", state.as_path()),
         ("TIDESYNC_LOG", Path::new("info")),
     ];
-    // Aborts right after the target committed the third chunk, before the log recorded it.
+    // Aborts once the target committed the third chunk, before the log recorded it.
     let mut armed = env.to_vec();
     armed.push(("TIDESYNC_FAILPOINTS", Path::new("direct-copy-before-log:3")));
     let mut child = spawn(&args, &armed, &log.with_extension("1"));
@@ -71,10 +71,11 @@ fn a_crash_between_the_targets_commit_and_the_logs_copies_no_chunk_twice() {
         "the failpoint should have aborted the run: {}",
         log_text(&log.with_extension("1"))
     );
-    assert_eq!(
-        count(&pg, "SELECT count(*) FROM audit"),
-        3000,
-        "three chunks in the target: {}",
+    // Three chunks or more in the target (commits run ahead of the log), whole chunks only.
+    let in_target = count(&pg, "SELECT count(*) FROM audit");
+    assert!(
+        in_target >= 3000 && in_target % 1000 == 0,
+        "{in_target} rows in the target: {}",
         log_text(&log.with_extension("1"))
     );
 

@@ -255,8 +255,8 @@ pub trait Sink: Send {
     }
 
     /// The position of the last chunk a [`CopyWriter`] committed for this pipeline and sink, if
-    /// it is still recorded. After a crash between that write and the log's, it is one chunk
-    /// ahead of the log.
+    /// it is still recorded. After a crash between that commit and the log's, it is ahead of
+    /// the log.
     fn copied(&mut self) -> BoxFuture<'_, Result<Option<Position>, StageError>> {
         Box::pin(async { Ok(None) })
     }

@@ -6,15 +6,17 @@
 //! position after each chunk), as the normal path would.
 //!
 //! Exactly-once: the sink records each chunk's position in the target in the chunk's own
-//! transaction, and the log records it right after. A crash between the two leaves the target
-//! one chunk ahead; [`reconcile`] at the next start finds that position in the target and
+//! transaction, and the log records it after. A crash between the two leaves the target
+//! ahead (by the chunks committed but not yet logged); [`reconcile`] at the next start finds that position in the target and
 //! stores it in the log before the source resumes, so the chunk is not copied again. The
 //! record is cleared once the log holds it (at the start, and when the direct copy ends), so a
 //! stale record can never move the log backwards.
 //!
 //! [`WRITERS`] chunks are written at once, each by a [`CopyWriter`] with a connection of its
-//! own, while the next chunk is read; they are committed strictly in chunk order, so the
-//! position a commit records always has every earlier chunk in the target. Anything the sink
+//! own, while the next chunk is read; they are committed strictly in chunk order (each
+//! writer's task waits for the chunk before to commit, then commits its own, so commits
+//! overlap the other writes), and the position a commit records always has every earlier
+//! chunk in the target. Anything the sink
 //! refuses (a row that exists already, a value its column type rejects) or the source fails
 //! to read ends the direct copy: the writes after it are rolled back, the source rewinds to
 //! the first chunk not in the target and the runtime goes on as usual, sending those rows
@@ -32,6 +34,7 @@ use tidesync_core::{
     BatchKind, Captured, CopyChunk, CopyWriter, Log, Position, Sink, Source, StageError,
     TableSchema,
 };
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -108,6 +111,47 @@ async fn record(
     .map_err(|stop| ("store", stop))
 }
 
+/// Where the copy loop spent its time, reported when it ends (tells a slow source from a
+/// slow target).
+#[derive(Debug, Default)]
+struct Waited {
+    read: Duration,
+    /// For the oldest chunk's write and commit.
+    write: Duration,
+    log: Duration,
+}
+
+/// Writes `chunk` and, once the chunk before it has committed (`previous`; `None`: it is
+/// the first), commits it.
+async fn write_and_commit(
+    cancel: &CancellationToken,
+    writer: &mut dyn CopyWriter,
+    chunk: Arc<CopyChunk>,
+    previous: Option<oneshot::Receiver<bool>>,
+) -> Result<(), Stop> {
+    let mut writer = writer;
+    retry("copy into the sink", cancel, &mut writer, |w| {
+        w.write(chunk.clone())
+    })
+    .await?;
+    let previous_committed = match previous {
+        Some(previous) => previous.await.unwrap_or(false),
+        None => true,
+    };
+    if !previous_committed {
+        // The copy stops at an earlier chunk; this one's transaction is rolled back with
+        // its connection.
+        return Err(Stop::Failed(StageError::definite(format!(
+            "chunk {} of {} was not committed: an earlier chunk failed",
+            chunk.number, chunk.stream
+        ))));
+    }
+    retry("commit a direct-copy chunk", cancel, &mut writer, |w| {
+        w.commit()
+    })
+    .await
+}
+
 /// A chunk being written by a writer task, which hands the writer back.
 struct InFlight {
     chunk: Arc<CopyChunk>,
@@ -159,13 +203,19 @@ pub(super) async fn copy(
     let started = Instant::now();
     let mut last_progress = Instant::now();
     let (mut rows, mut chunks) = (0u64, 0u64);
+    let mut waited = Waited::default();
     // Chunks being written, in chunk order; each is committed only after those before it.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    // Tells the next chunk's task that the last one spawned has committed (`true`) or not.
+    let mut last_commit: Option<oneshot::Receiver<bool>> = None;
     let mut reading = !idle.is_empty();
     loop {
         // Hand chunks to the free writers (reading the next chunk overlaps the writes).
         while reading && let Some(mut writer) = idle.pop() {
-            let mut chunk = match source.copy_chunk(CHUNK_ROWS).await {
+            let at = Instant::now();
+            let read = source.copy_chunk(CHUNK_ROWS).await;
+            waited.read += at.elapsed();
+            let mut chunk = match read {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => {
                     idle.push(writer);
@@ -187,11 +237,13 @@ pub(super) async fn copy(
             }
             let chunk = Arc::new(chunk);
             let (written, cancel) = (chunk.clone(), cancel.clone());
+            // Commits form a chain: each waits for the one before to have committed.
+            let (committed, next) = oneshot::channel();
+            let previous = last_commit.replace(next);
             let task = tokio::spawn(async move {
-                let result = retry("copy into the sink", &cancel, &mut *writer, |w| {
-                    w.write(written.clone())
-                })
-                .await;
+                let result = write_and_commit(&cancel, &mut *writer, written, previous).await;
+                // Nobody waits when the copy stopped: then nothing more commits anyway.
+                let _ = committed.send(result.is_ok());
                 (writer, result)
             });
             in_flight.push_back(InFlight { chunk, task });
@@ -199,7 +251,10 @@ pub(super) async fn copy(
         let Some(InFlight { chunk, task }) = in_flight.pop_front() else {
             break;
         };
-        let (mut writer, written) = match task.await {
+        let at = Instant::now();
+        let joined = task.await;
+        waited.write += at.elapsed();
+        let (writer, committed) = match joined {
             Ok(done) => done,
             Err(e) => {
                 abort_all(in_flight);
@@ -210,15 +265,6 @@ pub(super) async fn copy(
                     ))),
                 ));
             }
-        };
-        let committed = match written {
-            Ok(()) => {
-                retry("commit a direct-copy chunk", cancel, &mut *writer, |w| {
-                    w.commit()
-                })
-                .await
-            }
-            Err(stop) => Err(stop),
         };
         match committed {
             Ok(()) => tidesync_core::failpoint::hit("direct-copy-before-log"),
@@ -233,10 +279,19 @@ pub(super) async fn copy(
             }
         }
         idle.push(writer);
-        record(pipeline, cancel, log, &chunk.position).await?;
-        retry("ack", cancel, source, |s| s.ack(chunk.position.clone()))
-            .await
-            .map_err(|stop| ("source", stop))?;
+        let at = Instant::now();
+        let recorded = match record(pipeline, cancel, log, &chunk.position).await {
+            Ok(()) => retry("ack", cancel, source, |s| s.ack(chunk.position.clone()))
+                .await
+                .map_err(|stop| ("source", stop)),
+            Err(e) => Err(e),
+        };
+        waited.log += at.elapsed();
+        if let Err(e) = recorded {
+            // The target may hold more than the log; the next start reconciles them.
+            abort_all(in_flight);
+            return Err(e);
+        }
         rows += chunk.rows;
         chunks += 1;
         if last_progress.elapsed() >= PROGRESS_EVERY {
@@ -261,7 +316,10 @@ pub(super) async fn copy(
             chunks,
             seconds = secs,
             rows_per_s = (rows as f64 / secs) as u64,
-            "direct copy done"
+            read_s = waited.read.as_secs_f64(),
+            write_wait_s = waited.write.as_secs_f64(),
+            log_s = waited.log.as_secs_f64(),
+            "direct copy done (seconds spent waiting for the source, the writers and the log)"
         );
     }
     Ok(())
