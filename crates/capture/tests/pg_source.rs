@@ -390,3 +390,55 @@ async fn a_quiet_pipeline_releases_wal_other_tables_write() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_copy_is_binary_where_allowed_and_keys_still_read() {
+    let pg = server(2_500);
+    pg.psql(
+        DB,
+        "CREATE TABLE other (k uuid PRIMARY KEY, v numeric); \
+         INSERT INTO other SELECT md5(g::text)::uuid, g FROM generate_series(1, 1500) g;",
+    )
+    .unwrap();
+    let mut opts = PgLogOptions::new(pg.url(DB), "p1", vec!["items".into(), "other".into()]);
+    opts.chunk_rows = 1_000;
+    let mut source = PgLogSource::new(opts);
+    source.open(None).await.unwrap();
+    source.allow_binary_copy(["items".to_owned(), "other".to_owned()].into());
+    let first = source.copy_chunk(usize::MAX).await.unwrap().unwrap();
+    assert!(first.binary);
+    assert!(first.data.starts_with(b"PGCOPY\n\xff\r\n\0"));
+    assert!(first.data.ends_with(&[0xff, 0xff]));
+    assert_eq!(first.rows, 1_000);
+    assert!(matches!(&first.position,
+        Position::Snapshot { after: Some(key), .. } if key.0 == [Value::Text("1000".into())]));
+    let mut rows = first.rows;
+    let mut last = first;
+    while let Some(chunk) = source.copy_chunk(usize::MAX).await.unwrap() {
+        if chunk.stream != "items" {
+            // uuid keys are read from the binary form as PostgreSQL prints them.
+            assert!(chunk.binary);
+            assert_eq!(chunk.rows, 1_000);
+            let thousandth = pg
+                .psql(DB, "SELECT k FROM other ORDER BY k OFFSET 999 LIMIT 1")
+                .unwrap();
+            assert!(matches!(&chunk.position,
+                Position::Snapshot { after: Some(key), .. }
+                    if key.0 == [Value::Text(thousandth.trim().to_owned())]));
+            break;
+        }
+        rows += chunk.rows;
+        last = chunk;
+    }
+    assert_eq!(rows, 2_500);
+    assert!(matches!(&last.position,
+        Position::Snapshot { table, after: None, .. } if table == "other"));
+    // Abandoning inside `items` rewinds to a key read from the binary form.
+    source.copy_abandon(&last);
+    let batch = source
+        .poll(100, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids_of(&batch.changes[0]), 2_001);
+}

@@ -11,6 +11,7 @@
 //! - Futures are dropped when the pipeline is cancelled: an implementation must leave no
 //!   half-applied state behind when that happens between two awaits.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -151,9 +152,13 @@ pub struct CopyChunk {
     pub stream: String,
     /// Its columns, in the order of each line's values.
     pub columns: Vec<String>,
-    /// One line per row: values tab-separated in `columns` order, `\N` for null, backslash
-    /// escapes (PostgreSQL docs, "COPY", "Text Format").
+    /// `COPY` input: with `binary` a complete binary `COPY` stream (header, rows, trailer),
+    /// else one line per row, values tab-separated in `columns` order, `\N` for null,
+    /// backslash escapes (PostgreSQL docs, "COPY", "Text Format" and "Binary Format").
     pub data: Vec<u8>,
+    /// The binary format: only where the target's columns have the source's very types
+    /// (see [`Sink::copy_binary`]).
+    pub binary: bool,
     pub rows: u64,
     /// The source's position once this chunk is in the target: the copy's progress.
     pub position: Position,
@@ -206,6 +211,13 @@ pub trait Source: Send {
         Box::pin(async { Ok(None) })
     }
 
+    /// The streams whose direct copy may use PostgreSQL's binary `COPY` format (the sink's
+    /// target columns have exactly the source's types, see [`Sink::copy_binary`]); the source
+    /// uses it where it can also read the keys of that form, text elsewhere.
+    fn allow_binary_copy(&mut self, streams: HashSet<String>) {
+        let _ = streams;
+    }
+
     /// The sink did not take `chunk` (or a chunk handed out after it): the source rewinds to
     /// just before it, ends the direct copy, and [`Self::poll`] reads those rows again.
     fn copy_abandon(&mut self, chunk: &CopyChunk) {
@@ -252,6 +264,17 @@ pub trait Sink: Send {
     /// own, for use after [`Self::open`]; `None`: this sink takes no direct copies.
     fn copy_writer(&self) -> Option<Box<dyn CopyWriter>> {
         None
+    }
+
+    /// Of `schemas` (named as this sink names them, after renames), the names of those whose
+    /// target tables can take the source's values in binary `COPY` form: every column there
+    /// with exactly the source's type.
+    fn copy_binary(
+        &mut self,
+        schemas: &[TableSchema],
+    ) -> BoxFuture<'_, Result<HashSet<String>, StageError>> {
+        let _ = schemas;
+        Box::pin(async { Ok(HashSet::new()) })
     }
 
     /// The position of the last chunk a [`CopyWriter`] committed for this pipeline and sink, if

@@ -1001,6 +1001,18 @@ impl Sink for PostgresSink {
         Some(Box::new(direct::PgCopyWriter::new(self)))
     }
 
+    fn copy_binary(
+        &mut self,
+        schemas: &[TableSchema],
+    ) -> BoxFuture<'_, Result<HashSet<String>, StageError>> {
+        let schemas = schemas.to_vec();
+        Box::pin(async move {
+            self.copy_binary_inner(&schemas)
+                .await
+                .map_err(StageError::from)
+        })
+    }
+
     fn copied(&mut self) -> BoxFuture<'_, Result<Option<Position>, StageError>> {
         Box::pin(async move { self.copied_inner().await.map_err(StageError::from) })
     }

@@ -9,6 +9,7 @@
 //! Still to come (issue 4): the initial snapshot under the exported snapshot, and the
 //! `Source` that pairs tuples with relations and confirms LSNs only after the store committed.
 
+pub mod copy_binary;
 pub mod copy_text;
 pub mod pgoutput;
 pub mod replication;

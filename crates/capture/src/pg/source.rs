@@ -41,12 +41,12 @@ use tidesync_core::{
 };
 use tokio_postgres::{Client, Config, CopyOutStream, NoTls, Statement};
 
-use super::copy_text;
 use super::pgoutput::{Lsn, Oid, OldTuple, PgOutputMessage, Relation, Tuple, TupleValue};
 use super::replication::{
     PgReplication, PgReplicationStream, ReplicationError, SESSION_OPTIONS, StreamSpec,
 };
 use super::text::text_to_value;
+use super::{copy_binary, copy_text};
 
 /// The prefix of our watermark messages in the WAL.
 const WATERMARK_PREFIX: &str = "tidesync";
@@ -57,6 +57,11 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// A direct-copy chunk ends at this many bytes even if it has fewer rows than asked for, to
 /// bound the memory two chunks in flight take.
 const MAX_CHUNK_BYTES: usize = 16 << 20;
+
+/// Types with smaller OIDs are built into every PostgreSQL (`FirstGenbkiObjectId`): the same
+/// type with the same binary form on source and target. Types from this OID on (extensions,
+/// user types, initdb-made ones) differ between databases, so their tables copy as text.
+const FIRST_USER_OID: u32 = 10_000;
 
 /// The direct copy remembers where this many chunks began, to rewind to one of them.
 const CHUNK_STARTS_KEPT: usize = 8;
@@ -221,6 +226,8 @@ struct Copy {
 struct Direct {
     table: usize,
     rows: Pin<Box<CopyOutStream>>,
+    /// `Some`: the binary format, cut into rows by this.
+    binary: Option<copy_binary::Cutter>,
 }
 
 impl std::fmt::Debug for Direct {
@@ -277,6 +284,8 @@ pub struct PgLogSource {
     chunks: u64,
     /// Where the last chunks handed out began (chunk number, cursor), for `copy_abandon`.
     chunk_starts: VecDeque<(u64, Cursor)>,
+    /// Streams whose direct copy may be binary (see [`Source::allow_binary_copy`]).
+    copy_binary: HashSet<String>,
     /// Re-read requests, served in order once the initial copy is done.
     requests: VecDeque<Asked>,
     stream: Option<PgReplicationStream>,
@@ -350,6 +359,7 @@ impl PgLogSource {
             direct: None,
             chunks: 0,
             chunk_starts: VecDeque::new(),
+            copy_binary: HashSet::new(),
             requests: VecDeque::new(),
             stream: None,
             txn: None,
@@ -924,7 +934,7 @@ impl PgLogSource {
 
     /// The statement copying table `t` whole, in key order (no parameters: `COPY` takes none;
     /// the chunks are cut from its output).
-    fn copy_statement(&self, t: usize) -> String {
+    fn copy_statement(&self, t: usize, binary: bool) -> String {
         let table = &self.tables[t];
         let columns: Vec<String> = table
             .columns
@@ -937,10 +947,11 @@ impl PgLogSource {
             .map(|k| format!("t.{}", quote_ident(k)))
             .collect();
         format!(
-            "COPY (SELECT {} FROM ONLY {} AS t ORDER BY {}) TO STDOUT",
+            "COPY (SELECT {} FROM ONLY {} AS t ORDER BY {}) TO STDOUT{}",
             columns.join(", "),
             table.qualified(),
-            key.join(", ")
+            key.join(", "),
+            if binary { " (FORMAT binary)" } else { "" }
         )
     }
 
@@ -964,55 +975,76 @@ impl PgLogSource {
                     // A table begun by `poll` (after an abandoned chunk): `poll` finishes it.
                     return Ok(None);
                 }
-                let sql = self.copy_statement(t);
+                let table = &self.tables[t];
+                // Binary where the sink takes it and the keys can be read from it.
+                let binary = self.copy_binary.contains(&stream)
+                    && table.columns.iter().all(|c| c.type_oid.0 < FIRST_USER_OID)
+                    && table
+                        .key_positions()
+                        .iter()
+                        .all(|&i| copy_binary::key_type_readable(table.columns[i].type_oid.0));
+                let width = table.columns.len();
+                let sql = self.copy_statement(t, binary);
                 let client = self.client().await?;
                 let rows = client.copy_out(sql.as_str()).await.map_err(&err)?;
-                tracing::info!(source = %self.target, table = %stream, "copying directly into the sink");
+                tracing::info!(source = %self.target, table = %stream, binary, "copying directly into the sink");
                 self.direct = Some(Direct {
                     table: t,
                     rows: Box::pin(rows),
+                    binary: binary.then(|| copy_binary::Cutter::new(width)),
                 });
             }
             let Some(direct) = self.direct.as_mut() else {
                 return Ok(None);
             };
-            let mut data: Vec<u8> = Vec::new();
-            let mut rows = 0u64;
-            let mut end = false;
-            // Whole lines only: PostgreSQL sends one row per message, but a chunk is cut only
-            // where a line ends, whatever the messages.
-            while (rows < max_rows as u64 && data.len() < MAX_CHUNK_BYTES)
-                || data.last().is_some_and(|&b| b != b'\n')
-            {
-                match direct.rows.next().await {
-                    Some(Ok(bytes)) => {
-                        rows += copy_text::count_rows(&bytes);
-                        data.extend_from_slice(&bytes);
-                    }
-                    Some(Err(e)) => return Err(err(e)),
-                    None => {
-                        end = true;
-                        break;
+            let table = &self.tables[t];
+            let key_at = table.key_positions();
+            let bad = |e: String| {
+                definite(format!(
+                    "source {}: copying table {stream}: {e}",
+                    self.target
+                ))
+            };
+            let (data, rows, end, last_key) = match direct.binary.as_mut() {
+                None => {
+                    let (data, rows, end) = read_text(&mut direct.rows, max_rows, &err).await?;
+                    let key = if end || rows == 0 {
+                        None
+                    } else {
+                        let key = copy_text::last_row_values(&data, table.columns.len(), &key_at)
+                            .map_err(|e| bad(format!("the last row of a chunk: {e}")))?;
+                        Some(key.into_iter().map(Option::unwrap_or_default).collect())
+                    };
+                    (data, rows, end, key)
+                }
+                Some(cutter) => {
+                    let end = read_binary(&mut direct.rows, cutter, max_rows, &err)
+                        .await?
+                        .map_err(|e| bad(e.to_string()))?;
+                    match cutter.take(&key_at).map_err(|e| bad(e.to_string()))? {
+                        None => (Vec::new(), 0, end, None),
+                        Some(copy_binary::Taken { data, rows, key }) => {
+                            let mut texts = Vec::with_capacity(key.len());
+                            for (value, &i) in key.iter().zip(&key_at) {
+                                texts.push(match value {
+                                    None => String::new(),
+                                    Some(bytes) => {
+                                        copy_binary::key_text(table.columns[i].type_oid.0, bytes, i)
+                                            .map_err(|e| bad(e.to_string()))?
+                                    }
+                                });
+                            }
+                            (data, rows, end, Some(texts))
+                        }
                     }
                 }
-            }
-            let table = &self.tables[t];
+            };
+            let binary = direct.binary.is_some();
             let next: Cursor = if end {
                 self.direct = None;
                 (t + 1, None)
             } else {
-                let key =
-                    copy_text::last_row_values(&data, table.columns.len(), &table.key_positions())
-                        .map_err(|e| {
-                            definite(format!(
-                                "source {}: copying table {stream}: the last row of a chunk: {e}",
-                                self.target
-                            ))
-                        })?;
-                (
-                    t,
-                    Some(key.into_iter().map(Option::unwrap_or_default).collect()),
-                )
+                (t, last_key)
             };
             let columns = table.columns.iter().map(|c| c.name.clone()).collect();
             self.start_copy(next, true);
@@ -1029,6 +1061,7 @@ impl PgLogSource {
                 stream,
                 columns,
                 data,
+                binary,
                 rows,
                 position: self.position(),
             }));
@@ -1846,6 +1879,57 @@ impl PgLogSource {
     }
 }
 
+/// Reads text `COPY` rows until `max_rows` whole lines (or [`MAX_CHUNK_BYTES`]) or the end:
+/// (data, rows, ended).
+async fn read_text(
+    stream: &mut Pin<Box<CopyOutStream>>,
+    max_rows: usize,
+    err: &impl Fn(tokio_postgres::Error) -> StageError,
+) -> Result<(Vec<u8>, u64, bool), StageError> {
+    let mut data: Vec<u8> = Vec::new();
+    let mut rows = 0u64;
+    // Whole lines only: PostgreSQL sends one row per message, but a chunk is cut only where
+    // a line ends, whatever the messages.
+    while (rows < max_rows as u64 && data.len() < MAX_CHUNK_BYTES)
+        || data.last().is_some_and(|&b| b != b'\n')
+    {
+        match stream.next().await {
+            Some(Ok(bytes)) => {
+                rows += copy_text::count_rows(&bytes);
+                data.extend_from_slice(&bytes);
+            }
+            Some(Err(e)) => return Err(err(e)),
+            None => return Ok((data, rows, true)),
+        }
+    }
+    Ok((data, rows, false))
+}
+
+/// Feeds binary `COPY` data to `cutter` until it holds `max_rows` whole rows (or
+/// [`MAX_CHUNK_BYTES`]) or the stream ends: whether it ended. The inner error is the data's.
+async fn read_binary(
+    stream: &mut Pin<Box<CopyOutStream>>,
+    cutter: &mut copy_binary::Cutter,
+    max_rows: usize,
+    err: &impl Fn(tokio_postgres::Error) -> StageError,
+) -> Result<Result<bool, copy_binary::CopyBinaryError>, StageError> {
+    loop {
+        let (rows, bytes) = cutter.rows();
+        if rows >= max_rows as u64 || bytes >= MAX_CHUNK_BYTES {
+            return Ok(Ok(false));
+        }
+        match stream.next().await {
+            Some(Ok(bytes)) => {
+                if let Err(e) = cutter.push(&bytes) {
+                    return Ok(Err(e));
+                }
+            }
+            Some(Err(e)) => return Err(err(e)),
+            None => return Ok(cutter.finish().map(|()| true)),
+        }
+    }
+}
+
 /// Key texts as a key (the progress form of a table re-read, like the copy's position).
 fn text_key(texts: Vec<String>) -> Key {
     Key(texts.into_iter().map(Value::Text).collect())
@@ -1967,6 +2051,10 @@ impl Source for PgLogSource {
             }
             chunk
         })
+    }
+
+    fn allow_binary_copy(&mut self, streams: HashSet<String>) {
+        self.copy_binary = streams;
     }
 
     fn copy_abandon(&mut self, chunk: &CopyChunk) {

@@ -11,10 +11,11 @@
 //! type refuses, fails the chunk definitely; the runtime then sends the rows through the log
 //! (upserts, with errors naming the row).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::SinkExt as _;
-use tidesync_core::{BoxFuture, CopyChunk, CopyWriter, Position, StageError};
+use tidesync_core::{BoxFuture, CopyChunk, CopyWriter, Dialect, Position, StageError, TableSchema};
 
 use super::error::PostgresSinkError;
 use super::{PostgresSink, sql, within};
@@ -28,6 +29,10 @@ const WRITE_COPIED: &str = "INSERT INTO _tidesync_copied (pipeline, sink, positi
     DO UPDATE SET position = EXCLUDED.position, updated_at = now()";
 
 const READ_COPIED: &str = "SELECT position FROM _tidesync_copied WHERE pipeline = $1 AND sink = $2";
+
+/// The columns of table `$1` (a quoted name): name, type as `format_type` prints it, type oid.
+const TABLE_TYPES: &str = "SELECT attname::text, format_type(atttypid, atttypmod), atttypid::int8 \
+    FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped";
 
 const CLEAR_COPIED: &str = "DELETE FROM _tidesync_copied WHERE pipeline = $1 AND sink = $2";
 
@@ -77,14 +82,13 @@ impl PgCopyWriter {
         within(&target, &context, conn.client.batch_execute("BEGIN"))
             .await?
             .map_err(&err)?;
-        let statement = within(
-            &target,
-            &context,
-            conn.client
-                .prepare(&sql::copy_sql(&chunk.stream, &chunk.columns)),
-        )
-        .await?
-        .map_err(&err)?;
+        let mut copy = sql::copy_sql(&chunk.stream, &chunk.columns);
+        if chunk.binary {
+            copy.push_str(" (FORMAT binary)");
+        }
+        let statement = within(&target, &context, conn.client.prepare(&copy))
+            .await?
+            .map_err(&err)?;
         let rows = within(
             &target,
             &context,
@@ -179,6 +183,42 @@ impl CopyWriter for PgCopyWriter {
 }
 
 impl PostgresSink {
+    /// See [`Sink::copy_binary`](tidesync_core::Sink::copy_binary): PostgreSQL schemas whose
+    /// every column the target table has with the same type name, and that a built-in type
+    /// (the same binary form in every database).
+    pub(super) async fn copy_binary_inner(
+        &mut self,
+        schemas: &[TableSchema],
+    ) -> Result<HashSet<String>, PostgresSinkError> {
+        let target = self.target.clone();
+        let context = "reading the target's column types";
+        let err = self.query_error(context);
+        let conn = self.connect().await?;
+        let mut binary = HashSet::new();
+        for schema in schemas.iter().filter(|s| s.dialect == Dialect::Postgres) {
+            let name = sql::quote_ident(&schema.name);
+            let rows = within(&target, context, conn.client.query(TABLE_TYPES, &[&name]))
+                .await?
+                .map_err(&err)?;
+            let mut types: HashMap<String, (String, i64)> = HashMap::new();
+            for row in rows {
+                let column: String = row.try_get(0).map_err(&err)?;
+                let type_name: String = row.try_get(1).map_err(&err)?;
+                let oid: i64 = row.try_get(2).map_err(&err)?;
+                types.insert(column, (type_name, oid));
+            }
+            let same = schema.columns.iter().all(|c| {
+                types
+                    .get(&c.name)
+                    .is_some_and(|(type_name, oid)| *type_name == c.type_name && *oid < 10_000)
+            });
+            if same {
+                binary.insert(schema.name.clone());
+            }
+        }
+        Ok(binary)
+    }
+
     pub(super) async fn copied_inner(&mut self) -> Result<Option<Position>, PostgresSinkError> {
         let target = self.target.clone();
         let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());

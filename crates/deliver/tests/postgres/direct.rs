@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tidesync_core::{CopyChunk, Key, Position, Sink, Value};
+use tidesync_core::{CopyChunk, Key, Position, Sink, TableSchema, Value};
 
 use super::*;
 
@@ -17,6 +17,7 @@ fn chunk(number: u64, ids: std::ops::RangeInclusive<i64>) -> Arc<CopyChunk> {
         stream: "items".into(),
         columns: vec!["id".into(), "sku".into(), "price".into()],
         data,
+        binary: false,
         rows: ids.count() as u64,
         position: Position::Snapshot {
             stream: Box::new(Position::Lsn(100)),
@@ -120,4 +121,65 @@ async fn a_chunk_with_an_existing_row_fails_definitely_and_leaves_nothing() {
     assert!(!err.is_transient(), "{err}");
     assert!(err.to_string().contains("items"), "{err}");
     assert_eq!(count(&pg).trim(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_chunk_goes_in_where_the_types_are_the_same() {
+    let pg = server();
+    pg.psql(
+        DB,
+        "CREATE TABLE same (id bigint PRIMARY KEY, note text); \
+         CREATE TABLE other (id integer PRIMARY KEY, note text);",
+    )
+    .unwrap();
+    let schema = |name: &str| TableSchema {
+        name: name.into(),
+        columns: vec![column("id", "bigint", false), column("note", "text", true)],
+        key: vec!["id".into()],
+        dialect: tidesync_core::Dialect::Postgres,
+    };
+    let (mut sink, _) = open_sink(&pg, vec![schema("same"), schema("other")], false).await;
+    let binary = sink
+        .copy_binary(&[schema("same"), schema("other")])
+        .await
+        .unwrap();
+    // `other.id` is an integer, not the source's bigint: text only there.
+    assert_eq!(binary, ["same".to_owned()].into_iter().collect());
+    // Two rows in binary COPY form: (1, 'a\tb'), (2, NULL).
+    let mut data = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
+    for (id, note) in [(1i64, Some(&b"a\tb"[..])), (2, None)] {
+        data.extend_from_slice(&2i16.to_be_bytes());
+        data.extend_from_slice(&8i32.to_be_bytes());
+        data.extend_from_slice(&id.to_be_bytes());
+        match note {
+            Some(n) => {
+                data.extend_from_slice(&(n.len() as i32).to_be_bytes());
+                data.extend_from_slice(n);
+            }
+            None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    data.extend_from_slice(&(-1i16).to_be_bytes());
+    let mut writer = sink.copy_writer().unwrap();
+    writer
+        .write(Arc::new(CopyChunk {
+            number: 1,
+            stream: "same".into(),
+            columns: vec!["id".into(), "note".into()],
+            data,
+            binary: true,
+            rows: 2,
+            position: Position::Lsn(7),
+        }))
+        .await
+        .unwrap();
+    writer.commit().await.unwrap();
+    assert_eq!(
+        pg.psql(
+            DB,
+            "SELECT id, coalesce(note, 'null') FROM same ORDER BY id"
+        )
+        .unwrap(),
+        "1|a\tb\n2|null"
+    );
 }

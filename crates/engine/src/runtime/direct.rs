@@ -189,15 +189,29 @@ pub(super) async fn copy(
         sink,
         rename,
     } = d;
-    let schemas = match rename {
+    // The schemas as the sink names them, in the same order.
+    let targets = match rename {
         Some(r) => r
             .schemas(schemas)
             .map_err(|e| ("sink", Stop::Failed(StageError::definite(e))))?,
         None => schemas.to_vec(),
     };
-    retry("open sink", cancel, sink, |s| s.open(schemas.clone()))
+    retry("open sink", cancel, sink, |s| s.open(targets.clone()))
         .await
         .map_err(|stop| ("sink", stop))?;
+    let binary = retry("read the target's column types", cancel, sink, |s| {
+        s.copy_binary(&targets)
+    })
+    .await
+    .map_err(|stop| ("sink", stop))?;
+    source.allow_binary_copy(
+        schemas
+            .iter()
+            .zip(&targets)
+            .filter(|(_, target)| binary.contains(&target.name))
+            .map(|(schema, _)| schema.name.clone())
+            .collect(),
+    );
     let mut idle: Vec<Box<dyn CopyWriter>> =
         (0..WRITERS).filter_map(|_| sink.copy_writer()).collect();
     let started = Instant::now();
