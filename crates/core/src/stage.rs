@@ -160,6 +160,8 @@ pub struct CopyChunk {
     /// (see [`Sink::copy_binary`]).
     pub binary: bool,
     pub rows: u64,
+    /// About how many rows the chunk's table has (the source's statistics), for progress.
+    pub table_rows: Option<u64>,
     /// The source's position once this chunk is in the target: the copy's progress.
     pub position: Position,
 }

@@ -228,6 +228,8 @@ struct Direct {
     rows: Pin<Box<CopyOutStream>>,
     /// `Some`: the binary format, cut into rows by this.
     binary: Option<copy_binary::Cutter>,
+    /// The table's row count as the planner's statistics have it.
+    estimate: Option<u64>,
 }
 
 impl std::fmt::Debug for Direct {
@@ -984,14 +986,27 @@ impl PgLogSource {
                         .iter()
                         .all(|&i| copy_binary::key_type_readable(table.columns[i].type_oid.0));
                 let width = table.columns.len();
+                let qualified = table.qualified();
                 let sql = self.copy_statement(t, binary);
                 let client = self.client().await?;
+                let estimate = client
+                    .query_one(
+                        "SELECT reltuples::int8 FROM pg_class WHERE oid = to_regclass($1)",
+                        &[&qualified],
+                    )
+                    .await
+                    .map_err(&err)?
+                    .try_get::<_, i64>(0)
+                    .ok()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .filter(|&n| n > 0);
                 let rows = client.copy_out(sql.as_str()).await.map_err(&err)?;
                 tracing::info!(source = %self.target, table = %stream, binary, "copying directly into the sink");
                 self.direct = Some(Direct {
                     table: t,
                     rows: Box::pin(rows),
                     binary: binary.then(|| copy_binary::Cutter::new(width)),
+                    estimate,
                 });
             }
             let Some(direct) = self.direct.as_mut() else {
@@ -1040,6 +1055,7 @@ impl PgLogSource {
                 }
             };
             let binary = direct.binary.is_some();
+            let table_rows = direct.estimate;
             let next: Cursor = if end {
                 self.direct = None;
                 (t + 1, None)
@@ -1063,6 +1079,7 @@ impl PgLogSource {
                 data,
                 binary,
                 rows,
+                table_rows,
                 position: self.position(),
             }));
         }

@@ -19,6 +19,7 @@ fn chunk(number: u64, ids: std::ops::RangeInclusive<i64>) -> Arc<CopyChunk> {
         data,
         binary: false,
         rows: ids.count() as u64,
+        table_rows: None,
         position: Position::Snapshot {
             stream: Box::new(Position::Lsn(100)),
             table: "items".into(),
@@ -169,6 +170,7 @@ async fn a_binary_chunk_goes_in_where_the_types_are_the_same() {
             data,
             binary: true,
             rows: 2,
+            table_rows: None,
             position: Position::Lsn(7),
         }))
         .await

@@ -111,6 +111,22 @@ async fn record(
     .map_err(|stop| ("store", stop))
 }
 
+/// A progress line for the table being copied: rows, share and time left when the source
+/// knows about how many rows it has.
+fn progress(table: &(String, u64, Instant), estimate: Option<u64>) -> String {
+    let (name, rows, since) = table;
+    let rate = *rows as f64 / since.elapsed().as_secs_f64().max(1e-3);
+    match estimate.filter(|&e| e >= *rows) {
+        Some(estimate) => format!(
+            "direct copy of {name}: {rows} of about {estimate} rows ({:.0}%), {rate:.0} rows/s, \
+             about {:.0} s left",
+            *rows as f64 * 100.0 / estimate as f64,
+            (estimate - rows) as f64 / rate.max(1.0)
+        ),
+        None => format!("direct copy of {name}: {rows} rows, {rate:.0} rows/s"),
+    }
+}
+
 /// Where the copy loop spent its time, reported when it ends (tells a slow source from a
 /// slow target).
 #[derive(Debug, Default)]
@@ -218,6 +234,8 @@ pub(super) async fn copy(
     let mut last_progress = Instant::now();
     let (mut rows, mut chunks) = (0u64, 0u64);
     let mut waited = Waited::default();
+    // The table being copied: name, rows copied, since when.
+    let mut table = (String::new(), 0u64, Instant::now());
     // Chunks being written, in chunk order; each is committed only after those before it.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     // Tells the next chunk's task that the last one spawned has committed (`true`) or not.
@@ -308,10 +326,13 @@ pub(super) async fn copy(
         }
         rows += chunk.rows;
         chunks += 1;
+        if table.0 != chunk.stream {
+            table = (chunk.stream.clone(), 0, Instant::now());
+        }
+        table.1 += chunk.rows;
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            tracing::info!(pipeline, table = %chunk.stream, rows, rows_per_s = (rows as f64 / secs) as u64, "direct copy");
+            tracing::info!(pipeline, "{}", progress(&table, chunk.table_rows));
         }
     }
     // After an abandoned chunk, the later ones are not committed: their transactions roll
@@ -337,4 +358,33 @@ pub(super) async fn copy(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_says_share_and_time_left_when_the_size_is_known() {
+        let table = (
+            "items".to_owned(),
+            250_000,
+            Instant::now() - Duration::from_secs(5),
+        );
+        let line = progress(&table, Some(1_000_000));
+        assert!(
+            line.starts_with("direct copy of items: 250000 of about 1000000 rows (25%), "),
+            "{line}"
+        );
+        assert!(line.ends_with("about 15 s left"), "{line}");
+        // No estimate, or one the copy has passed: rows and rate only.
+        for estimate in [None, Some(1_000)] {
+            let line = progress(&table, estimate);
+            assert!(
+                line.starts_with("direct copy of items: 250000 rows, "),
+                "{line}"
+            );
+            assert!(line.ends_with(" rows/s"), "{line}");
+        }
+    }
 }
