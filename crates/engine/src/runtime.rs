@@ -105,6 +105,11 @@ pub struct PipelineOptions {
     /// A fresh start may copy the source's tables straight into the pipeline's one sink
     /// (see `direct`), when both can.
     pub direct_copy: bool,
+    /// How many batches' worth of entries a sink applies at most in one go (one target
+    /// transaction): fewer, larger commits while it catches up (a commit per 1,000 rows is
+    /// what limits a catching-up PostgreSQL sink: 4 measured ~20% faster, 10 no better);
+    /// a sink that keeps up gets what is there, so latency is unchanged.
+    pub sink_batches: usize,
 }
 
 impl Default for PipelineOptions {
@@ -116,6 +121,7 @@ impl Default for PipelineOptions {
             poll_wait: Duration::from_millis(250),
             trim_every: Duration::from_secs(10),
             direct_copy: true,
+            sink_batches: 4,
         }
     }
 }
@@ -580,7 +586,12 @@ impl SinkTask {
         let mut last_cursor_move = Instant::now();
         let mut stored_cursor = cursor;
         loop {
-            let max = self.options.batch_size;
+            // A sink that is behind applies several batches' worth in one target transaction:
+            // a target commit (a WAL flush) per batch is what limits a catching-up sink.
+            let max = self
+                .options
+                .batch_size
+                .saturating_mul(self.options.sink_batches.max(1));
             let mut entries = match prefetched.take() {
                 Some(entries) => entries,
                 None => match retry("read log", &self.cancel, &mut log_ref, |l| {

@@ -93,6 +93,9 @@ impl From<StoreError> for StageError {
     }
 }
 
+/// Statements each writer connection keeps prepared (see [`SqliteStore::open`]).
+const WRITER_STATEMENTS_CACHED: usize = 32;
+
 fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -158,6 +161,10 @@ impl SqliteStore {
             })?;
         }
         let writer = Connection::open(path).map_err(open_err)?;
+        // An append prepares up to seven multi-row statement texts for the log and seven for
+        // the current state (see `rows`), besides its own: rusqlite's default of 16 cached
+        // statements would make batches of varying sizes re-parse them.
+        writer.set_prepared_statement_cache_capacity(WRITER_STATEMENTS_CACHED);
         schema::configure(&writer).map_err(open_err)?;
         schema::migrate(&writer)?;
         writer
@@ -361,12 +368,8 @@ fn append(
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(e("beginning an append"))?;
     let head: i64 = tx
-        .query_row(
-            "SELECT head FROM positions WHERE pipeline = ?1",
-            [pipeline],
-            |r| r.get(0),
-        )
-        .optional()
+        .prepare_cached("SELECT head FROM positions WHERE pipeline = ?1")
+        .and_then(|mut st| st.query_row([pipeline], |r| r.get(0)).optional())
         .map_err(e("reading the log head"))?
         .unwrap_or(0);
     let mut seq = head;
@@ -506,12 +509,14 @@ fn append(
         }
         pending.flush(&tx, pipeline)?;
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO positions (pipeline, position, head, head_commit_us, updated_us) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (pipeline) DO UPDATE SET position = excluded.position, head = excluded.head,
            head_commit_us = coalesce(excluded.head_commit_us, head_commit_us), updated_us = excluded.updated_us",
-        params![pipeline, captured.position.to_json(), seq, last_commit_us, now_us()],
     )
+    .and_then(|mut st| {
+        st.execute(params![pipeline, captured.position.to_json(), seq, last_commit_us, now_us()])
+    })
     .map_err(e("storing the source position"))?;
     if let Some(progress) = &captured.progress {
         requests::record_progress(&tx, pipeline, progress, seq)?;

@@ -70,6 +70,10 @@ const CHUNK_STARTS_KEPT: usize = 8;
 /// advances this often, so the slot does not hold WAL for a quiet pipeline.
 const IDLE_POSITION_EVERY: Duration = Duration::from_secs(2);
 
+/// The most changes a transaction's list is given room for up front (see
+/// `PgLogSource::last_txn_changes`); larger transactions grow it as before.
+const TXN_CAPACITY_MAX: usize = 4096;
+
 /// What a [`PgLogSource`] captures and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgLogOptions {
@@ -243,7 +247,8 @@ impl std::fmt::Debug for Direct {
 /// A transaction being received.
 #[derive(Debug)]
 struct Txn {
-    xid: u32,
+    /// The transaction id as text (`Change::txn`), formatted once, not once per change.
+    xid: String,
     commit_time_us: i64,
     changes: Vec<Change>,
     /// The copy's cursor after a watermark window that closed in this transaction: it
@@ -292,6 +297,9 @@ pub struct PgLogSource {
     requests: VecDeque<Asked>,
     stream: Option<PgReplicationStream>,
     txn: Option<Txn>,
+    /// Changes of the last transaction received: the next one's first capacity, so a large
+    /// transaction's change list is not grown (and copied) ten times over.
+    last_txn_changes: usize,
     /// Whole transactions received but not handed out: changes and the commit's end.
     ready: VecDeque<Ready>,
     /// Changes in `ready` (kept, not summed: checked after every message).
@@ -365,6 +373,7 @@ impl PgLogSource {
             requests: VecDeque::new(),
             stream: None,
             txn: None,
+            last_txn_changes: 0,
             ready: VecDeque::new(),
             ready_changes: 0,
             handed: Lsn(0),
@@ -1176,6 +1185,9 @@ impl PgLogSource {
         let start = Instant::now();
         let mut deadline = start + wait;
         let mut lingering = false;
+        // The deadline has passed (it never moves later), and messages read since.
+        let mut overdue = false;
+        let mut read_overdue = 0_usize;
         loop {
             if self.ready_changes >= max {
                 break;
@@ -1184,21 +1196,54 @@ impl PgLogSource {
                 lingering = true;
                 deadline = deadline.min(Instant::now() + self.opts.linger);
             }
-            let now = Instant::now();
-            if now >= deadline && self.txn.is_none() {
-                break;
+            // Inside a transaction keep reading: a batch ends only at a commit. So the clock is
+            // read only between transactions, or before waiting.
+            let in_txn = self.txn.is_some();
+            if !in_txn {
+                overdue = overdue || Instant::now() >= deadline;
+                // Past the deadline, messages already received are still read (no waiting),
+                // but at most about `max` of them: so a poll with no wait (the runtime's read
+                // ahead while the last batch is appended) decodes the next transactions
+                // instead of returning empty, and a stream of other tables' transactions
+                // cannot keep it here.
+                if overdue && read_overdue >= max {
+                    break;
+                }
             }
             let Some(stream) = self.stream.as_mut() else {
                 break;
             };
-            let left = deadline.saturating_duration_since(now);
-            // Inside a transaction keep reading: a batch ends only at a commit.
-            let left = if self.txn.is_some() {
-                left.max(Duration::from_millis(100))
-            } else {
-                left
+            // A message already received is taken without arming a timer: a timer and two
+            // clock reads per message were a visible part of the capture loop's time.
+            // `next` is cancel-safe, and the same future is awaited below if it must wait.
+            let received = {
+                let mut next = std::pin::pin!(stream.next());
+                let ready = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(match next.as_mut().poll(cx) {
+                        std::task::Poll::Ready(r) => Some(r),
+                        std::task::Poll::Pending => None,
+                    })
+                })
+                .await;
+                match ready {
+                    Some(r) => Ok(r),
+                    None if overdue && !in_txn => break,
+                    None => {
+                        let now = Instant::now();
+                        if now >= deadline && !in_txn {
+                            break;
+                        }
+                        let left = deadline.saturating_duration_since(now);
+                        let left = if in_txn {
+                            left.max(Duration::from_millis(100))
+                        } else {
+                            left
+                        };
+                        tokio::time::timeout(left, next).await
+                    }
+                }
             };
-            match tokio::time::timeout(left, stream.next()).await {
+            match received {
                 Err(_) => {
                     if self.txn.is_none() {
                         break;
@@ -1209,6 +1254,9 @@ impl PgLogSource {
                     return Err(from_replication(e));
                 }
                 Ok(Ok(message)) => {
+                    if overdue {
+                        read_overdue += 1;
+                    }
                     if let Err(e) = self.handle(message.message).await {
                         self.reset_stream();
                         return Err(e);
@@ -1222,7 +1270,7 @@ impl PgLogSource {
         }
         // Hand out whole transactions, up to `max` changes (at least one transaction); a
         // request's rows go alone, logged as read (a `Full` batch).
-        let mut changes = Vec::new();
+        let mut changes: Vec<Change> = Vec::new();
         let mut end = None;
         let mut progress = None;
         while let Some(next) = self.ready.front() {
@@ -1235,7 +1283,12 @@ impl PgLogSource {
                 break;
             };
             self.ready_changes -= ready.changes.len();
-            changes.extend(ready.changes);
+            if changes.is_empty() {
+                // Mostly one transaction per batch: hand its changes on without a copy.
+                changes = ready.changes;
+            } else {
+                changes.extend(ready.changes);
+            }
             end = Some(ready.end);
             if let Some(cursor) = ready.cursor {
                 self.handed_cursor = Some(cursor);
@@ -1647,9 +1700,9 @@ impl PgLogSource {
                 ..
             } => {
                 self.txn = Some(Txn {
-                    xid: xid.0,
+                    xid: xid.0.to_string(),
                     commit_time_us,
-                    changes: Vec::new(),
+                    changes: Vec::with_capacity(self.last_txn_changes.min(TXN_CAPACITY_MAX)),
                     cursor: None,
                     progress: None,
                 });
@@ -1662,6 +1715,7 @@ impl PgLogSource {
                     ))
                 })?;
                 self.seen = self.seen.max(end_lsn);
+                self.last_txn_changes = txn.changes.len();
                 if !txn.changes.is_empty() || txn.cursor.is_some() || txn.progress.is_some() {
                     self.ready_changes += txn.changes.len();
                     self.ready.push_back(Ready {
@@ -1889,7 +1943,7 @@ impl PgLogSource {
             after,
             commit_time_us: txn.commit_time_us,
             position: None,
-            txn: Some(txn.xid.to_string()),
+            txn: Some(txn.xid.clone()),
             unchanged,
         });
         Ok(())

@@ -203,12 +203,17 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self) -> Result<String, DecodeError> {
+        self.str().map(str::to_owned)
+    }
+
+    /// A length-prefixed UTF-8 string, borrowed from the input.
+    fn str(&mut self) -> Result<&'a str, DecodeError> {
         let len = self.varint()?;
         let start = self.pos;
         let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| DecodeError::Binary {
+        std::str::from_utf8(bytes).map_err(|e| DecodeError::Binary {
             what: self.what,
-            offset: start + e.utf8_error().valid_up_to(),
+            offset: start + e.valid_up_to(),
             problem: "invalid UTF-8".into(),
         })
     }
@@ -238,8 +243,9 @@ impl<'a> Reader<'a> {
                 Value::Float(f64::from_bits(u64::from_le_bytes(bits)))
             }
             DECIMAL => {
-                let s = self.string()?;
-                Value::Decimal(Decimal::parse(&s).map_err(|e| self.err(e.to_string()))?)
+                // Borrowed: `Decimal::parse` makes the one copy the value keeps.
+                let s = self.str()?;
+                Value::Decimal(Decimal::parse(s).map_err(|e| self.err(e.to_string()))?)
             }
             TEXT => Value::Text(self.string()?),
             BYTES => {

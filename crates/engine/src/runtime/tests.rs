@@ -207,11 +207,13 @@ fn store() -> (tempfile::TempDir, Arc<dyn Log>) {
     (dir, Arc::new(store))
 }
 
+/// Sinks get at most `batch_size` entries at a time (one batch), as most tests count on.
 fn options(batch_size: usize, max_lag: u64) -> PipelineOptions {
     PipelineOptions {
         batch_size,
         max_lag,
         poll_wait: Duration::from_millis(20),
+        sink_batches: 1,
         ..PipelineOptions::default()
     }
 }
@@ -492,4 +494,35 @@ async fn a_rename_of_a_column_the_source_lacks_stops_the_pipeline_naming_the_sin
          which table `items` does not have (its columns: id)"
     );
     assert!(sink.0.lock().unwrap().applied.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_is_behind_applies_several_batches_at_once() {
+    let (_dir, log) = store();
+    let source = MemSource::with_batches(1, 40, 5);
+    let sink = MemSink::default();
+    sink.0.lock().unwrap().delay = Duration::from_millis(20);
+    let p = pipeline(
+        &source,
+        &[("slow", &sink)],
+        &log,
+        PipelineOptions {
+            sink_batches: 4,
+            ..options(5, 1000)
+        },
+    );
+    sink.0.lock().unwrap().stats = Some(p.stats.clone());
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(p.run(cancel.clone()));
+    until(|| sink.0.lock().unwrap().applied.len() == 200).await;
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    let state = sink.0.lock().unwrap();
+    assert_eq!(state.applied, seqs(1..=200));
+    // Batch sizes from the first seq of each apply: never above 4 x 5, and larger than one
+    // batch while the sink is behind.
+    let firsts: Vec<u64> = state.observed.iter().map(|(_, first)| *first).collect();
+    let sizes: Vec<u64> = firsts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(sizes.iter().all(|&n| n <= 20), "{sizes:?}");
+    assert!(sizes.iter().any(|&n| n > 5), "{sizes:?}");
 }
