@@ -217,32 +217,11 @@ fn postgres_to_postgres_copies_then_streams_and_survives_kill_9() {
 
 /// The rows of the SQLite copy in the form `psql -At` prints the source's.
 fn sqlite_rows(path: &Path) -> Option<String> {
-    let c = rusqlite::Connection::open(path).ok()?;
-    let mut st = c
-        .prepare(
-            "SELECT id, sku, coalesce(name, ''), price, qty, coalesce(length(note), ''), \
-             coalesce(substr(note, 1, 40), '') FROM items ORDER BY id",
-        )
-        .ok()?;
-    let rows: Vec<String> = st
-        .query_map([], |r| {
-            let cols: Vec<String> = (0..7)
-                .map(|i| {
-                    r.get_ref(i).map(|v| match v {
-                        rusqlite::types::ValueRef::Integer(n) => n.to_string(),
-                        rusqlite::types::ValueRef::Text(t) => {
-                            String::from_utf8_lossy(t).into_owned()
-                        }
-                        other => format!("{other:?}"),
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-            Ok(cols.join("|"))
-        })
-        .ok()?
-        .collect::<Result<_, _>>()
-        .ok()?;
-    Some(rows.join("\n"))
+    sqlite_lines(
+        path,
+        "SELECT id, sku, coalesce(name, ''), price, qty, coalesce(length(note), ''), \
+         coalesce(substr(note, 1, 40), '') FROM items ORDER BY id",
+    )
 }
 
 const PG_AS_SQLITE: &str = "SELECT id, sku, coalesce(name, ''), price, qty, \

@@ -62,31 +62,6 @@ fn stop(mut child: Child, log: &Path) {
     );
 }
 
-/// The rows of `sql` as `a|b|c` lines.
-fn sqlite_rows(path: &Path, sql: &str) -> Option<String> {
-    let c = Connection::open(path).ok()?;
-    let mut st = c.prepare(sql).ok()?;
-    let n = st.column_count();
-    let rows: Vec<String> = st
-        .query_map([], |r| {
-            let cols: Vec<String> = (0..n)
-                .map(|i| {
-                    r.get_ref(i).map(|v| match v {
-                        rusqlite::types::ValueRef::Text(t) => {
-                            String::from_utf8_lossy(t).into_owned()
-                        }
-                        other => format!("{other:?}"),
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-            Ok(cols.join("|"))
-        })
-        .ok()?
-        .collect::<Result<_, _>>()
-        .ok()?;
-    Some(rows.join("\n"))
-}
-
 #[test]
 fn sqlite_rows_land_in_the_renamed_table_and_columns_and_verify_compares_them() {
     let setup = ExampleSetup::new();
@@ -114,13 +89,13 @@ fn sqlite_rows_land_in_the_renamed_table_and_columns_and_verify_compares_them() 
         .unwrap();
     let source = "SELECT id, sku, name, price, qty FROM items ORDER BY id";
     let target = "SELECT id, code, title, price, qty FROM products ORDER BY id";
-    let expected = sqlite_rows(&setup.master, source).unwrap();
+    let expected = sqlite_lines(&setup.master, source).unwrap();
     wait_for(
         "the renamed copy to equal the source",
         Duration::from_secs(60),
         || {
             check_alive(&mut child, &log);
-            (sqlite_rows(&setup.replica, target)? == expected).then_some(())
+            (sqlite_lines(&setup.replica, target)? == expected).then_some(())
         },
     );
     stop(child, &log);

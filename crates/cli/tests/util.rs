@@ -197,3 +197,31 @@ pub fn audited_versions(pg: &tidesync_testkit::Postgres, rows: i64) {
     )
     .unwrap();
 }
+
+/// The rows of `sql` on the SQLite database at `path` as `a|b|c` lines, the way `psql -At`
+/// prints PostgreSQL's (integers and texts as they are, other values in Rust's debug form);
+/// `None` while the database or table is not there yet.
+pub fn sqlite_lines(path: &Path, sql: &str) -> Option<String> {
+    let c = rusqlite::Connection::open(path).ok()?;
+    let mut st = c.prepare(sql).ok()?;
+    let n = st.column_count();
+    let rows: Vec<String> = st
+        .query_map([], |r| {
+            let cols: Vec<String> = (0..n)
+                .map(|i| {
+                    r.get_ref(i).map(|v| match v {
+                        rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                        rusqlite::types::ValueRef::Text(t) => {
+                            String::from_utf8_lossy(t).into_owned()
+                        }
+                        other => format!("{other:?}"),
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(cols.join("|"))
+        })
+        .ok()?
+        .collect::<Result<_, _>>()
+        .ok()?;
+    Some(rows.join("\n"))
+}
