@@ -240,14 +240,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
         }
         Command::Drop { config, pipeline } => {
             let cfg = load(&config)?;
-            if cfg.pipeline(&pipeline).is_none() {
-                let names: Vec<&str> = cfg.pipelines.iter().map(|p| p.name.as_str()).collect();
-                return Err(usage(anyhow::anyhow!(
-                    "{}: no pipeline named {pipeline} (defined: {})",
-                    config.display(),
-                    names.join(", ")
-                )));
-            }
+            tidesync_engine::repair::pick_pipeline(&cfg, Some(&pipeline)).map_err(usage)?;
             let done = runtime()?.block_on(tidesync_engine::drop_pipeline(&cfg, &pipeline))?;
             for line in &done {
                 println!("{line}");
@@ -266,15 +259,8 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             repair_wait_secs,
         } => {
             let cfg = load(&config)?;
-            if let Some(name) = &pipeline
-                && cfg.pipeline(name).is_none()
-            {
-                let names: Vec<&str> = cfg.pipelines.iter().map(|p| p.name.as_str()).collect();
-                return Err(usage(anyhow::anyhow!(
-                    "{}: no pipeline named {name} (defined: {})",
-                    config.display(),
-                    names.join(", ")
-                )));
+            if let Some(name) = &pipeline {
+                tidesync_engine::repair::pick_pipeline(&cfg, Some(name)).map_err(usage)?;
             }
             let options = tidesync_engine::verify::VerifyOptions {
                 pipeline,

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidesync_core::codec::binary::key_to_vec;
@@ -246,14 +247,16 @@ pub async fn wait(
         .iter()
         .flat_map(|q| q.ids.iter().map(|id| (q.pipeline.clone(), *id)))
         .collect();
-    loop {
-        let store2 = store.clone();
-        let asked = requests.clone();
-        let sinks: BTreeMap<String, Vec<String>> = queued
+    let requests = Arc::new(requests);
+    let sinks: Arc<BTreeMap<String, Vec<String>>> = Arc::new(
+        queued
             .iter()
             .filter_map(|q| config.pipeline(&q.pipeline))
             .map(|p| (p.name.clone(), p.sinks.clone()))
-            .collect();
+            .collect(),
+    );
+    loop {
+        let (store2, asked, sinks) = (store.clone(), requests.clone(), sinks.clone());
         let outcome = tokio::task::spawn_blocking(move || check(&store2, &asked, &sinks))
             .await
             .map_err(|e| RepairError::Task(format!("a store task failed: {e}")))?

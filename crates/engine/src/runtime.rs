@@ -209,10 +209,16 @@ impl Pipeline {
             Ok(s) => s,
             Err(stop) => return stopped(&name, "store", stop),
         };
-        // The direct copy needs the pipeline's one sink to take it (see `direct`).
+        // The direct copy needs the pipeline's one sink to take it (see `direct`). Its record
+        // in the target matters only before the first start (a stale one is cleared) and
+        // while a copy is in progress; a streaming pipeline's start skips the round trips.
         let copy_sink = sinks.len() == 1 && sinks.iter().all(|(_, s)| s.copy_writer().is_some());
+        let copying = matches!(
+            position,
+            None | Some(tidesync_core::Position::Snapshot { .. })
+        );
         let position = match sinks.first_mut() {
-            Some((sink_name, sink)) if copy_sink => {
+            Some((sink_name, sink)) if copy_sink && copying => {
                 match direct::reconcile(&name, &cancel, &*log, &mut **sink, position).await {
                     Ok(position) => position,
                     Err((stage, stop)) => {

@@ -40,6 +40,15 @@ pub struct RequestInfo {
     pub created_us: i64,
 }
 
+/// A request's state from its `done_seq` and `error` columns (an error wins).
+fn state_of(done_seq: Option<i64>, error: Option<String>) -> RequestState {
+    match (done_seq, error) {
+        (_, Some(error)) => RequestState::Failed(error),
+        (Some(seq), None) => RequestState::Done(Seq(seq as u64)),
+        (None, None) => RequestState::Pending,
+    }
+}
+
 fn encode_keys(keys: &[Key]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(keys.len() as u32).to_be_bytes());
@@ -151,14 +160,9 @@ pub(crate) fn list(
                         .transpose()?,
                 },
             };
-            let state = match (done, error) {
-                (_, Some(error)) => RequestState::Failed(error),
-                (Some(seq), None) => RequestState::Done(Seq(seq as u64)),
-                (None, None) => RequestState::Pending,
-            };
             Ok(RequestInfo {
                 request: Request { id, stream, what },
-                state,
+                state: state_of(done, error),
                 created_us,
             })
         })
@@ -217,13 +221,7 @@ pub(crate) fn state(
     conn.query_row(
         "SELECT done_seq, error FROM requests WHERE pipeline = ?1 AND id = ?2",
         params![pipeline, id],
-        |r| {
-            Ok(match (r.get::<_, Option<i64>>(0)?, r.get(1)?) {
-                (_, Some(error)) => RequestState::Failed(error),
-                (Some(seq), None) => RequestState::Done(Seq(seq as u64)),
-                (None, None) => RequestState::Pending,
-            })
-        },
+        |r| Ok(state_of(r.get(0)?, r.get(1)?)),
     )
     .optional()
     .map_err(StoreError::sqlite("reading a request"))

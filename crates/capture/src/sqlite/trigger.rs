@@ -170,6 +170,18 @@ impl TriggerSource {
     }
 }
 
+/// Microseconds since the epoch, in SQLite.
+const NOW_US: &str = "CAST(unixepoch('subsec') * 1000000 AS INTEGER)";
+
+/// The SQL of a row as the change table stores it: each expression's `quote()` literal,
+/// comma-separated (see `literal.rs`).
+fn quoted_row(exprs: impl Iterator<Item = String>) -> String {
+    exprs
+        .map(|e| format!("quote({e})"))
+        .collect::<Vec<_>>()
+        .join(" || ',' || ")
+}
+
 /// The names of the change table and schema table of `pipeline`.
 pub fn change_table(pipeline: &str) -> String {
     format!("_tidesync_{pipeline}_changes")
@@ -349,15 +361,15 @@ impl Inner {
                 }
             };
             let row_expr = |prefix: &str| {
-                columns
-                    .iter()
-                    .map(|c| format!("quote({prefix}{})", quote_ident(c)))
-                    .collect::<Vec<_>>()
-                    .join(" || ',' || ")
+                quoted_row(
+                    columns
+                        .iter()
+                        .map(|c| format!("{prefix}{}", quote_ident(c))),
+                )
             };
             let (new_row, old_row) = (row_expr("NEW."), row_expr("OLD."));
             let tbl = quote_ident(table);
-            let now = "CAST(unixepoch('subsec') * 1000000 AS INTEGER)";
+            let now = NOW_US;
             let sql = format!(
                 "DROP TRIGGER IF EXISTS {ins};
                  DROP TRIGGER IF EXISTS {upd};
@@ -526,14 +538,9 @@ impl Inner {
                 table: request.stream.clone(),
             })?;
         let schema = Self::table_schema(&tx, &path, &request.stream)?;
-        let row_expr = schema
-            .columns
-            .iter()
-            .map(|c| format!("quote({})", quote_ident(&c.name)))
-            .collect::<Vec<_>>()
-            .join(" || ',' || ");
+        let row_expr = quoted_row(schema.columns.iter().map(|c| quote_ident(&c.name)));
         let tbl = quote_ident(&request.stream);
-        let now = "CAST(unixepoch('subsec') * 1000000 AS INTEGER)";
+        let now = NOW_US;
         let mut written = 0;
         match &request.what {
             RequestKind::Table { .. } => {
@@ -555,10 +562,7 @@ impl Inner {
                     .map(|(i, k)| format!("{} = ?{}", quote_ident(k), i + 2))
                     .collect::<Vec<_>>()
                     .join(" AND ");
-                let key_literal = (0..schema.key.len())
-                    .map(|i| format!("quote(?{})", i + 2))
-                    .collect::<Vec<_>>()
-                    .join(" || ',' || ");
+                let key_literal = quoted_row((0..schema.key.len()).map(|i| format!("?{}", i + 2)));
                 let mut read = tx
                     .prepare(&format!(
                         "INSERT INTO {changes} (schema_id, op, old, new, at_us)

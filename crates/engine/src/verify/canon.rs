@@ -252,18 +252,7 @@ fn float_text(f: f64) -> String {
 /// A value as text PostgreSQL's input function for a column of its class reads back as the
 /// same value (for key lookups): the sink's text, except bytes in `bytea`'s hex format.
 pub(crate) fn pg_literal(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::Bytes(b) => {
-            let mut out = String::with_capacity(2 + 2 * b.len());
-            out.push_str("\\x");
-            for byte in b {
-                out.push_str(&format!("{byte:02x}"));
-            }
-            Some(out)
-        }
-        other => sink_text(other),
-    }
+    (!v.is_null()).then(|| tidesync_core::pg::input_text(v))
 }
 
 /// The canonical form of `value` for a column of `class`. See the module docs.
