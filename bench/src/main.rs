@@ -67,6 +67,10 @@ pub struct Common {
     /// `KEY=VALUE` in TOML (e.g. `chunk_rows=100000`, `direct_copy=false`); repeatable.
     #[arg(long = "source-setting", value_name = "KEY=VALUE")]
     pub source_settings: Vec<String>,
+    /// A setting added to the PostgreSQL benchmarks' `[pipelines.items]` section, as
+    /// `KEY=VALUE` in TOML (e.g. `direct_stream=true`); repeatable.
+    #[arg(long = "pipeline-setting", value_name = "KEY=VALUE")]
+    pub pipeline_settings: Vec<String>,
     /// The results file --write-results updates.
     #[arg(long, value_name = "PATH", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md"))]
     pub results: PathBuf,

@@ -41,34 +41,39 @@ fn toml_literal(s: &str) -> anyhow::Result<String> {
     Ok(format!("'{s}'"))
 }
 
+/// `KEY=VALUE` settings (of `--FLAG`) as TOML lines.
+fn settings_toml(flag: &str, settings: &[String]) -> anyhow::Result<String> {
+    let mut extra = String::new();
+    for setting in settings {
+        let (key, value) = setting
+            .split_once('=')
+            .with_context(|| format!("--{flag} {setting}: expected KEY=VALUE"))?;
+        ensure!(
+            !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "--{flag} {setting}: bad key `{key}`"
+        );
+        ensure!(!value.contains('\n'), "--{flag} {setting}: one line only");
+        extra.push_str(&format!("{key} = {value}\n"));
+    }
+    Ok(extra)
+}
+
 /// The configuration: `items` from the source (log mode) to the target.
 pub fn config_text(
     dir: &Path,
     servers: &Servers,
     bench: &str,
     source_settings: &[String],
+    pipeline_settings: &[String],
 ) -> anyhow::Result<String> {
-    let mut extra = String::new();
-    for setting in source_settings {
-        let (key, value) = setting
-            .split_once('=')
-            .with_context(|| format!("--source-setting {setting}: expected KEY=VALUE"))?;
-        ensure!(
-            !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-            "--source-setting {setting}: bad key `{key}`"
-        );
-        ensure!(
-            !value.contains('\n'),
-            "--source-setting {setting}: one line only"
-        );
-        extra.push_str(&format!("{key} = {value}\n"));
-    }
+    let extra = settings_toml("source-setting", source_settings)?;
+    let pipeline = settings_toml("pipeline-setting", pipeline_settings)?;
     Ok(format!(
         "# Written by tidesync-bench {bench}.\n\
          [store]\npath = {store}\n\n\
          [sources.src]\nurl = {source}\nmode = \"log\"\ntables = [\"items\"]\n{extra}\n\
          [sinks.dst]\nurl = {target}\ncreate_tables = true\n\n\
-         [pipelines.items]\nsource = \"src\"\nsinks = [\"dst\"]\n",
+         [pipelines.items]\nsource = \"src\"\nsinks = [\"dst\"]\n{pipeline}",
         store = toml_literal(&dir.join("state").join("tidesync.db").display().to_string())?,
         source = toml_literal(&servers.source.url(DB))?,
         target = toml_literal(&servers.target.url(DB))?,
@@ -119,8 +124,14 @@ pub fn prepare(
 ) -> Result<Prepared, String> {
     let binary = common.tidesync_binary().map_err(|e| format!("{e:#}"))?;
     let config = dir.join("tidesync.toml");
-    let text =
-        config_text(dir, servers, bench, &common.source_settings).map_err(|e| format!("{e:#}"))?;
+    let text = config_text(
+        dir,
+        servers,
+        bench,
+        &common.source_settings,
+        &common.pipeline_settings,
+    )
+    .map_err(|e| format!("{e:#}"))?;
     std::fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
     let config_arg = config.display().to_string();
     let log = dir.join("tidesync-check.log");

@@ -3,6 +3,7 @@
 mod cli;
 mod crash;
 mod direct;
+mod direct_stream;
 mod pg_source;
 mod postgres;
 mod rename;

@@ -187,6 +187,25 @@ pub struct Change {
     pub unchanged: Vec<String>,
 }
 
+impl Change {
+    /// This change as an [`Op::Patch`] of the row whose key is `key`: its `after` without the
+    /// columns it left unchanged (their values are not known, and the target keeps its own).
+    /// For a key update, `self` is the insert of the new key and `key` the old one.
+    pub fn as_patch(&self, key: Key, before: Option<Row>) -> Change {
+        let mut patch = self.clone();
+        patch.op = Op::Patch;
+        patch.key = key;
+        patch.before = before;
+        if let Some(after) = patch.after.as_mut() {
+            after
+                .0
+                .retain(|(column, _)| !self.unchanged.contains(column));
+        }
+        patch.unchanged.clear();
+        patch
+    }
+}
+
 /// A change with the sequence number the log gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,6 +231,11 @@ pub struct Batch {
     pub first_seq: Seq,
     pub last_seq: Seq,
     pub entries: Vec<LogEntry>,
+    /// The source position after this batch, when it was streamed without the log (direct
+    /// streaming): a sink that [records positions](crate::Sink::records_positions) writes it
+    /// with the applied seq, in the batch's transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
 }
 
 impl Batch {

@@ -290,6 +290,20 @@ pub trait Sink: Send {
     fn clear_copied(&mut self) -> BoxFuture<'_, Result<(), StageError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Whether this sink records a batch's [`Batch::position`] with its applied seq, in the
+    /// batch's own transaction: then a pipeline whose only sink it is may stream to it without
+    /// the log (direct streaming), the target being the authority on where to resume.
+    fn records_positions(&self) -> bool {
+        false
+    }
+
+    /// The applied seq and source position last recorded in the target by a direct stream
+    /// (see [`Self::records_positions`]), readable before [`Self::open`]; `None` when the
+    /// target has none (nothing applied directly, or the last batch came through the log).
+    fn applied_position(&mut self) -> BoxFuture<'_, Result<Option<(Seq, Position)>, StageError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Where a pipeline's log stands, for `status`.
@@ -345,6 +359,20 @@ pub trait Log: Send + Sync {
 
     /// Requests to re-read rows that the pipeline's source has not finished, oldest first.
     fn pending_requests(&self, pipeline: &str) -> BoxFuture<'_, Result<Vec<Request>, StageError>>;
+
+    /// Records, without log entries, that `pipeline`'s source has been applied up to
+    /// `position` and its changes numbered up to `head` (a direct stream's progress, or a
+    /// target's record adopted at start): position, head (never lowered) and, with `progress`,
+    /// a re-read request's progress, in one transaction; every cursor of the pipeline moves to
+    /// `head` (there is nothing in the log for them to read).
+    fn advance(
+        &self,
+        pipeline: &str,
+        position: Position,
+        head: Seq,
+        head_commit_us: Option<i64>,
+        progress: Option<RequestProgress>,
+    ) -> BoxFuture<'_, Result<(), StageError>>;
 
     /// Marks a request failed, e.g. because the source cannot serve it.
     fn fail_request(

@@ -286,6 +286,23 @@ impl PostgresSink {
         )
         .await?
         .map_err(self.query_error("creating _tidesync_applied"))?;
+        let has_position = within(
+            &target,
+            "reading _tidesync_applied's columns",
+            conn.client.query_one(sql::HAS_APPLIED_POSITION, &[]),
+        )
+        .await?
+        .and_then(|row| row.try_get::<_, bool>(0))
+        .map_err(self.query_error("reading _tidesync_applied's columns"))?;
+        if !has_position {
+            within(
+                &target,
+                "adding _tidesync_applied.position",
+                conn.client.batch_execute(sql::ADD_APPLIED_POSITION),
+            )
+            .await?
+            .map_err(self.query_error("adding _tidesync_applied.position"))?;
+        }
         within(
             &target,
             "initialising _tidesync_applied",
@@ -581,8 +598,15 @@ impl Work<'_> {
             within(
                 self.target,
                 "recording the applied seq",
-                self.tx
-                    .execute(&write, &[&self.pipeline, &self.sink, &(last.0 as i64)]),
+                self.tx.execute(
+                    &write,
+                    &[
+                        &self.pipeline,
+                        &self.sink,
+                        &(last.0 as i64),
+                        &batch.position.as_ref().map(Position::to_json),
+                    ],
+                ),
             )
             .await?
             .map_err(self.query_error("recording the applied seq"))?;
@@ -1022,6 +1046,18 @@ impl Sink for PostgresSink {
             self.clear_copied_inner()
                 .await
                 .map(drop)
+                .map_err(StageError::from)
+        })
+    }
+
+    fn records_positions(&self) -> bool {
+        true
+    }
+
+    fn applied_position(&mut self) -> BoxFuture<'_, Result<Option<(Seq, Position)>, StageError>> {
+        Box::pin(async move {
+            self.applied_position_inner()
+                .await
                 .map_err(StageError::from)
         })
     }

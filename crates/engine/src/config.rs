@@ -194,6 +194,9 @@ pub struct PipelineConfig {
     pub batch_size: usize,
     /// Capture pauses while the slowest sink is this many changes behind (at least 1).
     pub max_lag: u64,
+    /// Stream source -> sink without the log (`direct_stream`, default false; only with one
+    /// PostgreSQL sink).
+    pub direct_stream: bool,
 }
 
 impl Config {
@@ -406,6 +409,7 @@ struct RawPipeline {
     sinks: Spanned<Vec<Spanned<String>>>,
     batch_size: Option<Spanned<i64>>,
     max_lag: Option<Spanned<i64>>,
+    direct_stream: Option<Spanned<bool>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -948,9 +952,33 @@ impl Resolver<'_> {
             &format!("{at}.max_lag"),
         )?;
 
+        let direct_stream = raw.direct_stream.as_ref().is_some_and(|d| *d.get_ref());
+        if let Some(spanned) = raw.direct_stream.as_ref().filter(|_| direct_stream) {
+            let problem = match sink_names.as_slice() {
+                [one] if matches!(sinks[one].spec, SinkSpec::Postgres { .. }) => None,
+                [one] => Some(format!(
+                    "sink \"{one}\" is not PostgreSQL; only a PostgreSQL sink records the source \
+                     position with each batch"
+                )),
+                _ => Some(format!(
+                    "the pipeline has {} sinks; streaming without the log needs exactly one",
+                    sink_names.len()
+                )),
+            };
+            if let Some(problem) = problem {
+                return Err(self.doc.error(
+                    spanned.span(),
+                    format!(
+                        "{at}.direct_stream: {problem} (remove direct_stream or set it to false)"
+                    ),
+                ));
+            }
+        }
+
         Ok(PipelineConfig {
             name: name.get_ref().clone(),
             source,
+            direct_stream,
             sinks: sink_names,
             // In range (at most 100000), so these conversions cannot truncate.
             batch_size: usize::try_from(batch_size).unwrap_or(usize::MAX),
@@ -1211,6 +1239,7 @@ sinks = ["replica"]
                 sinks: vec!["replica".to_owned()],
                 batch_size: 1000,
                 max_lag: 100_000,
+                direct_stream: false,
             }],
         };
         assert_eq!(config, expected);
@@ -1463,6 +1492,32 @@ max_lag = 1
             err.message,
             "store.retention_secs: must be at least 0 (got -1)"
         );
+    }
+
+    #[test]
+    fn direct_stream_needs_exactly_one_postgres_sink() {
+        let err = parse_err(&format!("{VALID}direct_stream = true\n"));
+        assert_at(&err, 14, 17);
+        assert_eq!(
+            err.message,
+            "pipelines.items.direct_stream: sink \"replica\" is not PostgreSQL; only a PostgreSQL \
+             sink records the source position with each batch (remove direct_stream or set it to false)"
+        );
+        let postgres = VALID.replace("${TARGET_URL}", "postgres://u@localhost/shop");
+        let two = postgres.replace(
+            "sinks = [\"replica\"]",
+            "sinks = [\"replica\", \"other\"]\ndirect_stream = true",
+        ) + "\n[sinks.other]\nurl = \"postgres://u@localhost/other\"\n";
+        let err = parse_err(&two);
+        assert_eq!(
+            err.message,
+            "pipelines.items.direct_stream: the pipeline has 2 sinks; streaming without the log \
+             needs exactly one (remove direct_stream or set it to false)"
+        );
+        let config = parse(&format!("{postgres}direct_stream = true\n")).unwrap();
+        assert!(config.pipeline("items").unwrap().direct_stream);
+        let config = parse(&postgres).unwrap();
+        assert!(!config.pipeline("items").unwrap().direct_stream);
     }
 
     #[test]

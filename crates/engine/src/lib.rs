@@ -199,6 +199,7 @@ impl Engine {
                         batch_size: p.batch_size,
                         max_lag: p.max_lag,
                         retention: config.store.retention,
+                        direct_stream: p.direct_stream,
                         direct_copy: matches!(
                             config.sources[&p.source].spec,
                             SourceSpec::PostgresLog {

@@ -90,6 +90,38 @@ fn stopped(pipeline: &str, stage: &str, stop: Stop) -> Result<(), PipelineError>
     }
 }
 
+/// The stage an error of a start-up step names: `sink NAME`, `source NAME`, or as it is
+/// (`store`).
+fn stage_name(stage: &str, source: &str, sink: &str) -> String {
+    match stage {
+        "sink" => format!("sink {sink}"),
+        "source" => format!("source {source}"),
+        other => other.to_owned(),
+    }
+}
+
+/// A batch of log entries for a sink, renamed for it in place first when it has renames.
+fn log_batch(
+    pipeline: &str,
+    mut entries: Vec<LogEntry>,
+    rename: Option<&Renamer>,
+    position: Option<tidesync_core::Position>,
+) -> Result<Arc<Batch>, crate::rename::RenameError> {
+    if let Some(rename) = rename {
+        rename.entries(&mut entries)?;
+    }
+    let first_seq = entries.first().map_or(Seq::ZERO, |e| e.seq);
+    let last_seq = entries.last().map_or(Seq::ZERO, |e| e.seq);
+    Ok(Arc::new(Batch {
+        pipeline: pipeline.to_owned(),
+        kind: BatchKind::Incremental,
+        first_seq,
+        last_seq,
+        entries,
+        position,
+    }))
+}
+
 /// How often the capture task looks for new re-read requests in the store.
 const REQUESTS_EVERY: Duration = Duration::from_secs(1);
 
@@ -110,6 +142,9 @@ pub struct PipelineOptions {
     /// what limits a catching-up PostgreSQL sink: 4 measured ~20% faster, 10 no better);
     /// a sink that keeps up gets what is there, so latency is unchanged.
     pub sink_batches: usize,
+    /// Stream source -> sink without the log when the pipeline's one sink records positions
+    /// itself (see `stream`).
+    pub direct_stream: bool,
 }
 
 impl Default for PipelineOptions {
@@ -122,6 +157,7 @@ impl Default for PipelineOptions {
             trim_every: Duration::from_secs(10),
             direct_copy: true,
             sink_batches: 4,
+            direct_stream: false,
         }
     }
 }
@@ -205,9 +241,33 @@ impl Pipeline {
             Ok(p) => p,
             Err(stop) => return stopped(&name, "store", stop),
         };
-        let status = match retry("read status", &cancel, &mut log_ref, |l| l.status(&name)).await {
-            Ok(s) => s,
-            Err(stop) => return stopped(&name, "store", stop),
+        let mut status =
+            match retry("read status", &cancel, &mut log_ref, |l| l.status(&name)).await {
+                Ok(s) => s,
+                Err(stop) => return stopped(&name, "store", stop),
+            };
+        // A target that records positions (a direct stream's) may be ahead of the store.
+        let position_sink = sinks.len() == 1 && sinks.iter().all(|(_, s)| s.records_positions());
+        let position = match sinks.first_mut() {
+            Some((sink_name, sink)) if position_sink => {
+                match stream::adopt(&name, &cancel, &*log, &mut **sink, status.head).await {
+                    Ok(false) => position,
+                    Ok(true) => {
+                        match retry("read status", &cancel, &mut log_ref, |l| l.status(&name)).await
+                        {
+                            Ok(s) => {
+                                status = s;
+                                status.position.clone()
+                            }
+                            Err(stop) => return stopped(&name, "store", stop),
+                        }
+                    }
+                    Err((stage, stop)) => {
+                        return stopped(&name, &stage_name(stage, &source_name, sink_name), stop);
+                    }
+                }
+            }
+            _ => position,
         };
         // The direct copy needs the pipeline's one sink to take it (see `direct`). Its record
         // in the target matters only before the first start (a stale one is cleared) and
@@ -222,12 +282,7 @@ impl Pipeline {
                 match direct::reconcile(&name, &cancel, &*log, &mut **sink, position).await {
                     Ok(position) => position,
                     Err((stage, stop)) => {
-                        let stage = if stage == "sink" {
-                            format!("sink {sink_name}")
-                        } else {
-                            stage.to_owned()
-                        };
-                        return stopped(&name, &stage, stop);
+                        return stopped(&name, &stage_name(stage, &source_name, sink_name), stop);
                     }
                 }
             }
@@ -277,16 +332,35 @@ impl Pipeline {
             )
             .await;
             if let Err((stage, stop)) = copied {
-                let stage = match stage {
-                    "sink" => format!("sink {sink_name}"),
-                    "source" => format!("source {source_name}"),
-                    other => other.to_owned(),
-                };
-                return stopped(&name, &stage, stop);
+                return stopped(&name, &stage_name(stage, &source_name, sink_name), stop);
             }
         }
         let schemas = Arc::new(opened.schemas);
         stats.head.store(status.head.0, Ordering::Release);
+        if options.direct_stream
+            && position_sink
+            && let Some((sink_name, sink)) = sinks.pop()
+        {
+            let result = stream::Stream {
+                pipeline: name.clone(),
+                source_name,
+                rename: renames.remove(&sink_name),
+                sink_name,
+                log,
+                options,
+                stats,
+                schemas,
+                head: status.head,
+                cancel,
+            }
+            .run(source, sink)
+            .await;
+            if let Err(e) = &result {
+                tracing::error!(pipeline = %name, error = %e, "stopping pipeline");
+            }
+            tracing::info!(pipeline = %name, "stopped");
+            return result;
+        }
         let (head_tx, head_rx) = watch::channel(status.head);
         let (cursor_tx, cursor_rx) = watch::channel(());
         let mut tasks: JoinSet<Result<(), PipelineError>> = JoinSet::new();
@@ -356,41 +430,6 @@ impl CaptureTask {
         stopped(&self.pipeline, stage, stop)
     }
 
-    /// Hands the store's new re-read requests (`verify --repair`, `backfill`) to the source;
-    /// one the source refuses is marked failed with its reason, and capture goes on.
-    async fn hand_requests(
-        &self,
-        source: &mut dyn Source,
-        requested: &mut std::collections::HashSet<i64>,
-    ) -> Result<(), Stop> {
-        let mut log_ref: &dyn Log = &*self.log;
-        let pipeline = self.pipeline.clone();
-        let pending = retry("read requests", &self.cancel, &mut log_ref, |l| {
-            l.pending_requests(&pipeline)
-        })
-        .await?;
-        for request in pending {
-            if !requested.insert(request.id) {
-                continue;
-            }
-            let (id, stream) = (request.id, request.stream.clone());
-            match source.request(request) {
-                Ok(()) => {
-                    tracing::info!(pipeline = %self.pipeline, request = id, stream = %stream, "re-reading rows on request")
-                }
-                Err(e) => {
-                    let error = e.to_string();
-                    tracing::warn!(pipeline = %self.pipeline, request = id, stream = %stream, error = %error, "refused a re-read request");
-                    retry("fail request", &self.cancel, &mut log_ref, |l| {
-                        l.fail_request(&pipeline, id, &error)
-                    })
-                    .await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
     async fn run(mut self, mut source: Box<dyn Source>) -> Result<(), PipelineError> {
         let source_stage = format!("source {}", self.source_name);
         let mut last_trim = Instant::now();
@@ -405,7 +444,15 @@ impl CaptureTask {
         loop {
             if last_requests.is_none_or(|t| t.elapsed() >= REQUESTS_EVERY) {
                 last_requests = Some(Instant::now());
-                if let Err(stop) = self.hand_requests(&mut *source, &mut requested).await {
+                if let Err(stop) = hand_requests(
+                    &self.pipeline,
+                    &*self.log,
+                    &self.cancel,
+                    &mut *source,
+                    &mut requested,
+                )
+                .await
+                {
                     return self.stop("store", stop);
                 }
             }
@@ -511,6 +558,42 @@ impl CaptureTask {
     }
 }
 
+/// Hands the store's new re-read requests (`verify --repair`, `backfill`) to the source;
+/// one the source refuses is marked failed with its reason, and capture goes on.
+async fn hand_requests(
+    pipeline: &str,
+    log: &dyn Log,
+    cancel: &CancellationToken,
+    source: &mut dyn Source,
+    requested: &mut std::collections::HashSet<i64>,
+) -> Result<(), Stop> {
+    let mut log_ref: &dyn Log = log;
+    let pending = retry("read requests", cancel, &mut log_ref, |l| {
+        l.pending_requests(pipeline)
+    })
+    .await?;
+    for request in pending {
+        if !requested.insert(request.id) {
+            continue;
+        }
+        let (id, stream) = (request.id, request.stream.clone());
+        match source.request(request) {
+            Ok(()) => {
+                tracing::info!(pipeline, request = id, stream = %stream, "re-reading rows on request")
+            }
+            Err(e) => {
+                let error = e.to_string();
+                tracing::warn!(pipeline, request = id, stream = %stream, error = %error, "refused a re-read request");
+                retry("fail request", cancel, &mut log_ref, |l| {
+                    l.fail_request(pipeline, id, &error)
+                })
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 struct SinkTask {
     pipeline: String,
     sink_name: String,
@@ -598,7 +681,7 @@ impl SinkTask {
                 .options
                 .batch_size
                 .saturating_mul(self.options.sink_batches.max(1));
-            let mut entries = match prefetched.take() {
+            let entries = match prefetched.take() {
                 Some(entries) => entries,
                 None => match retry("read log", &self.cancel, &mut log_ref, |l| {
                     l.read(&pipeline, cursor, max)
@@ -636,18 +719,10 @@ impl SinkTask {
             };
             let n = entries.len() as u64;
             // Renamed in place, before the batch is shared with the sink (and its retries).
-            if let Some(rename) = &self.rename
-                && let Err(e) = rename.entries(&mut entries)
-            {
-                return self.stop(&stage, Stop::Failed(StageError::definite(e)));
-            }
-            let batch = Arc::new(Batch {
-                pipeline: pipeline.clone(),
-                kind: BatchKind::Incremental,
-                first_seq: entries[0].seq,
-                last_seq: last,
-                entries,
-            });
+            let batch = match log_batch(&pipeline, entries, self.rename.as_ref(), None) {
+                Ok(b) => b,
+                Err(e) => return self.stop(&stage, Stop::Failed(StageError::definite(e))),
+            };
             // Apply, and meanwhile read what comes after this batch.
             let apply = retry("apply", &self.cancel, &mut *sink, |s| {
                 s.apply(batch.clone())
@@ -694,6 +769,7 @@ impl SinkTask {
 }
 
 mod direct;
+mod stream;
 
 #[cfg(test)]
 mod tests;

@@ -130,6 +130,107 @@ async fn postgres_to_postgres_differences_are_narrowed_to_their_keys() {
     assert_eq!(report.chunks_differing, 3);
 }
 
+/// Two databases with `ddl` and the same `rows`, then `changes` in the copy: the keys the
+/// in-database hash path reports, with `chunk_rows` rows per chunk.
+async fn database_hash_diffs(
+    ddl: &str,
+    rows: &str,
+    changes: &str,
+    chunk_rows: usize,
+) -> Vec<(DiffKind, String, Vec<String>)> {
+    let pg = Postgres::start();
+    for db in ["shop", "copy"] {
+        pg.create_database(db).unwrap();
+        pg.psql(db, &format!("{ddl}; {rows}")).unwrap();
+    }
+    pg.psql("copy", changes).unwrap();
+    let (shop, copy) = (
+        Endpoint::Postgres {
+            url: pg.url("shop"),
+        },
+        Endpoint::Postgres {
+            url: pg.url("copy"),
+        },
+    );
+    let report = compare_table(&shop, &copy, "t", &options(chunk_rows))
+        .await
+        .unwrap();
+    assert_eq!(report.method, Method::DatabaseHash);
+    assert_eq!(
+        (report.source_rows, report.target_rows),
+        (60, 60),
+        "{report:?}"
+    );
+    keys(&report)
+}
+
+fn different(key: &str, columns: &[&str]) -> (DiffKind, String, Vec<String>) {
+    (
+        DiffKind::Different,
+        key.to_owned(),
+        columns.iter().map(|c| (*c).to_owned()).collect(),
+    )
+}
+
+/// What a weak row hash would miss, in one chunk each: values traded between two rows or two
+/// columns, NULL against the zero value and the empty text, a microsecond, a scale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_hashes_tell_apart_traded_values_nulls_and_near_values() {
+    let ddl = "CREATE TABLE t (id bigint PRIMARY KEY, a text, b text, n integer, x numeric, \
+               p numeric(8,2), at timestamptz, u uuid, f boolean)";
+    let rows = "INSERT INTO t SELECT i, 'a' || i, 'b' || i, i, i, i, \
+                timestamptz '2026-01-01 00:00:00+00' + i * interval '1 hour', \
+                md5(i::text)::uuid, i % 2 = 0 FROM generate_series(1, 60) AS i";
+    let changes = "UPDATE t SET a = 'a11' WHERE id = 10; UPDATE t SET a = 'a10' WHERE id = 11;
+         UPDATE t SET a = b, b = a WHERE id = 20;
+         UPDATE t SET n = NULL WHERE id = 30; UPDATE t SET n = 0 WHERE id = 31;
+         UPDATE t SET a = NULL WHERE id = 32; UPDATE t SET a = '' WHERE id = 33;
+         UPDATE t SET x = 40.0 WHERE id = 40;
+         UPDATE t SET at = at + interval '1 microsecond' WHERE id = 45;
+         UPDATE t SET u = md5('x')::uuid WHERE id = 50; UPDATE t SET f = NOT f WHERE id = 51;
+         UPDATE t SET p = p + 0.01 WHERE id = 55;";
+    // The source's 1,000 chunk rows and 7 (several chunks, each end found in its scan).
+    for chunk_rows in [1000, 7] {
+        assert_eq!(
+            database_hash_diffs(ddl, rows, changes, chunk_rows).await,
+            vec![
+                different("(10)", &["a"]),
+                different("(11)", &["a"]),
+                different("(20)", &["a", "b"]),
+                different("(30)", &["n"]),
+                different("(31)", &["n"]),
+                different("(32)", &["a"]),
+                different("(33)", &["a"]),
+                different("(40)", &["x"]),
+                different("(45)", &["at"]),
+                different("(50)", &["u"]),
+                different("(51)", &["f"]),
+                different("(55)", &["p"]),
+            ],
+            "{chunk_rows} rows per chunk"
+        );
+    }
+}
+
+/// A two-column key has no one-column `max`: chunk ends come from the source's key index
+/// ahead of the hashing. A key missing, one extra and a changed row, across chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_hashes_over_a_two_column_key() {
+    let ddl = "CREATE TABLE t (shop text, id integer, v text, PRIMARY KEY (shop, id))";
+    let rows = "INSERT INTO t SELECT 's' || (i % 3), i, 'v' || i FROM generate_series(1, 60) AS i";
+    let changes = "DELETE FROM t WHERE shop = 's1' AND id = 7;
+         INSERT INTO t VALUES ('s1', 1000, 'new');
+         UPDATE t SET v = 'changed' WHERE shop = 's2' AND id = 50;";
+    assert_eq!(
+        database_hash_diffs(ddl, rows, changes, 8).await,
+        vec![
+            (DiffKind::Missing, "(\"s1\", 7)".to_owned(), vec![]),
+            (DiffKind::Extra, "(\"s1\", 1000)".to_owned(), vec![]),
+            different("(\"s2\", 50)", &["v"]),
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_sides_with_different_column_types_compare_canonical_rows() {
     let pg = Postgres::start();
@@ -258,6 +359,7 @@ async fn captured_batch(master: &Path) -> (Vec<tidesync_core::TableSchema>, Arc<
         first_seq: Seq(1),
         last_seq: Seq(entries.len() as u64),
         entries,
+        position: None,
     };
     (schemas, Arc::new(batch))
 }

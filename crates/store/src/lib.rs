@@ -40,7 +40,7 @@ use tidesync_core::codec::DecodeError;
 use tidesync_core::codec::binary::{self, decode_key, decode_row};
 use tidesync_core::{
     BoxFuture, Captured, Change, Key, Log, LogEntry, LogStatus, Op, Position, Request, RequestKind,
-    Row, Seq, StageError,
+    RequestProgress, Row, Seq, StageError,
 };
 
 /// What went wrong in the store, and where.
@@ -410,7 +410,7 @@ fn append(
                     None => {
                         // No row to fill from (e.g. the target got it from a copy that
                         // bypassed the log): the target keeps the values it has.
-                        made = patch(change, change.key.clone(), change.before.clone());
+                        made = change.as_patch(change.key.clone(), change.before.clone());
                         &made
                     }
                 }
@@ -441,7 +441,7 @@ fn append(
                         // Neither key has a row to fill the insert from: one patch moving
                         // the target's row from the old key to the new, instead of a delete
                         // and an insert that would lose the unchanged values.
-                        moved = patch(insert, change.key.clone(), change.before.clone());
+                        moved = insert.as_patch(change.key.clone(), change.before.clone());
                         skip_next = true;
                         &moved
                     } else {
@@ -526,6 +526,36 @@ fn append(
     Ok((seq > head).then(|| (Seq(head as u64 + 1), Seq(seq as u64))))
 }
 
+/// See [`Log::advance`].
+fn advance(
+    conn: &mut Connection,
+    pipeline: &str,
+    position: &Position,
+    head: Seq,
+    head_commit_us: Option<i64>,
+    progress: Option<&RequestProgress>,
+) -> Result<(), StoreError> {
+    let e = StoreError::sqlite;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(e("beginning an advance"))?;
+    let head = head.0 as i64;
+    tx.prepare_cached(
+        "INSERT INTO positions (pipeline, position, head, head_commit_us, updated_us) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (pipeline) DO UPDATE SET position = excluded.position, head = max(head, excluded.head),
+           head_commit_us = coalesce(excluded.head_commit_us, head_commit_us), updated_us = excluded.updated_us",
+    )
+    .and_then(|mut st| st.execute(params![pipeline, position.to_json(), head, head_commit_us, now_us()]))
+    .map_err(e("storing the source position"))?;
+    tx.prepare_cached("UPDATE cursors SET seq = max(seq, ?2), updated_us = ?3 WHERE pipeline = ?1")
+        .and_then(|mut st| st.execute(params![pipeline, head, now_us()]))
+        .map_err(e("moving the cursors"))?;
+    if let Some(progress) = progress {
+        requests::record_progress(&tx, pipeline, progress, head)?;
+    }
+    tx.commit().map_err(e("committing an advance"))
+}
+
 /// `change` with its unchanged columns taken from the current state, or `None` when the
 /// current state has no row for its key.
 fn fill_unchanged(
@@ -554,23 +584,6 @@ fn fill_unchanged(
         }
     }
     Ok(Some(complete))
-}
-
-/// `change` as an [`Op::Patch`] of the row whose key is `key`: its `after` without the
-/// columns it left unchanged (their values are not known, and the target keeps its own).
-/// For a key update, `change` is the insert of the new key and `key` the old one.
-fn patch(change: &Change, key: Key, before: Option<Row>) -> Change {
-    let mut patch = change.clone();
-    patch.op = Op::Patch;
-    patch.key = key;
-    patch.before = before;
-    if let Some(after) = patch.after.as_mut() {
-        after
-            .0
-            .retain(|(column, _)| !change.unchanged.contains(column));
-    }
-    patch.unchanged.clear();
-    patch
 }
 
 /// The current row of `key` in `stream`, with the seq that wrote it (`conn` may be the
@@ -862,6 +875,27 @@ impl Log for SqliteStore {
             // The writer: progress recorded by the last append must be seen.
             let pending = requests::list(&lock(&inner.writer), &pipeline, true)?;
             Ok(pending.into_iter().map(|r| r.request).collect())
+        })
+    }
+
+    fn advance(
+        &self,
+        pipeline: &str,
+        position: Position,
+        head: Seq,
+        head_commit_us: Option<i64>,
+        progress: Option<RequestProgress>,
+    ) -> BoxFuture<'_, Result<(), StageError>> {
+        let pipeline = pipeline.to_owned();
+        self.blocking(move |inner| {
+            advance(
+                &mut lock(&inner.writer),
+                &pipeline,
+                &position,
+                head,
+                head_commit_us,
+                progress.as_ref(),
+            )
         })
     }
 

@@ -94,6 +94,7 @@ mod tests {
                 first_seq: Seq(10),
                 last_seq: Seq(10 + entries.len() as u64),
                 entries,
+                position: None,
             };
             for enc in [Encoding::Identity, Encoding::Zstd, Encoding::Gzip] {
                 let bytes = encode_batch_compressed(&batch, enc);

@@ -15,7 +15,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::SinkExt as _;
-use tidesync_core::{BoxFuture, CopyChunk, CopyWriter, Dialect, Position, StageError, TableSchema};
+use tidesync_core::{
+    BoxFuture, CopyChunk, CopyWriter, Dialect, Position, Seq, StageError, TableSchema,
+};
 
 use super::error::PostgresSinkError;
 use super::{PostgresSink, sql, within};
@@ -249,6 +251,41 @@ impl PostgresSink {
                 ),
                 transient: false,
             })
+    }
+
+    /// The applied seq and position a direct stream recorded (see `Sink::applied_position`).
+    pub(super) async fn applied_position_inner(
+        &mut self,
+    ) -> Result<Option<(Seq, Position)>, PostgresSinkError> {
+        let target = self.target.clone();
+        let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
+        let context = "reading the direct stream's position";
+        let err = self.query_error(context);
+        let conn = self.connect().await?;
+        let row = within(
+            &target,
+            context,
+            conn.client
+                .query_opt(sql::READ_APPLIED_POSITION, &[&pipeline, &sink]),
+        )
+        .await?
+        .map_err(&err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let seq: i64 = row.try_get(0).map_err(&err)?;
+        let Some(text) = row.try_get::<_, Option<String>>(1).map_err(&err)? else {
+            return Ok(None);
+        };
+        let position = Position::from_json(&text).map_err(|e| PostgresSinkError::Query {
+            target,
+            context: context.to_owned(),
+            problem: format!(
+                "_tidesync_applied holds `{text}` for {pipeline}/{sink}, not a position: {e}"
+            ),
+            transient: false,
+        })?;
+        Ok(Some((Seq(seq.max(0) as u64), position)))
     }
 
     /// Forgets the recorded position; `true` if there was one.

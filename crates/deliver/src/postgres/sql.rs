@@ -160,7 +160,20 @@ pub(crate) fn patch_sql(table: &str, columns: &[String], key: &[String]) -> Stri
 
 pub(crate) const CREATE_APPLIED: &str = "CREATE TABLE IF NOT EXISTS _tidesync_applied (
     pipeline text NOT NULL, sink text NOT NULL, seq bigint NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, sink))";
+    updated_at timestamptz NOT NULL DEFAULT now(), position text, PRIMARY KEY (pipeline, sink))";
+
+/// Whether `_tidesync_applied` has its `position` column (tables made before direct
+/// streaming lack it; [`ADD_APPLIED_POSITION`] adds it, only then, sparing every connect an
+/// `ALTER TABLE` lock).
+pub(crate) const HAS_APPLIED_POSITION: &str = "SELECT EXISTS (SELECT 1 FROM pg_attribute
+    WHERE attrelid = to_regclass('_tidesync_applied') AND attname = 'position' AND NOT attisdropped)";
+
+pub(crate) const ADD_APPLIED_POSITION: &str =
+    "ALTER TABLE _tidesync_applied ADD COLUMN IF NOT EXISTS position text";
+
+/// The applied seq and the source position a direct stream recorded with it.
+pub(crate) const READ_APPLIED_POSITION: &str =
+    "SELECT seq, position FROM _tidesync_applied WHERE pipeline = $1 AND sink = $2";
 
 /// Makes sure our row exists, so that `SELECT .. FOR UPDATE` always has a row to lock.
 pub(crate) const INIT_APPLIED: &str = "INSERT INTO _tidesync_applied (pipeline, sink, seq)
@@ -172,9 +185,12 @@ pub(crate) const READ_APPLIED: &str =
 pub(crate) const LOCK_APPLIED: &str =
     "SELECT seq FROM _tidesync_applied WHERE pipeline = $1 AND sink = $2 FOR UPDATE";
 
-pub(crate) const WRITE_APPLIED: &str = "INSERT INTO _tidesync_applied (pipeline, sink, seq)
-    VALUES ($1, $2, $3) ON CONFLICT (pipeline, sink)
-    DO UPDATE SET seq = EXCLUDED.seq, updated_at = now()";
+/// `$4`: the source position after the batch when it was streamed without the log, else
+/// NULL (the store then knows where the source stands).
+pub(crate) const WRITE_APPLIED: &str =
+    "INSERT INTO _tidesync_applied (pipeline, sink, seq, position)
+    VALUES ($1, $2, $3, $4) ON CONFLICT (pipeline, sink)
+    DO UPDATE SET seq = EXCLUDED.seq, position = EXCLUDED.position, updated_at = now()";
 
 /// The table (`$1`: a quoted name, resolved through `search_path`) and whether it has a
 /// primary key or unique index on exactly the columns `$2`. `NULL` when the table is missing.

@@ -91,6 +91,7 @@ pub fn batch(entries: Vec<LogEntry>) -> Arc<Batch> {
         first_seq: entries.first().map_or(Seq(0), |e| e.seq),
         last_seq: entries.last().map_or(Seq(0), |e| e.seq),
         entries,
+        position: None,
     })
 }
 

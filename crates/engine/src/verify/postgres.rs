@@ -14,14 +14,15 @@
 //! sides walk keys in the same order (at the price of the index when the index's collation
 //! differs).
 //!
-//! When both sides are PostgreSQL with the same column types, a chunk is hashed by each server
-//! ([`PgSide::range_hash`]): `count(*)` and the sum of a hash of each row's column texts
-//! ([`row_hash_sql`]) over a key range whose end comes from the source's primary-key index
-//! ([`PgSide::boundaries`]). Equal text means equal values for equal types, and no row leaves the
-//! servers unless the chunk differs. (`md5(string_agg(.. ORDER BY key))` was measured 3x
-//! slower: the aggregate sorts its input, and a record's text output costs twice the text of
-//! its columns.)
+//! When both sides are PostgreSQL with the same column types, a chunk is hashed by each server:
+//! `count(*)` and the sum of a hash of each row ([`row_hash_sql`]), over the next chunk of rows
+//! after a key with its last key found in the same scan ([`PgSide::page_hash`], one-column keys
+//! of a type with an index-ordered `max`) or over a key range whose end comes from the source's
+//! primary-key index ([`PgSide::boundaries`], any other key). No row leaves the servers unless
+//! the chunk differs. (`md5(string_agg(.. ORDER BY key))` was measured 3x slower than a chained
+//! text hash, and that 2.4x slower than the per-type hashes now used: see [`row_hash_sql`].)
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use tidesync_core::sql::quote_ident;
 use tidesync_core::{Position, Value};
 use tokio::task::JoinSet;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::VerifyError;
 use super::canon::{Oracle, pg_literal};
@@ -87,7 +88,14 @@ pub(crate) struct PgSide {
     _connection: JoinSet<()>,
     /// Canonicalization runs on the blocking pool (it may need SQLite's affinity rules).
     oracle: Arc<Mutex<Oracle>>,
+    /// Statements prepared on this connection, by their SQL: a chunk's query is one round
+    /// trip, not a parse and then an execute.
+    statements: Mutex<HashMap<String, Statement>>,
 }
+
+/// At most this many statements stay prepared on one connection (verify's queries come in a
+/// few shapes; the bound only guards against an unforeseen one).
+const MAX_STATEMENTS: usize = 64;
 
 impl fmt::Debug for PgSide {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -137,6 +145,7 @@ impl PgSide {
             client,
             _connection: tasks,
             oracle: Arc::default(),
+            statements: Mutex::default(),
         })
     }
 
@@ -231,14 +240,35 @@ impl PgSide {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, VerifyError> {
+        let statement = self.statement(context, sql).await?;
         within(
             &self.db,
             context,
             QUERY_TIMEOUT,
-            self.client.query(sql, params),
+            self.client.query(&statement, params),
         )
         .await?
         .map_err(pg_error(&self.db, context))
+    }
+
+    /// `sql` prepared on this connection, once.
+    async fn statement(&self, context: &str, sql: &str) -> Result<Statement, VerifyError> {
+        let cached = self.lock_statements().get(sql).cloned();
+        if let Some(statement) = cached {
+            return Ok(statement);
+        }
+        let statement = within(&self.db, context, QUERY_TIMEOUT, self.client.prepare(sql))
+            .await?
+            .map_err(pg_error(&self.db, context))?;
+        let mut statements = self.lock_statements();
+        if statements.len() < MAX_STATEMENTS {
+            statements.insert(sql.to_owned(), statement.clone());
+        }
+        Ok(statement)
+    }
+
+    fn lock_statements(&self) -> std::sync::MutexGuard<'_, HashMap<String, Statement>> {
+        self.statements.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) async fn page(
@@ -372,6 +402,42 @@ impl PgSide {
         Ok((count.max(0) as u64, hash))
     }
 
+    /// `(rows, sum of the rows' hashes, last key)` of the (up to) `n` rows after `lo` in key
+    /// order: one index scan that both hashes a chunk and finds where it ends, so no other
+    /// query looks for chunk boundaries. Only for a one-column key whose `max` orders as the
+    /// key order does ([`max_key_sql`]); the last key is `None` when no row is left.
+    pub(crate) async fn page_hash(
+        &self,
+        plan: &Arc<SidePlan>,
+        max_key: &str,
+        lo: Option<&[Native]>,
+        n: usize,
+    ) -> Result<(u64, String, Option<Native>), VerifyError> {
+        let (condition, params) = range(plan, lo, None);
+        let sql = format!(
+            "SELECT count(*), coalesce(sum(h), 0)::text, max(k)::text FROM \
+             (SELECT {} AS h, {max_key} AS k FROM {}{condition} ORDER BY {} LIMIT {n}) AS page",
+            row_hash_sql(plan),
+            plan.table_sql,
+            key_order(plan),
+        );
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let context = format!("hashing a chunk of `{}`", plan.table);
+        let rows = self.query(&context, &sql, &refs).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| self.bad_row(plan, "a chunk hash returned no row"))?;
+        let count: i64 = row.try_get(0).map_err(pg_error(&self.db, &context))?;
+        let hash: String = row.try_get(1).map_err(pg_error(&self.db, &context))?;
+        let last: Option<String> = row.try_get(2).map_err(pg_error(&self.db, &context))?;
+        Ok((
+            count.max(0) as u64,
+            hash,
+            last.map(|k| Native::Postgres(Some(k))),
+        ))
+    }
+
     async fn row_texts(
         &self,
         plan: &SidePlan,
@@ -464,22 +530,83 @@ fn record_texts(
         .collect()
 }
 
-/// A 64-bit hash of a row computed by the server: `hashtextextended` chained over the
-/// columns' text in order (each column's hash seeds the next, so values cannot trade places
-/// between columns or rows unnoticed), a NULL marked apart from an empty text. Text, not the
-/// types' own hash functions: those treat `1.50` and `1.5`, or `0` and `-0`, as equal, which
-/// the pipeline does not. Byte order (`COLLATE "C"`), so a case-insensitive collation cannot
-/// hash two spellings alike. A chunk's rows are summed (exactly, as numeric): no sort needed,
-/// and a row present twice counts twice.
+/// A 64-bit hash of a row computed by the server: each column hashed with its position as
+/// the seed (so values cannot trade places between columns), a NULL standing for its
+/// position's own constant, the column hashes xor-ed and the result hashed again (so values
+/// cannot trade places between rows: a plain xor of column hashes summed over rows is
+/// nearly linear). A chunk's rows are summed (exactly, as numeric): no sort needed, and a
+/// row present twice counts twice. Both sides have the same column types (else rows are
+/// compared here), so they hash each column the same way ([`column_hash_sql`]).
+///
+/// Measured on the bench's table (bigint, 2 text, numeric(12,2), int, timestamptz), per
+/// 500,000 rows read by key on top of the 44 ms scan: 99 ms, against 242 ms for chaining
+/// `hashtextextended` over every column's text with a NULL flag per column.
 pub(crate) fn row_hash_sql(plan: &SidePlan) -> String {
-    let mut hash = "0::int8".to_owned();
-    for (name, _) in &plan.columns {
-        let c = quote_ident(name);
-        hash = format!(
-            "(hashtextextended(coalesce({c}::text COLLATE \"C\", ''), {hash}) # ({c} IS NULL)::int::int8)"
-        );
+    let columns: Vec<String> = plan
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ty))| {
+            let seed = i + 1;
+            format!(
+                "coalesce({}, {seed})",
+                column_hash_sql(&quote_ident(name), ty, seed)
+            )
+        })
+        .collect();
+    if columns.is_empty() {
+        return "0::int8".to_owned();
     }
-    hash
+    format!("hashint8extended({}, 0)", columns.join(" # "))
+}
+
+/// The hash of column `c` seeded by `seed`; NULL for a NULL. Types whose values have exactly
+/// one output text are hashed by their own hash functions, which skips the text output:
+/// integers, bool, uuid, timestamps (timestamptz as the session's UTC local time: one to one),
+/// text, and numeric with a declared scale (whose values all carry that scale). Every other
+/// type is hashed by its output text, not its own hash function: those treat `1.50` and `1.5`,
+/// or `0` and `-0`, as equal, which the pipeline does not. Text is hashed in byte order
+/// (`COLLATE "C"`), so a case-insensitive collation cannot hash two spellings alike. A
+/// domain's value is cast to its base type first.
+fn column_hash_sql(c: &str, ty: &ColType, seed: usize) -> String {
+    let (oid, typmod) = match ty {
+        ColType::Postgres {
+            type_oid, typmod, ..
+        } => (*type_oid, *typmod),
+        ColType::Sqlite { .. } => (0, -1),
+    };
+    match oid {
+        21 => format!("hashint2extended({c}::int2, {seed})"),
+        23 => format!("hashint4extended({c}::int4, {seed})"),
+        20 => format!("hashint8extended({c}::int8, {seed})"),
+        16 => format!("hashint4extended({c}::bool::int4, {seed})"),
+        25 | 1043 => format!("hashtextextended({c}::text COLLATE \"C\", {seed})"),
+        2950 => format!("uuid_hash_extended({c}::uuid, {seed})"),
+        1114 => format!("timestamp_hash_extended({c}::timestamp, {seed})"),
+        1184 => format!("timestamp_hash_extended({c}::timestamptz::timestamp, {seed})"),
+        // numeric(p, s): the typmod holds the scale, so every value has the same one.
+        1700 if typmod >= 0 => format!("hash_numeric_extended({c}::numeric, {seed})"),
+        _ => format!("hashtextextended({c}::text COLLATE \"C\", {seed})"),
+    }
+}
+
+/// The key as an expression whose `max` is the last key in [`key_order`], when the key is one
+/// column of a type whose `max` uses its index order (integers, numeric, text in byte order,
+/// dates and timestamps); `None` otherwise (several key columns, uuid, ..), where chunk ends
+/// come from [`PgSide::boundaries`].
+pub(crate) fn max_key_sql(plan: &SidePlan) -> Option<String> {
+    let [i] = plan.key[..] else {
+        return None;
+    };
+    let ColType::Postgres { type_oid, .. } = plan.columns[i].1 else {
+        return None;
+    };
+    // int2, int4, int8, numeric, text, varchar, date, timestamp, timestamptz
+    matches!(
+        type_oid,
+        21 | 23 | 20 | 1700 | 25 | 1043 | 1082 | 1114 | 1184
+    )
+    .then(|| key_order(plan))
 }
 
 fn format_of(ty: &ColType) -> &str {

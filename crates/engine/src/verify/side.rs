@@ -113,14 +113,14 @@ pub(crate) enum LookupKey {
 #[derive(Debug)]
 pub(crate) enum Side {
     Sqlite(SqliteSide),
-    Postgres(PgSide),
+    Postgres(Box<PgSide>),
 }
 
 impl Side {
     pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Side, VerifyError> {
         Ok(match endpoint {
             Endpoint::Sqlite { path } => Side::Sqlite(SqliteSide::open(path).await?),
-            Endpoint::Postgres { url } => Side::Postgres(PgSide::connect(url).await?),
+            Endpoint::Postgres { url } => Side::Postgres(Box::new(PgSide::connect(url).await?)),
         })
     }
 

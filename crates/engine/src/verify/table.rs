@@ -19,7 +19,7 @@ use tidesync_core::{Key, Value};
 
 use super::canon::{Affinity, Class};
 use super::chunk::{self, Diff, DiffKind, Native, SideRow, chunk_hash, count_upto, merge};
-use super::postgres::PgSide;
+use super::postgres::{PgSide, max_key_sql};
 use super::settle::Settle;
 use super::side::{CatalogColumn, ColType, LookupKey, Role, Side, SidePlan, TableShape};
 use super::{Endpoint, KeyDiff, Method, TableReport, VerifyError, VerifyOptions};
@@ -87,7 +87,10 @@ pub(crate) async fn run(
         pending: Vec::new(),
         scanned: 0,
     };
-    if let (true, Endpoint::Postgres { url }) = (by_database, source) {
+    let max_key = by_database.then(|| max_key_sql(&walk.splan)).flatten();
+    if let Some(max_key) = max_key {
+        walk.by_pages(&max_key).await?;
+    } else if let (true, Endpoint::Postgres { url }) = (by_database, source) {
         // A second source connection finds chunk boundaries ahead of the hashing.
         let scout = PgSide::connect(url).await?;
         walk.by_database(&scout).await?;
@@ -256,6 +259,41 @@ impl Walk<'_> {
         }
     }
 
+    /// Both sides hash their next `rows` rows after the same key at once, each finding its
+    /// chunk's last key in the same scan. Equal counts, hashes and last keys: the chunk is
+    /// equal. Otherwise the rows up to the source's last key (to the end, once the source has
+    /// no more) are compared row by row, and both sides go on after it.
+    async fn by_pages(&mut self, max_key: &str) -> Result<(), VerifyError> {
+        let (Side::Postgres(s), Side::Postgres(t)) = (self.source, self.target) else {
+            return self.by_rows(None, None, None, true).await;
+        };
+        let n = self.rows;
+        let mut lo: Option<Vec<Native>> = None;
+        loop {
+            let ((s_rows, s_hash, s_last), (t_rows, t_hash, t_last)) = tokio::try_join!(
+                s.page_hash(&self.splan, max_key, lo.as_deref(), n),
+                t.page_hash(&self.tplan, max_key, lo.as_deref(), n),
+            )?;
+            let end = (s_rows as usize >= n).then_some(s_last.clone()).flatten();
+            if s_rows == t_rows && s_hash == t_hash && s_last == t_last {
+                self.report.source_rows += s_rows;
+                self.report.target_rows += t_rows;
+                self.report.chunks += u64::from(s_rows > 0);
+                self.scanned += s_rows;
+                (self.progress)(self.scanned);
+            } else {
+                // Counted row by row; the key texts of one PostgreSQL side are valid for the
+                // other: the column types are the same.
+                let hi = end.clone().map(|k| vec![k]);
+                self.by_rows(lo.clone(), lo.clone(), hi, true).await?;
+            }
+            match end {
+                Some(k) => lo = Some(vec![k]),
+                None => return Ok(()),
+            }
+        }
+    }
+
     async fn by_database(&mut self, scout: &PgSide) -> Result<(), VerifyError> {
         let (Side::Postgres(s), Side::Postgres(t)) = (self.source, self.target) else {
             return self.by_rows(None, None, None, true).await;
@@ -379,17 +417,19 @@ impl Walk<'_> {
     }
 }
 
-/// `(rows, hash)` of each range, one after the other on the side's connection.
+/// `(rows, hash)` of each range. The queries are all sent at once: the connection pipelines
+/// them, so the server goes from one chunk to the next without waiting for a round trip.
 async fn hash_ranges(
     side: &PgSide,
     plan: &Arc<SidePlan>,
     ranges: &[KeyRange],
 ) -> Result<Vec<(u64, String)>, VerifyError> {
-    let mut out = Vec::with_capacity(ranges.len());
-    for (lo, hi) in ranges {
-        out.push(side.range_hash(plan, lo.as_deref(), hi.as_deref()).await?);
-    }
-    Ok(out)
+    futures_util::future::try_join_all(
+        ranges
+            .iter()
+            .map(|(lo, hi)| side.range_hash(plan, lo.as_deref(), hi.as_deref())),
+    )
+    .await
 }
 
 /// An error unless the rows come in key order.
