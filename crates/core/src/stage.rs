@@ -213,6 +213,13 @@ pub trait Source: Send {
         Box::pin(async { Ok(None) })
     }
 
+    /// Lets go of what the source holds open on the database (PostgreSQL: the replication
+    /// connection) while the pipeline cannot take changes, e.g. a direct stream whose sink is
+    /// down: an open replication connection whose changes are never confirmed keeps the source
+    /// server from shutting down. What was received but not handed out is dropped; the next
+    /// poll reconnects after what was handed out. Default: nothing to let go of.
+    fn release(&mut self) {}
+
     /// The streams whose direct copy may use PostgreSQL's binary `COPY` format (the sink's
     /// target columns have exactly the source's types, see [`Sink::copy_binary`]); the source
     /// uses it where it can also read the keys of that form, text elsewhere.

@@ -658,7 +658,15 @@ impl Work<'_> {
         let sql = match &step.action {
             Action::Upsert { columns } => {
                 let columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
-                sql::upsert_sql(step.stream, &columns, key_columns, rows)
+                if step
+                    .entries
+                    .iter()
+                    .all(|e| e.change.op == tidesync_core::Op::Read)
+                {
+                    sql::upsert_if_changed_sql(step.stream, &columns, key_columns, rows)
+                } else {
+                    sql::upsert_sql(step.stream, &columns, key_columns, rows)
+                }
             }
             Action::Delete => sql::delete_sql(step.stream, key_columns, rows),
             Action::Patch { columns } => {

@@ -194,8 +194,8 @@ pub struct PipelineConfig {
     pub batch_size: usize,
     /// Capture pauses while the slowest sink is this many changes behind (at least 1).
     pub max_lag: u64,
-    /// Stream source -> sink without the log (`direct_stream`, default false; only with one
-    /// PostgreSQL sink).
+    /// Stream source -> sink without the log (`direct_stream`; default: on when the one sink
+    /// is PostgreSQL, which is the only case it is allowed).
     pub direct_stream: bool,
 }
 
@@ -952,7 +952,14 @@ impl Resolver<'_> {
             &format!("{at}.max_lag"),
         )?;
 
-        let direct_stream = raw.direct_stream.as_ref().is_some_and(|d| *d.get_ref());
+        let one_postgres_sink = matches!(
+            sink_names.as_slice(),
+            [one] if matches!(sinks[one].spec, SinkSpec::Postgres { .. })
+        );
+        let direct_stream = raw
+            .direct_stream
+            .as_ref()
+            .map_or(one_postgres_sink, |d| *d.get_ref());
         if let Some(spanned) = raw.direct_stream.as_ref().filter(|_| direct_stream) {
             let problem = match sink_names.as_slice() {
                 [one] if matches!(sinks[one].spec, SinkSpec::Postgres { .. }) => None,
@@ -1516,8 +1523,18 @@ max_lag = 1
         );
         let config = parse(&format!("{postgres}direct_stream = true\n")).unwrap();
         assert!(config.pipeline("items").unwrap().direct_stream);
+        // On by default with one PostgreSQL sink, off with anything else.
         let config = parse(&postgres).unwrap();
+        assert!(config.pipeline("items").unwrap().direct_stream);
+        let config = parse(&format!("{postgres}direct_stream = false\n")).unwrap();
         assert!(!config.pipeline("items").unwrap().direct_stream);
+        assert!(
+            !parse(VALID)
+                .unwrap()
+                .pipeline("items")
+                .unwrap()
+                .direct_stream
+        );
     }
 
     #[test]

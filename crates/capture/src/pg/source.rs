@@ -2168,6 +2168,13 @@ impl Source for PgLogSource {
         })
     }
 
+    fn release(&mut self) {
+        if self.stream.is_some() {
+            tracing::info!(source = %self.target, slot = %self.slot, "closing the replication connection until the pipeline can take changes again");
+            self.reset_stream();
+        }
+    }
+
     fn request(&mut self, request: Request) -> Result<(), StageError> {
         if self.requests.iter().any(|a| a.id == request.id) {
             return Ok(());

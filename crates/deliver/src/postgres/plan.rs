@@ -101,7 +101,13 @@ pub(crate) fn plan<'b>(
                 Action::Truncate | Action::Patch { .. } => return false,
             };
             let room = step.entries.len() < max_rows.min(MAX_PARAMS / width.max(1));
+            // Re-read rows go in steps of their own (applied only where they differ).
+            let reads = |e: &LogEntry| e.change.op == Op::Read;
             let same = step.stream == stream
+                && step
+                    .entries
+                    .first()
+                    .is_none_or(|first| reads(first) == reads(entry))
                 && match (&step.action, row) {
                     (Action::Upsert { columns }, Some(row)) => {
                         columns.iter().copied().eq(row.columns()) && !keys.contains(&fingerprint)

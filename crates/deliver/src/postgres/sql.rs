@@ -103,6 +103,35 @@ pub(crate) fn upsert_sql(table: &str, columns: &[String], key: &[String], rows: 
     )
 }
 
+/// [`upsert_sql`] that leaves a row alone when it already holds these values (compared as
+/// text, which every type has): for rows re-read from the source (`Op::Read`), of which the
+/// target may have the same version already (a change streamed before a chunk read between
+/// watermarks holds it too). No write, so no trigger fires and no WAL is written for it.
+pub(crate) fn upsert_if_changed_sql(
+    table: &str,
+    columns: &[String],
+    key: &[String],
+    rows: usize,
+) -> String {
+    let upsert = upsert_sql(table, columns, key, rows);
+    let values: Vec<&String> = columns.iter().filter(|c| !key.contains(c)).collect();
+    if values.is_empty() {
+        return upsert;
+    }
+    let side = |prefix: &str| {
+        values
+            .iter()
+            .map(|c| format!("{prefix}.{}::text", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "{upsert} WHERE ({}) IS DISTINCT FROM ({})",
+        side(&quote_ident(table)),
+        side("EXCLUDED")
+    )
+}
+
 /// `COPY t (cols) FROM STDIN`, in the text format (see `copy`).
 pub(crate) fn copy_sql(table: &str, columns: &[String]) -> String {
     format!(

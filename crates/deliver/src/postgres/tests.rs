@@ -11,7 +11,10 @@ use super::bind::{Bound, ColumnKind, bind, text_of};
 use super::copy::{Backoff, NotCopyable, eligible, put_row};
 use super::error::is_transient_code;
 use super::plan::{Action, plan};
-use super::sql::{copy_sql, create_table_sql, delete_sql, patch_sql, pg_type_for, upsert_sql};
+use super::sql::{
+    copy_sql, create_table_sql, delete_sql, patch_sql, pg_type_for, upsert_if_changed_sql,
+    upsert_sql,
+};
 use super::*;
 
 #[test]
@@ -293,6 +296,38 @@ fn neighbours_group_and_a_repeated_key_starts_a_new_statement() {
             s("b", 'U', &[7]),
             s("a", 'U', &[8]),
         ]
+    );
+}
+
+#[test]
+fn re_read_rows_get_steps_of_their_own_that_skip_equal_rows() {
+    let read = |seq, id| {
+        let mut e = put(seq, "a", id, &["id", "v"]);
+        e.change.op = Op::Read;
+        e
+    };
+    let entries = [
+        put(1, "a", 1, &["id", "v"]),
+        read(2, 2),
+        read(3, 3),
+        put(4, "a", 4, &["id", "v"]),
+    ];
+    let s = |kind, seqs: &[u64]| ("a".to_owned(), kind, seqs.to_vec());
+    assert_eq!(
+        shape(&entries, 1000),
+        [s('U', &[1]), s('U', &[2, 3]), s('U', &[4])]
+    );
+    let cols = ["id".to_owned(), "v".to_owned(), "w".to_owned()];
+    assert_eq!(
+        upsert_if_changed_sql("t", &cols, &cols[..1], 1),
+        "INSERT INTO \"t\" (\"id\", \"v\", \"w\") VALUES ($1, $2, $3) ON CONFLICT (\"id\") DO UPDATE SET \
+         \"v\" = EXCLUDED.\"v\", \"w\" = EXCLUDED.\"w\" WHERE (\"t\".\"v\"::text, \"t\".\"w\"::text) \
+         IS DISTINCT FROM (EXCLUDED.\"v\"::text, EXCLUDED.\"w\"::text)"
+    );
+    // Only key columns: nothing to update, nothing to compare.
+    assert_eq!(
+        upsert_if_changed_sql("t", &cols[..1], &cols[..1], 1),
+        upsert_sql("t", &cols[..1], &cols[..1], 1)
     );
 }
 

@@ -193,9 +193,10 @@ impl Stream {
 
         let (items_tx, items_rx) = mpsc::channel::<Item>(QUEUE);
         let (ack_tx, ack_rx) = watch::channel::<Option<Position>>(None);
+        let (stalled_tx, stalled_rx) = watch::channel(false);
         let child = cancel.child_token();
-        let capture = self.capture(&mut *source, items_tx, ack_rx, &child);
-        let apply = self.apply(&mut *sink, items_rx, ack_tx, &child);
+        let capture = self.capture(&mut *source, items_tx, ack_rx, stalled_rx, &child);
+        let apply = self.apply(&mut *sink, items_rx, ack_tx, Arc::new(stalled_tx), &child);
         let (captured, applied) = tokio::join!(
             async {
                 let r = capture.await;
@@ -222,15 +223,27 @@ impl Stream {
         source: &mut dyn Source,
         items: mpsc::Sender<Item>,
         mut acks: watch::Receiver<Option<Position>>,
+        mut stalled: watch::Receiver<bool>,
         cancel: &CancellationToken,
     ) -> Result<(), PipelineError> {
         let source_stage = format!("source {}", self.source_name);
+        // While the sink fails, nothing can be confirmed to the source: its connection is let
+        // go (a source server shutting down waits for an open replication connection to
+        // confirm the end of its log; with the target on that server it would wait forever)
+        // and the next poll reconnects, once the sink applies again.
         let mut seq = self.head;
         let mut requested = std::collections::HashSet::new();
         let mut last_requests: Option<Instant> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
+            }
+            if *stalled.borrow_and_update() {
+                source.release();
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    ok = stalled.wait_for(|s| !*s) => if ok.is_err() { return Ok(()) },
+                }
             }
             if last_requests.is_none_or(|t| t.elapsed() >= REQUESTS_EVERY) {
                 last_requests = Some(Instant::now());
@@ -267,9 +280,28 @@ impl Stream {
             let item = number(captured, &mut seq);
             self.stats.captured.fetch_add(n, Ordering::Relaxed);
             self.stats.head.store(seq.0, Ordering::Release);
-            tokio::select! {
-                () = cancel.cancelled() => return Ok(()),
-                sent = items.send(item) => if sent.is_err() { return Ok(()) },
+            let send = items.send(item);
+            tokio::pin!(send);
+            loop {
+                let stalls = tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    sent = &mut send => {
+                        if sent.is_err() {
+                            return Ok(());
+                        }
+                        break;
+                    }
+                    ok = stalled.wait_for(|s| *s) => ok.is_ok(),
+                };
+                if !stalls {
+                    return Ok(());
+                }
+                // The batch is handed out already: it waits here for the sink.
+                source.release();
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    ok = stalled.wait_for(|s| !*s) => if ok.is_err() { return Ok(()) },
+                }
             }
         }
     }
@@ -281,6 +313,7 @@ impl Stream {
         sink: &mut dyn Sink,
         mut items: mpsc::Receiver<Item>,
         acks: watch::Sender<Option<Position>>,
+        stalled: Arc<watch::Sender<bool>>,
         cancel: &CancellationToken,
     ) -> Result<(), PipelineError> {
         let sink_stage = format!("sink {}", self.sink_name);
@@ -338,11 +371,21 @@ impl Stream {
                     }
                 };
                 let started = Instant::now();
-                if let Err(stop) =
-                    retry("apply", cancel, &mut *sink, |s| s.apply(batch.clone())).await
-                {
+                let applied = retry("apply", cancel, &mut *sink, |s| {
+                    let (attempt, stalled) = (s.apply(batch.clone()), stalled.clone());
+                    Box::pin(async move {
+                        let result = attempt.await;
+                        if result.as_ref().is_err_and(StageError::is_transient) {
+                            stalled.send_replace(true);
+                        }
+                        result
+                    })
+                })
+                .await;
+                if let Err(stop) = applied {
                     return self.stop(&sink_stage, stop);
                 }
+                stalled.send_if_modified(|s| std::mem::replace(s, false));
                 tidesync_core::failpoint::hit("after-apply");
                 tracing::debug!(pipeline = %self.pipeline, changes = n, seq = seq.0, position = %position, apply_us = started.elapsed().as_micros() as u64, "applied directly");
             }
