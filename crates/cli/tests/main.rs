@@ -4,6 +4,7 @@ mod cli;
 mod crash;
 mod direct;
 mod direct_stream;
+mod mysql;
 mod pg_source;
 mod postgres;
 mod rename;

@@ -225,3 +225,141 @@ pub fn sqlite_lines(path: &Path, sql: &str) -> Option<String> {
         .ok()?;
     Some(rows.join("\n"))
 }
+
+/// A SQLite master `items (id, sku, name, price NUMERIC, qty, updated_at)` with 2,000 rows, in
+/// WAL mode.
+pub fn seed_master(master: &Path) {
+    let c = rusqlite::Connection::open(master).unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    c.execute(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, sku TEXT, name TEXT, price NUMERIC, qty INTEGER, updated_at TEXT)",
+        [],
+    )
+    .unwrap();
+    for id in 1..=2000 {
+        c.execute(
+            "INSERT INTO items VALUES (?1, ?2, 'seed', '12.50', 1, '2026-11-23T00:00:00Z')",
+            rusqlite::params![id, format!("SKU-{id}")],
+        )
+        .unwrap();
+    }
+}
+
+/// How [`spawn_master_writer`] writes: the master holds ids up to `rows`; transactions of
+/// `per_txn` changes, `pause` apart; randomness from `seed`.
+pub struct Writes {
+    pub rows: u64,
+    pub per_txn: usize,
+    pub pause: Duration,
+    pub seed: u64,
+}
+
+/// Writes to a master `items (id, sku, qty, ..)` until `stop`: transactions of random updates
+/// (7 in 10), inserts (2 in 10) and deletes.
+pub fn spawn_master_writer(
+    master: &Path,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writes: Writes,
+) -> std::thread::JoinHandle<()> {
+    let (master, stop) = (master.to_path_buf(), stop.clone());
+    std::thread::spawn(move || {
+        let mut c = rusqlite::Connection::open(&master).unwrap();
+        c.busy_timeout(Duration::from_secs(30)).unwrap();
+        let mut rng = Rng(writes.seed);
+        let mut next = writes.rows;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+            for _ in 0..writes.per_txn {
+                let id = 1 + rng.below(next) as i64;
+                match rng.below(10) {
+                    0..=6 => tx
+                        .execute("UPDATE items SET qty = qty + 1 WHERE id = ?1", [id])
+                        .unwrap(),
+                    7 | 8 => {
+                        next += 1;
+                        tx.execute(
+                            "INSERT INTO items (id, sku, qty) VALUES (?1, 'new', 0)",
+                            [next as i64],
+                        )
+                        .unwrap()
+                    }
+                    _ => tx.execute("DELETE FROM items WHERE id = ?1", [id]).unwrap(),
+                };
+            }
+            tx.commit().unwrap();
+            std::thread::sleep(writes.pause);
+        }
+    })
+}
+
+/// The steady writes of the kill -9 tests.
+pub const KILL_TEST_WRITES: Writes = Writes {
+    rows: 2000,
+    per_txn: 10,
+    pause: Duration::from_millis(2),
+    seed: 0x9E37_79B9_7F4A_7C15,
+};
+
+/// SQLite master (`examples/sqlite-to-postgres.toml`) -> the target at `url`, whose rows
+/// `target_rows` returns as `id|sku|qty` lines and whose `_tidesync_applied.seq`
+/// `target_applied` returns: the snapshot, kill -9, restart, writes all along; the target
+/// ends equal to the master. Returns the folder (its `run.log`) for further checks.
+pub fn sqlite_master_survives_kill_9(
+    url: &str,
+    target_rows: impl Fn() -> Option<String>,
+    target_applied: impl Fn() -> Option<i64>,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, state) = (dir.path().join("shop.db"), dir.path().join("state"));
+    seed_master(&master);
+    let env = [
+        ("SOURCE_URL", master.as_path()),
+        ("TARGET_URL", Path::new(url)),
+        ("STATE_DIR", state.as_path()),
+    ];
+    let config = example("sqlite-to-postgres.toml");
+    let args = ["run", config.to_str().unwrap()];
+    let log = dir.path().join("run.log");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = spawn_master_writer(&master, &stop, KILL_TEST_WRITES);
+    let mut child = spawn(&args, &env, &log);
+    let first = wait_for(
+        "the target to receive the snapshot",
+        Duration::from_secs(60),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "tidesync exited early with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            target_applied().filter(|s| *s >= 2000)
+        },
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut child = spawn(&args, &env, &log);
+    wait_for(
+        "progress after the restart",
+        Duration::from_secs(60),
+        || target_applied().filter(|s| *s > first),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let expected = sqlite_lines(&master, "SELECT id, sku, qty FROM items ORDER BY id").unwrap();
+    wait_for(
+        "the target to equal the master",
+        Duration::from_secs(60),
+        || (target_rows()?.trim_end() == expected).then_some(()),
+    );
+    terminate(&child);
+    assert!(
+        child.wait().unwrap().success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    dir
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use tidesync_testkit::Postgres;
 
 use crate::util::*;
@@ -263,39 +263,16 @@ fn verify_while_the_pipeline_streams_reports_no_false_difference() {
     });
 
     let stop_writer = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (master, stop_writer) = (setup.master.clone(), stop_writer.clone());
-        std::thread::spawn(move || {
-            let mut c = Connection::open(&master).unwrap();
-            c.busy_timeout(Duration::from_secs(30)).unwrap();
-            let mut rng = Rng(seed());
-            let mut next = 5000;
-            while !stop_writer.load(Ordering::Relaxed) {
-                let tx = c
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .unwrap();
-                for _ in 0..5 {
-                    let id = 1 + rng.below(next) as i64;
-                    match rng.below(10) {
-                        0..=6 => tx
-                            .execute("UPDATE items SET qty = qty + 1 WHERE id = ?1", [id])
-                            .unwrap(),
-                        7 | 8 => {
-                            next += 1;
-                            tx.execute(
-                                "INSERT INTO items (id, sku, qty) VALUES (?1, 'new', 0)",
-                                [next as i64],
-                            )
-                            .unwrap()
-                        }
-                        _ => tx.execute("DELETE FROM items WHERE id = ?1", [id]).unwrap(),
-                    };
-                }
-                tx.commit().unwrap();
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    let writer = spawn_master_writer(
+        &setup.master,
+        &stop_writer,
+        Writes {
+            rows: 5000,
+            per_txn: 5,
+            pause: Duration::from_millis(1),
+            seed: seed(),
+        },
+    );
 
     // Each run must find the tables equal; at least one must have met rows in flight (and
     // re-checked them), or the test did not test anything.

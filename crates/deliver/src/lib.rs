@@ -3,6 +3,8 @@
 //! - [`sqlite`]: database apply into SQLite, exactly-once (the applied seq is written in the
 //!   same transaction as the rows).
 //! - [`postgres`]: database apply into PostgreSQL, exactly-once in the same way.
+//! - [`mysql`]: database apply into MySQL or MariaDB, exactly-once in the same way.
 
+pub mod mysql;
 pub mod postgres;
 pub mod sqlite;

@@ -179,6 +179,14 @@ pub enum SinkSpec {
         /// Create missing target tables from the source schema.
         create_tables: bool,
     },
+    /// MySQL or MariaDB.
+    Mysql {
+        /// The connection URL (`mysql://user:password@host:port/db`, or `mariadb://`), secrets
+        /// substituted.
+        url: String,
+        /// Create missing target tables from the source schema.
+        create_tables: bool,
+    },
 }
 
 /// `[pipelines.NAME]`: one source feeding one or more sinks.
@@ -752,16 +760,10 @@ impl Resolver<'_> {
                 url: self.string(&raw.url, &format!("{at}.url"))?,
                 create_tables,
             },
-            kind @ DbKind::Mysql => {
-                return Err(self.doc.error(
-                    raw.url.span(),
-                    format!(
-                        "{at}.url: {} sinks are not supported yet by this build \
-                         (supported: sqlite, postgres)",
-                        kind.name()
-                    ),
-                ));
-            }
+            DbKind::Mysql => SinkSpec::Mysql {
+                url: self.string(&raw.url, &format!("{at}.url"))?,
+                create_tables,
+            },
         };
         Ok(SinkConfig {
             name: name.to_owned(),
@@ -1891,13 +1893,27 @@ sinks = ["target"]
     }
 
     #[test]
-    fn mysql_sink_is_not_supported_yet() {
-        let err = parse_err(&with("${TARGET_URL}", "mariadb://localhost/shop"));
-        assert_at(&err, 9, 7);
-        assert_eq!(
-            err.message,
-            "sinks.replica.url: mysql sinks are not supported yet by this build \
-             (supported: sqlite, postgres)"
+    fn mysql_and_mariadb_sinks_keep_their_urls_and_stream_through_the_log() {
+        for url in ["mariadb://app@localhost/shop", "mysql://app@db:3306/shop"] {
+            let config = parse(&with("${TARGET_URL}", url)).unwrap();
+            assert_eq!(
+                config.sinks["replica"].spec,
+                SinkSpec::Mysql {
+                    url: url.to_owned(),
+                    create_tables: true
+                }
+            );
+            assert!(!config.pipeline("items").unwrap().direct_stream);
+        }
+        let err = parse_err(&format!(
+            "{}direct_stream = true\n",
+            with("${TARGET_URL}", "mysql://app@db/shop")
+        ));
+        assert!(
+            err.message
+                .starts_with("pipelines.items.direct_stream: sink \"replica\" is not PostgreSQL"),
+            "{}",
+            err.message
         );
     }
 

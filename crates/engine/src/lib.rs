@@ -87,6 +87,9 @@ fn build_sink(config: &Config, pipeline: &PipelineConfig, sink: &str) -> Box<dyn
         SinkSpec::Postgres { url, create_tables } => {
             Box::new(PostgresSink::new(url, &pipeline.name, sink, *create_tables))
         }
+        SinkSpec::Mysql { url, create_tables } => Box::new(
+            tidesync_deliver::mysql::MysqlSink::new(url, &pipeline.name, sink, *create_tables),
+        ),
     }
 }
 

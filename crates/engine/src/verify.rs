@@ -102,11 +102,14 @@ pub fn source_endpoint(spec: &SourceSpec) -> (Endpoint, &[String]) {
     }
 }
 
-/// The database a sink writes.
-pub fn sink_endpoint(spec: &SinkSpec) -> Endpoint {
+/// The database a sink writes; an error for kinds verify cannot read yet.
+pub fn sink_endpoint(spec: &SinkSpec) -> Result<Endpoint, String> {
     match spec {
-        SinkSpec::Sqlite { path, .. } => Endpoint::Sqlite { path: path.clone() },
-        SinkSpec::Postgres { url, .. } => Endpoint::Postgres { url: url.clone() },
+        SinkSpec::Sqlite { path, .. } => Ok(Endpoint::Sqlite { path: path.clone() }),
+        SinkSpec::Postgres { url, .. } => Ok(Endpoint::Postgres { url: url.clone() }),
+        SinkSpec::Mysql { .. } => {
+            Err("verify cannot read MySQL/MariaDB targets yet in this build".to_owned())
+        }
     }
 }
 
@@ -361,9 +364,16 @@ pub async fn verify(
         };
         for table in tables {
             for sink in &pipeline.sinks {
-                let target = sink_endpoint(&config.sinks[sink].spec);
                 let started = Instant::now();
                 let mut result = TableReport::new(table, sink);
+                let target = match sink_endpoint(&config.sinks[sink].spec) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        result.error = Some(e);
+                        out.tables.push(result);
+                        continue;
+                    }
+                };
                 let shown = |rows: u64| {
                     progress(&Progress {
                         pipeline: &pipeline.name,
