@@ -131,6 +131,11 @@ fn a_direct_stream_applies_nothing_twice_across_a_crash_and_switches_back_to_the
         0,
         "the direct stream wrote to the log"
     );
+    // The store knows where the stream stands: the sink's cursor is the head.
+    let out = run(&["status", direct.to_str().unwrap()], &env);
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status}");
+    assert!(status.contains("lag 0 changes"), "{status}");
 
     // 3. Through the log again.
     let run3 = log.with_extension("3");

@@ -326,6 +326,8 @@ impl Stream {
         // Applied (and acknowledged) but not yet told to the store.
         let mut unrecorded: Option<(Position, Seq, Option<i64>)> = None;
         let mut last_advance = Instant::now();
+        // Entries of runs through the log, all applied now, go once past their retention.
+        let mut last_trim: Option<Instant> = None;
         let mut seq = self.head;
         loop {
             let first = tokio::select! {
@@ -414,6 +416,17 @@ impl Stream {
                 last_advance = Instant::now();
             }
             acks.send_replace(Some(position));
+            if last_trim.is_none_or(|t| t.elapsed() >= self.options.trim_every) {
+                last_trim = Some(Instant::now());
+                let retain = self.options.retention.as_micros() as i64;
+                if let Err(stop) = retry("trim log", cancel, &mut log_ref, |l| {
+                    l.trim(&self.pipeline, retain)
+                })
+                .await
+                {
+                    return self.stop("store", stop);
+                }
+            }
             sink_stats.applied.fetch_add(n, Ordering::Relaxed);
             sink_stats.cursor.store(seq.0, Ordering::Release);
         }
