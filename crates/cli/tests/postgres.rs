@@ -12,6 +12,7 @@ fn sqlite_to_postgres_survives_kill_9_and_ends_equal() {
     let pg = Postgres::start();
     pg.create_database("warehouse").unwrap();
     sqlite_master_survives_kill_9(
+        "sqlite-to-postgres.toml",
         &pg.url("warehouse"),
         || {
             pg.psql("warehouse", "SELECT id, sku, qty FROM items ORDER BY id")

@@ -302,11 +302,12 @@ pub const KILL_TEST_WRITES: Writes = Writes {
     seed: 0x9E37_79B9_7F4A_7C15,
 };
 
-/// SQLite master (`examples/sqlite-to-postgres.toml`) -> the target at `url`, whose rows
+/// SQLite master (`examples/<example>`, a SQLite source) -> the target at `url`, whose rows
 /// `target_rows` returns as `id|sku|qty` lines and whose `_tidesync_applied.seq`
 /// `target_applied` returns: the snapshot, kill -9, restart, writes all along; the target
 /// ends equal to the master. Returns the folder (its `run.log`) for further checks.
 pub fn sqlite_master_survives_kill_9(
+    example_name: &str,
     url: &str,
     target_rows: impl Fn() -> Option<String>,
     target_applied: impl Fn() -> Option<i64>,
@@ -319,7 +320,7 @@ pub fn sqlite_master_survives_kill_9(
         ("TARGET_URL", Path::new(url)),
         ("STATE_DIR", state.as_path()),
     ];
-    let config = example("sqlite-to-postgres.toml");
+    let config = example(example_name);
     let args = ["run", config.to_str().unwrap()];
     let log = dir.path().join("run.log");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
