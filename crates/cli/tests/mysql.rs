@@ -7,6 +7,20 @@ use tidesync_testkit::MariaDb;
 
 use crate::util::*;
 
+/// `name:type` of the columns of `items` in database `schema`, in order.
+fn item_columns(db: &MariaDb, schema: &str) -> String {
+    db.sql(
+        schema,
+        &format!(
+            "SELECT group_concat(concat(column_name, ':', column_type) ORDER BY ordinal_position)
+             FROM information_schema.columns WHERE table_schema = '{schema}' AND table_name = 'items'"
+        ),
+    )
+    .unwrap()
+    .trim()
+    .to_owned()
+}
+
 #[test]
 fn sqlite_to_mariadb_survives_kill_9_and_ends_equal() {
     let db = MariaDb::start();
@@ -26,15 +40,8 @@ fn sqlite_to_mariadb_survives_kill_9_and_ends_equal() {
         },
     );
     // The table was created with the mapped types.
-    let types = db
-        .sql(
-            "warehouse",
-            "SELECT group_concat(concat(column_name, ':', column_type) ORDER BY ordinal_position)
-             FROM information_schema.columns WHERE table_schema = 'warehouse' AND table_name = 'items'",
-        )
-        .unwrap();
     assert_eq!(
-        types.trim(),
+        item_columns(&db, "warehouse"),
         "id:bigint(20),sku:longtext,name:longtext,price:double,qty:bigint(20),updated_at:longtext"
     );
 }
@@ -103,15 +110,8 @@ fn postgres_to_mariadb_snapshot_stream_and_kill_9_end_equal() {
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let types = db
-        .sql(
-            "shop",
-            "SELECT group_concat(concat(column_name, ':', column_type) ORDER BY ordinal_position)
-             FROM information_schema.columns WHERE table_schema = 'shop' AND table_name = 'items'",
-        )
-        .unwrap();
     assert_eq!(
-        types.trim(),
+        item_columns(&db, "shop"),
         "id:bigint(20),sku:longtext,name:longtext,price:decimal(12,2),qty:int(11),updated_at:datetime(6)"
     );
 }
