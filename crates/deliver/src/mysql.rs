@@ -817,7 +817,8 @@ pub fn mysql_type_for(dialect: Dialect, type_name: &str) -> String {
         Dialect::Mysql => type_name.to_owned(),
         Dialect::Postgres => {
             if t.ends_with("[]") {
-                return "JSON".into();
+                // Arrays arrive as PostgreSQL's array text (`{a,"b c"}`), not JSON.
+                return "LONGTEXT".into();
             }
             let (base, args) = match t.split_once('(') {
                 Some((b, a)) => (b.trim(), Some(a.trim_end_matches(')'))),
@@ -971,7 +972,7 @@ mod tests {
                 &["code"]
             )),
             "CREATE TABLE IF NOT EXISTS `we``ird` (`code` VARCHAR(768) NOT NULL, `price` DECIMAL(12,2), \
-             `at` DATETIME(6), `tags` JSON, `n` DECIMAL(65, 30), PRIMARY KEY (`code`)) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4"
+             `at` DATETIME(6), `tags` LONGTEXT, `n` DECIMAL(65, 30), PRIMARY KEY (`code`)) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4"
         );
         assert_eq!(
             create_table_sql(&schema(
