@@ -21,11 +21,39 @@ fn item_columns(db: &MariaDb, schema: &str) -> String {
     .to_owned()
 }
 
+/// `verify` finds the tables equal; after `plant` changes the target it exits 1 and names
+/// each of `expected` (lines of its report).
+fn verify_equal_then_finds(
+    config: &std::path::Path,
+    env: &[(&str, &std::path::Path)],
+    plant: impl FnOnce(),
+    expected: &[&str],
+) {
+    let out = run(&["verify", config.to_str().unwrap()], env);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    plant();
+    let out = run(
+        &["verify", config.to_str().unwrap(), "--settle-secs", "1"],
+        env,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for line in expected {
+        assert!(text.contains(line), "{line:?} not in {text}");
+    }
+}
+
 #[test]
 fn sqlite_to_mariadb_survives_kill_9_and_ends_equal() {
     let db = MariaDb::start();
     db.create_database("warehouse").unwrap();
-    sqlite_master_survives_kill_9(
+    let run_dir = sqlite_master_survives_kill_9(
         "sqlite-to-mysql.toml",
         &db.url("warehouse"),
         || {
@@ -40,6 +68,28 @@ fn sqlite_to_mariadb_survives_kill_9_and_ends_equal() {
         },
     );
     // The table was created with the mapped types.
+    // verify reads the MariaDB target: equal, then a planted difference is named.
+    let dir = run_dir;
+    let (master, state) = (dir.path().join("shop.db"), dir.path().join("state"));
+    let url = db.url("warehouse");
+    let env = [
+        ("SOURCE_URL", master.as_path()),
+        ("TARGET_URL", std::path::Path::new(&url)),
+        ("STATE_DIR", state.as_path()),
+    ];
+    let config = example("sqlite-to-mysql.toml");
+    verify_equal_then_finds(
+        &config,
+        &env,
+        || {
+            db.sql(
+                "warehouse",
+                "UPDATE items SET qty = qty + 1000 WHERE id = 5; DELETE FROM items WHERE id = 6",
+            )
+            .unwrap();
+        },
+        &["different (5): qty", "missing   (6)"],
+    );
     assert_eq!(
         item_columns(&db, "warehouse"),
         "id:bigint(20),sku:longtext,name:longtext,price:double,qty:bigint(20),updated_at:longtext"
@@ -104,6 +154,19 @@ fn postgres_to_mariadb_snapshot_stream_and_kill_9_end_equal() {
         }
     }
     wait_for("the stream", std::time::Duration::from_secs(60), equal);
+    // verify compares PostgreSQL's values with MariaDB's (numeric, timestamptz, text).
+    verify_equal_then_finds(
+        &config,
+        &env,
+        || {
+            db.sql(
+                "shop",
+                "UPDATE items SET updated_at = updated_at + INTERVAL 1 MICROSECOND WHERE id = 10",
+            )
+            .unwrap();
+        },
+        &["different (10): updated_at"],
+    );
     terminate(&child);
     assert!(
         child.wait().unwrap().success(),
@@ -113,5 +176,69 @@ fn postgres_to_mariadb_snapshot_stream_and_kill_9_end_equal() {
     assert_eq!(
         item_columns(&db, "shop"),
         "id:bigint(20),sku:longtext,name:longtext,price:decimal(12,2),qty:int(11),updated_at:datetime(6)"
+    );
+}
+
+/// Every PostgreSQL type the sink maps, created by the sink in MariaDB: verify finds the
+/// tables equal (no false difference from the conversions) and names a changed value.
+#[test]
+fn verify_reads_every_mapped_type_back_equal_from_mariadb() {
+    let pg = tidesync_testkit::Postgres::start();
+    pg.create_database("erp").unwrap();
+    pg.psql(
+        "erp",
+        "CREATE TABLE items (id integer PRIMARY KEY, flag boolean, small smallint, big bigint, \
+           r real, d double precision, n numeric, p numeric(10,3), vc varchar(20), ch char(5), \
+           t text, b bytea, j json, jb jsonb, u uuid, day date, tm time, ts timestamp, \
+           tz timestamptz, arr text[]);
+         INSERT INTO items SELECT g, g % 2 = 0, g, g::bigint * 1000000000, g / 3.0, g / 7.0, g / 8.0, \
+           g / 9.0, 'v' || g, 'c' || (g % 10), 'Grüße ' || g, decode(md5(g::text), 'hex'), \
+           json_build_object('b', g, 'a', 'x'), jsonb_build_object('n', g, 'l', ARRAY[1, 2]), \
+           md5(g::text)::uuid, date '2026-01-01' + g, time '10:00' + g * interval '1.5 s', \
+           timestamp '2026-01-01' + g * interval '1.000001 s', \
+           timestamptz '2026-01-01 00:00:00+02' + g * interval '1 minute', ARRAY['a', 'b c'] \
+         FROM generate_series(1, 500) g;
+         INSERT INTO items (id) VALUES (1000);",
+    )
+    .unwrap();
+    let db = MariaDb::start();
+    db.create_database("shop").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (source, target) = (pg.url("erp"), db.url("shop"));
+    let env = [
+        ("SOURCE_URL", std::path::Path::new(&source)),
+        ("TARGET_URL", std::path::Path::new(&target)),
+        ("STATE_DIR", state.as_path()),
+    ];
+    let config = example("postgres-to-mysql.toml");
+    let log = dir.path().join("run.log");
+    let mut child = spawn(&["run", config.to_str().unwrap()], &env, &log);
+    wait_for("the copy", std::time::Duration::from_secs(60), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "tidesync exited with {status}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        (db.sql("shop", "SELECT count(*) FROM items").ok()?.trim() == "501").then_some(())
+    });
+    verify_equal_then_finds(
+        &config,
+        &env,
+        || {
+            db.sql(
+                "shop",
+                "UPDATE items SET r = r + 1, jb = '{\"n\": 0}' WHERE id = 7",
+            )
+            .unwrap();
+        },
+        &["different (7): r, jb"],
+    );
+    terminate(&child);
+    assert!(
+        child.wait().unwrap().success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
 }

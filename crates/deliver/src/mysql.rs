@@ -123,7 +123,7 @@ impl From<MysqlSinkError> for StageError {
 
 /// The error's text without row data, and whether retrying may help: lost connections, lock
 /// waits and deadlocks, a server going away or shutting down.
-fn describe(e: &mysql_async::Error) -> (String, bool) {
+pub fn describe(e: &mysql_async::Error) -> (String, bool) {
     match e {
         mysql_async::Error::Server(s) => {
             // 1040 too many connections, 1053 shutdown in progress, 1205 lock wait timeout,
@@ -171,15 +171,16 @@ impl fmt::Debug for MysqlSink {
     }
 }
 
-/// `mysql://user@host:port/db` without the password; `mariadb://` is read as `mysql://`.
-fn mysql_url(url: &str) -> String {
+/// The URL with `mariadb://` read as `mysql://` (the driver knows only the latter).
+pub fn mysql_url(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => format!("mysql://{rest}"),
         _ => url.to_owned(),
     }
 }
 
-fn describe_url(url: &str) -> String {
+/// `mysql://user@host:port/db`: the database for messages, without the password.
+pub fn describe_url(url: &str) -> String {
     match Opts::from_url(&mysql_url(url)) {
         Ok(o) => format!(
             "mysql://{}@{}:{}/{}",

@@ -28,6 +28,7 @@
 
 mod canon;
 mod chunk;
+mod mysql;
 mod postgres;
 mod settle;
 mod side;
@@ -65,6 +66,10 @@ pub enum Endpoint {
     Postgres {
         url: String,
     },
+    /// `mysql://user:password@host:port/db` (or `mariadb://`).
+    Mysql {
+        url: String,
+    },
 }
 
 impl Endpoint {
@@ -73,6 +78,7 @@ impl Endpoint {
         match self {
             Endpoint::Sqlite { path } => path.display().to_string(),
             Endpoint::Postgres { url } => tidesync_core::pg::describe_url(url),
+            Endpoint::Mysql { url } => tidesync_deliver::mysql::describe_url(url),
         }
     }
 }
@@ -84,6 +90,10 @@ impl fmt::Debug for Endpoint {
             Endpoint::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
             Endpoint::Postgres { .. } => f
                 .debug_struct("Postgres")
+                .field("url", &self.describe())
+                .finish(),
+            Endpoint::Mysql { .. } => f
+                .debug_struct("Mysql")
                 .field("url", &self.describe())
                 .finish(),
         }
@@ -107,9 +117,7 @@ pub fn sink_endpoint(spec: &SinkSpec) -> Result<Endpoint, String> {
     match spec {
         SinkSpec::Sqlite { path, .. } => Ok(Endpoint::Sqlite { path: path.clone() }),
         SinkSpec::Postgres { url, .. } => Ok(Endpoint::Postgres { url: url.clone() }),
-        SinkSpec::Mysql { .. } => {
-            Err("verify cannot read MySQL/MariaDB targets yet in this build".to_owned())
-        }
+        SinkSpec::Mysql { url, .. } => Ok(Endpoint::Mysql { url: url.clone() }),
     }
 }
 
@@ -125,6 +133,12 @@ pub enum VerifyError {
     },
     #[error("{db}: {context}: {problem}")]
     Postgres {
+        db: String,
+        context: String,
+        problem: String,
+    },
+    #[error("{db}: {context}: {problem}")]
+    Mysql {
         db: String,
         context: String,
         problem: String,

@@ -138,9 +138,11 @@ pub fn text_to_value(
     };
     let is_infinity = matches!(text, "infinity" | "-infinity");
     match type_oid {
+        // `t`/`f` from the output function (pgoutput, COPY); `true`/`false` from a `::text`
+        // cast (rows read between watermarks and on request).
         type_oid::BOOL => match text {
-            "t" => Ok(Value::Bool(true)),
-            "f" => Ok(Value::Bool(false)),
+            "t" | "true" => Ok(Value::Bool(true)),
+            "f" | "false" => Ok(Value::Bool(false)),
             _ => Err(fail("`t` or `f`")),
         },
         type_oid::INT2 | type_oid::INT4 | type_oid::INT8 => text
@@ -321,6 +323,9 @@ mod tests {
         let cases: Vec<(Oid, &str, Value)> = vec![
             (BOOL, "t", Value::Bool(true)),
             (BOOL, "f", Value::Bool(false)),
+            // `::text` of a boolean (rows read between watermarks).
+            (BOOL, "true", Value::Bool(true)),
+            (BOOL, "false", Value::Bool(false)),
             (INT2, "-32768", Value::Int(-32_768)),
             (INT4, "2147483647", Value::Int(2_147_483_647)),
             (INT8, "-9223372036854775808", Value::Int(i64::MIN)),
@@ -478,7 +483,6 @@ mod tests {
     fn texts_postgres_does_not_print_are_rejected() {
         use type_oid::*;
         let cases: Vec<(Oid, &str)> = vec![
-            (BOOL, "true"),
             (BOOL, "T"),
             (INT4, "1.0"),
             (INT8, "9223372036854775808"),

@@ -24,6 +24,8 @@ pub(crate) enum Native {
     /// PostgreSQL's text output of the value (keys are read as text and bound as text cast to
     /// the column type).
     Postgres(Option<String>),
+    /// The value as MySQL sent it (bound back as it is).
+    Mysql(mysql_async::Value),
 }
 
 /// A row read from one side: its key in that side's own form, and its canonical values.

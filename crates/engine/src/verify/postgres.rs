@@ -505,7 +505,7 @@ fn value_of(ty: &ColType, text: &str) -> Result<Value, String> {
         ColType::Postgres { type_oid, .. } => {
             text_to_value(Oid(*type_oid), None, text).map_err(|e| e.to_string())
         }
-        ColType::Sqlite { .. } => Ok(Value::Text(text.to_owned())),
+        ColType::Sqlite { .. } | ColType::Mysql { .. } => Ok(Value::Text(text.to_owned())),
     }
 }
 
@@ -573,7 +573,7 @@ fn column_hash_sql(c: &str, ty: &ColType, seed: usize) -> String {
         ColType::Postgres {
             type_oid, typmod, ..
         } => (*type_oid, *typmod),
-        ColType::Sqlite { .. } => (0, -1),
+        ColType::Sqlite { .. } | ColType::Mysql { .. } => (0, -1),
     };
     match oid {
         21 => format!("hashint2extended({c}::int2, {seed})"),
@@ -612,7 +612,7 @@ pub(crate) fn max_key_sql(plan: &SidePlan) -> Option<String> {
 fn format_of(ty: &ColType) -> &str {
     match ty {
         ColType::Postgres { format, .. } => format,
-        ColType::Sqlite { .. } => "text",
+        ColType::Sqlite { .. } | ColType::Mysql { .. } => "text",
     }
 }
 
@@ -690,7 +690,29 @@ fn native_text(n: &Native) -> Option<String> {
     match n {
         Native::Postgres(t) => t.clone(),
         Native::Sqlite(v) => super::canon::pg_literal(&super::canon::from_sqlite(v.clone())),
+        Native::Mysql(v) => mysql_text(v),
     }
+}
+
+/// A MySQL cell's text, as PostgreSQL would read it back (dates in ISO form).
+fn mysql_text(v: &mysql_async::Value) -> Option<String> {
+    use mysql_async::Value as M;
+    Some(match v {
+        M::NULL => return None,
+        M::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        M::Int(i) => i.to_string(),
+        M::UInt(u) => u.to_string(),
+        M::Float(f) => f.to_string(),
+        M::Double(d) => d.to_string(),
+        M::Date(y, mo, d, h, mi, s, us) => {
+            format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}")
+        }
+        M::Time(neg, d, h, m, s, us) => format!(
+            "{}{:02}:{m:02}:{s:02}.{us:06}",
+            if *neg { "-" } else { "" },
+            u32::from(*h) + d * 24
+        ),
+    })
 }
 
 /// Splits a record's text output (`record_out`) into its fields: `(a,"b c",,"x""y\\z")` is

@@ -77,6 +77,8 @@ impl Settle {
                     None => Ok(None),
                 }
             }
+            // Not a source kind in this build (no binlog source yet).
+            Endpoint::Mysql { .. } => Ok(None),
         }
     }
 

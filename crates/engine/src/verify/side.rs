@@ -7,6 +7,7 @@ use tidesync_core::Value;
 
 use super::canon::{Class, Oracle, canon};
 use super::chunk::{Native, SideRow};
+use super::mysql::MysqlSide;
 use super::postgres::PgSide;
 use super::sqlite::SqliteSide;
 use super::{Endpoint, VerifyError};
@@ -35,6 +36,8 @@ pub(crate) enum ColType {
         /// collatable). Key columns that do not are compared `COLLATE "C"`.
         byte_order: bool,
     },
+    /// A MySQL/MariaDB column: its `DATA_TYPE` and the class its values compare in.
+    Mysql { data_type: String, class: Class },
 }
 
 /// A column from the catalog.
@@ -114,6 +117,7 @@ pub(crate) enum LookupKey {
 pub(crate) enum Side {
     Sqlite(SqliteSide),
     Postgres(Box<PgSide>),
+    Mysql(Box<MysqlSide>),
 }
 
 impl Side {
@@ -121,6 +125,7 @@ impl Side {
         Ok(match endpoint {
             Endpoint::Sqlite { path } => Side::Sqlite(SqliteSide::open(path).await?),
             Endpoint::Postgres { url } => Side::Postgres(Box::new(PgSide::connect(url).await?)),
+            Endpoint::Mysql { url } => Side::Mysql(Box::new(MysqlSide::connect(url).await?)),
         })
     }
 
@@ -134,6 +139,7 @@ impl Side {
                 let (schema, table) = name.split_once('.').unwrap_or(("public", name));
                 format!("{}.{}", quote_ident(schema), quote_ident(table))
             }
+            (Side::Mysql(_), _) => tidesync_deliver::mysql::quote_ident(name),
             _ => quote_ident(name),
         }
     }
@@ -142,6 +148,7 @@ impl Side {
         match self {
             Side::Sqlite(s) => s.db(),
             Side::Postgres(p) => p.db(),
+            Side::Mysql(m) => m.db(),
         }
     }
 
@@ -153,6 +160,7 @@ impl Side {
         match self {
             Side::Sqlite(s) => s.describe(table).await,
             Side::Postgres(p) => p.describe(table_sql, table).await,
+            Side::Mysql(m) => m.describe(table).await,
         }
     }
 
@@ -167,6 +175,7 @@ impl Side {
         match self {
             Side::Sqlite(s) => s.page(plan, lo, hi, limit).await,
             Side::Postgres(p) => p.page(plan, lo, hi, limit).await,
+            Side::Mysql(m) => m.page(plan, lo, hi, limit).await,
         }
     }
 
@@ -179,6 +188,7 @@ impl Side {
         match self {
             Side::Sqlite(s) => s.lookup(plan, keys).await,
             Side::Postgres(p) => p.lookup(plan, keys).await,
+            Side::Mysql(m) => m.lookup(plan, keys).await,
         }
     }
 }

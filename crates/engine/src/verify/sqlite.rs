@@ -237,6 +237,13 @@ fn native(n: &Native) -> SqlValue {
         Native::Sqlite(v) => v.clone(),
         Native::Postgres(Some(t)) => SqlValue::Text(t.clone()),
         Native::Postgres(None) => SqlValue::Null,
+        Native::Mysql(v) => match v {
+            mysql_async::Value::NULL => SqlValue::Null,
+            mysql_async::Value::Int(i) => SqlValue::Integer(*i),
+            mysql_async::Value::Double(d) => SqlValue::Real(*d),
+            mysql_async::Value::Bytes(b) => SqlValue::Text(String::from_utf8_lossy(b).into_owned()),
+            other => SqlValue::Text(other.as_sql(true)),
+        },
     }
 }
 

@@ -155,6 +155,7 @@ fn plan(
             ColType::Postgres {
                 type_oid, typmod, ..
             } => Class::postgres(*type_oid, *typmod),
+            ColType::Mysql { class, .. } => *class,
         })
         .collect();
     let s_conv = columns
@@ -173,7 +174,7 @@ fn plan(
         .zip(&classes)
         .map(|(c, class)| match c.ty {
             ColType::Sqlite { .. } => None,
-            ColType::Postgres { .. } => Some(*class),
+            ColType::Postgres { .. } | ColType::Mysql { .. } => Some(*class),
         })
         .collect();
     let side = |side: &Side, table: &str, table_sql, columns: Vec<CatalogColumn>, conv| SidePlan {
