@@ -96,6 +96,50 @@ fn sqlite_to_mariadb_survives_kill_9_and_ends_equal() {
     );
 }
 
+/// A PostgreSQL database `erp` set up by some SQL and an empty MariaDB database `shop`, for
+/// `examples/postgres-to-mysql.toml`.
+struct PgToMariaDb {
+    pg: tidesync_testkit::Postgres,
+    db: MariaDb,
+    dir: tempfile::TempDir,
+    state: std::path::PathBuf,
+    source: String,
+    target: String,
+}
+
+impl PgToMariaDb {
+    fn new(setup_sql: &str) -> PgToMariaDb {
+        let pg = tidesync_testkit::Postgres::start();
+        pg.create_database("erp").unwrap();
+        pg.psql("erp", setup_sql).unwrap();
+        let db = MariaDb::start();
+        db.create_database("shop").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let (source, target) = (pg.url("erp"), db.url("shop"));
+        PgToMariaDb {
+            pg,
+            db,
+            dir,
+            state,
+            source,
+            target,
+        }
+    }
+
+    fn env(&self) -> [(&'static str, &std::path::Path); 3] {
+        [
+            ("SOURCE_URL", std::path::Path::new(&self.source)),
+            ("TARGET_URL", std::path::Path::new(&self.target)),
+            ("STATE_DIR", self.state.as_path()),
+        ]
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("run.log")
+    }
+}
+
 /// `items` rows as `id|sku|name|price|qty|updated_at (UTC, microseconds)` lines.
 const PG_ITEMS: &str = "SELECT id, sku, name, price, qty, \
      to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM items ORDER BY id";
@@ -104,30 +148,16 @@ const MY_ITEMS: &str = "SELECT id, sku, name, price, qty, \
 
 #[test]
 fn postgres_to_mariadb_snapshot_stream_and_kill_9_end_equal() {
-    let pg = tidesync_testkit::Postgres::start();
-    pg.create_database("erp").unwrap();
-    pg.psql(
-        "erp",
+    let setup = PgToMariaDb::new(
         "CREATE TABLE items (id bigint PRIMARY KEY, sku text, name text, price numeric(12,2), \
            qty integer, updated_at timestamptz);
          INSERT INTO items SELECT g, 'SKU-' || g, 'Grüße ' || g, g * 0.25, g % 7, \
            timestamptz '2026-01-01 00:00:00+00' + g * interval '1.000001 second' \
          FROM generate_series(1, 3000) g;",
-    )
-    .unwrap();
-    let db = MariaDb::start();
-    db.create_database("shop").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let (source, target) = (pg.url("erp"), db.url("shop"));
-    let env = [
-        ("SOURCE_URL", std::path::Path::new(&source)),
-        ("TARGET_URL", std::path::Path::new(&target)),
-        ("STATE_DIR", state.as_path()),
-    ];
+    );
+    let (pg, db, env, log) = (&setup.pg, &setup.db, setup.env(), setup.log());
     let config = example("postgres-to-mysql.toml");
     let args = ["run", config.to_str().unwrap()];
-    let log = dir.path().join("run.log");
     let target_rows = || db.sql("shop", MY_ITEMS).ok().map(|r| r.replace('\t', "|"));
     let equal = || {
         let expected = pg.psql("erp", PG_ITEMS).ok()?;
@@ -174,7 +204,7 @@ fn postgres_to_mariadb_snapshot_stream_and_kill_9_end_equal() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert_eq!(
-        item_columns(&db, "shop"),
+        item_columns(db, "shop"),
         "id:bigint(20),sku:longtext,name:longtext,price:decimal(12,2),qty:int(11),updated_at:datetime(6)"
     );
 }
@@ -183,10 +213,7 @@ fn postgres_to_mariadb_snapshot_stream_and_kill_9_end_equal() {
 /// tables equal (no false difference from the conversions) and names a changed value.
 #[test]
 fn verify_reads_every_mapped_type_back_equal_from_mariadb() {
-    let pg = tidesync_testkit::Postgres::start();
-    pg.create_database("erp").unwrap();
-    pg.psql(
-        "erp",
+    let setup = PgToMariaDb::new(
         "CREATE TABLE items (id integer PRIMARY KEY, flag boolean, small smallint, big bigint, \
            r real, d double precision, n numeric, p numeric(10,3), vc varchar(20), ch char(5), \
            t text, b bytea, j json, jb jsonb, u uuid, day date, tm time, ts timestamp, \
@@ -199,20 +226,9 @@ fn verify_reads_every_mapped_type_back_equal_from_mariadb() {
            timestamptz '2026-01-01 00:00:00+02' + g * interval '1 minute', ARRAY['a', 'b c'] \
          FROM generate_series(1, 500) g;
          INSERT INTO items (id) VALUES (1000);",
-    )
-    .unwrap();
-    let db = MariaDb::start();
-    db.create_database("shop").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let (source, target) = (pg.url("erp"), db.url("shop"));
-    let env = [
-        ("SOURCE_URL", std::path::Path::new(&source)),
-        ("TARGET_URL", std::path::Path::new(&target)),
-        ("STATE_DIR", state.as_path()),
-    ];
+    );
+    let (db, env, log) = (&setup.db, setup.env(), setup.log());
     let config = example("postgres-to-mysql.toml");
-    let log = dir.path().join("run.log");
     let mut child = spawn(&["run", config.to_str().unwrap()], &env, &log);
     wait_for("the copy", std::time::Duration::from_secs(60), || {
         if let Ok(Some(status)) = child.try_wait() {
