@@ -614,7 +614,27 @@ impl SinkTask {
         stopped(&self.pipeline, stage, stop)
     }
 
-    async fn run(mut self, mut sink: Box<dyn Sink>) -> Result<(), PipelineError> {
+    /// Runs the sink; on the way out (a stop, or an error) the store's cursor catches up with
+    /// what the target has applied: a busy exactly-once sink moves it only every
+    /// CURSOR_EVERY, and `status` after a stop should not show a lag that is not there.
+    async fn run(self, sink: Box<dyn Sink>) -> Result<(), PipelineError> {
+        let (log, pipeline, name) = (
+            self.log.clone(),
+            self.pipeline.clone(),
+            self.sink_name.clone(),
+        );
+        let (stats, index) = (self.stats.clone(), self.index);
+        let result = self.run_inner(sink).await;
+        let applied = Seq(stats.sinks[index].cursor.load(Ordering::Acquire));
+        if applied > Seq::ZERO
+            && let Err(e) = log.set_cursor(&pipeline, &name, applied).await
+        {
+            tracing::warn!(pipeline = %pipeline, sink = %name, error = %e, "could not store the sink's last cursor; the next start reads it from the target");
+        }
+        result
+    }
+
+    async fn run_inner(mut self, mut sink: Box<dyn Sink>) -> Result<(), PipelineError> {
         let stage = format!("sink {}", self.sink_name);
         let schemas = match &self.rename {
             None => self.schemas.clone(),
