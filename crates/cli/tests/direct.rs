@@ -38,11 +38,7 @@ sinks = ["shop"]
 }
 
 fn count(pg: &Postgres, sql: &str) -> i64 {
-    pg.psql("shop", sql).unwrap().trim().parse().unwrap()
-}
-
-fn log_text(log: &Path) -> String {
-    std::fs::read_to_string(log).unwrap_or_default()
+    pg_count(pg, "shop", sql)
 }
 
 #[test]

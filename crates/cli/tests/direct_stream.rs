@@ -39,14 +39,6 @@ direct_stream = {direct_stream}
     path
 }
 
-fn count(pg: &Postgres, db: &str, sql: &str) -> i64 {
-    pg.psql(db, sql).unwrap().trim().parse().unwrap()
-}
-
-fn log_text(log: &Path) -> String {
-    std::fs::read_to_string(log).unwrap_or_default()
-}
-
 fn logged_changes(state: &Path) -> i64 {
     rusqlite::Connection::open(state.join("tidesync.db"))
         .unwrap()
@@ -79,7 +71,7 @@ fn a_direct_stream_applies_nothing_twice_across_a_crash_and_switches_back_to_the
     let run1 = log.with_extension("1");
     let mut child = spawn(&["run", direct.to_str().unwrap()], &armed, &run1);
     wait_for("the copy", Duration::from_secs(60), || {
-        (count(&pg, "shop", "SELECT count(*) FROM items") == 2000).then_some(())
+        (pg_count(&pg, "shop", "SELECT count(*) FROM items") == 2000).then_some(())
     });
     for k in 0..10 {
         pg.psql(
@@ -119,8 +111,7 @@ fn a_direct_stream_applies_nothing_twice_across_a_crash_and_switches_back_to_the
         Duration::from_secs(60),
         equal,
     );
-    terminate(&child);
-    assert!(child.wait().unwrap().success(), "{}", log_text(&run2));
+    stop_cleanly(&mut child, &run2);
     let resumed = log_text(&run2);
     assert!(
         resumed.contains("the target has applied a direct stream past the store's record"),
@@ -150,14 +141,13 @@ fn a_direct_stream_applies_nothing_twice_across_a_crash_and_switches_back_to_the
         Duration::from_secs(60),
         equal,
     );
-    terminate(&child);
-    assert!(child.wait().unwrap().success(), "{}", log_text(&run3));
+    stop_cleanly(&mut child, &run3);
     assert!(logged_changes(&state) > 0);
 
     // Every version arrived once: 2000 copied rows, 2000 updates of the ten transactions,
     // the big row's insert and update, the moved row's new key, then ids 1 to 100 but 7 (deleted) and 8 (moved).
     assert_eq!(
-        count(
+        pg_count(
             &pg,
             "shop",
             "SELECT count(*) FROM (SELECT id, ver FROM audit GROUP BY id, ver HAVING count(*) > 1) x"
@@ -166,7 +156,7 @@ fn a_direct_stream_applies_nothing_twice_across_a_crash_and_switches_back_to_the
         "a version applied twice"
     );
     assert_eq!(
-        count(&pg, "shop", "SELECT count(*) FROM audit"),
+        pg_count(&pg, "shop", "SELECT count(*) FROM audit"),
         2000 + 2000 + 2 + 1 + 98
     );
     let out = run(&["verify", through_log.to_str().unwrap()], &env);

@@ -197,12 +197,7 @@ fn postgres_to_mariadb_snapshot_stream_and_kill_9_end_equal() {
         },
         &["different (10): updated_at"],
     );
-    terminate(&child);
-    assert!(
-        child.wait().unwrap().success(),
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    stop_cleanly(&mut child, &log);
     assert_eq!(
         item_columns(db, "shop"),
         "id:bigint(20),sku:longtext,name:longtext,price:decimal(12,2),qty:int(11),updated_at:datetime(6)"
@@ -251,10 +246,5 @@ fn verify_reads_every_mapped_type_back_equal_from_mariadb() {
         },
         &["different (7): r, jb"],
     );
-    terminate(&child);
-    assert!(
-        child.wait().unwrap().success(),
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    stop_cleanly(&mut child, &log);
 }

@@ -87,6 +87,22 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
+/// What a spawned run wrote to its log so far (empty if nothing yet).
+pub fn log_text(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// An integer `sql` answers in PostgreSQL database `db`.
+pub fn pg_count(pg: &tidesync_testkit::Postgres, db: &str, sql: &str) -> i64 {
+    pg.psql(db, sql).unwrap().trim().parse().unwrap()
+}
+
+/// Stops `child` with SIGTERM and asserts it exits cleanly, showing its `log` if not.
+pub fn stop_cleanly(child: &mut Child, log: &Path) {
+    terminate(child);
+    assert!(child.wait().unwrap().success(), "{}", log_text(log));
+}
+
 /// Sends SIGTERM through kill(1) (the workspace forbids unsafe code, so no libc::kill).
 pub fn terminate(child: &Child) {
     let status = Command::new("kill")
@@ -356,11 +372,6 @@ pub fn sqlite_master_survives_kill_9(
         Duration::from_secs(60),
         || (target_rows()?.trim_end() == expected).then_some(()),
     );
-    terminate(&child);
-    assert!(
-        child.wait().unwrap().success(),
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    stop_cleanly(&mut child, &log);
     dir
 }

@@ -445,9 +445,28 @@ impl MysqlSink {
         batch: &Batch,
         max_rows: usize,
     ) -> Result<(), (MysqlSinkError, bool)> {
-        let target = self.target.clone();
-        let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
-        let keys = self.keys.clone();
+        self.conn().await.map_err(|e| (e, false))?;
+        // Disjoint fields: the connection is used while the names and keys are read.
+        let MysqlSink {
+            target,
+            pipeline,
+            sink,
+            conn,
+            keys,
+            ..
+        } = self;
+        let (target, pipeline, sink, keys) = (&*target, &*pipeline, &*sink, &*keys);
+        let Some(conn) = conn.as_mut() else {
+            return Err((
+                MysqlSinkError::Query {
+                    target: target.clone(),
+                    context: "connecting".into(),
+                    problem: "no connection".into(),
+                    transient: true,
+                },
+                false,
+            ));
+        };
         let query_error = |context: &str, e: mysql_async::Error| {
             let (problem, transient) = describe(&e);
             (
@@ -460,7 +479,6 @@ impl MysqlSink {
                 false,
             )
         };
-        let conn = self.conn().await.map_err(|e| (e, false))?;
         let mut tx = conn
             .start_transaction(TxOpts::default())
             .await
@@ -468,13 +486,13 @@ impl MysqlSink {
         let applied: Option<i64> = tx
             .exec_first(
                 "SELECT seq FROM _tidesync_applied WHERE pipeline = ? AND sink = ? FOR UPDATE",
-                (&pipeline, &sink),
+                (pipeline, sink),
             )
             .await
             .map_err(|e| query_error("locking the applied seq", e))?;
         let applied = Seq(applied.unwrap_or(0).max(0) as u64);
         let todo: Vec<&LogEntry> = batch.entries.iter().filter(|e| e.seq > applied).collect();
-        for step in plan(&todo, max_rows, &keys) {
+        for step in plan(&todo, max_rows, keys) {
             let first = step.entries[0];
             let key_columns = &keys[step.stream];
             let (sql, params) = step_sql(&step, key_columns).map_err(|problem| {
@@ -513,7 +531,7 @@ impl MysqlSink {
             tx.exec_drop(
                 "UPDATE _tidesync_applied SET seq = ?, updated_at = CURRENT_TIMESTAMP(6) \
                  WHERE pipeline = ? AND sink = ?",
-                (last.0 as i64, &pipeline, &sink),
+                (last.0 as i64, pipeline, sink),
             )
             .await
             .map_err(|e| query_error("recording the applied seq", e))?;
@@ -596,22 +614,61 @@ fn plan<'b>(
     steps
 }
 
+/// `c1 = ? AND c2 = ?` over `columns` (joined by `sep`).
+fn assignments<'a>(columns: impl IntoIterator<Item = &'a str>, sep: &str) -> String {
+    columns
+        .into_iter()
+        .map(|c| format!("{} = ?", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// Binds the values of `entry`'s row (`what` names the change when it has none).
+fn bind_row(
+    entry: &LogEntry,
+    what: &str,
+    params: &mut Vec<mysql_async::Value>,
+) -> Result<(), String> {
+    let after = entry
+        .change
+        .after
+        .as_ref()
+        .ok_or_else(|| format!("{what} without a row"))?;
+    for (_, value) in &after.0 {
+        params.push(bind(value)?);
+    }
+    Ok(())
+}
+
+/// Binds `entry`'s key, which must have the table's `key` columns.
+fn bind_key(
+    entry: &LogEntry,
+    key: &[String],
+    params: &mut Vec<mysql_async::Value>,
+) -> Result<(), String> {
+    if entry.change.key.0.len() != key.len() {
+        return Err(format!(
+            "the key has {} values, the table's key {} columns",
+            entry.change.key.0.len(),
+            key.len()
+        ));
+    }
+    for value in &entry.change.key.0 {
+        params.push(bind(value)?);
+    }
+    Ok(())
+}
+
 /// The statement of `step` and its parameters.
 fn step_sql(step: &Step<'_>, key: &[String]) -> Result<(String, Vec<mysql_async::Value>), String> {
     let table = quote_ident(step.stream);
+    let key_match = assignments(key.iter().map(String::as_str), " AND ");
     let mut params = Vec::new();
     let sql = match &step.action {
         Action::Upsert(columns) => {
             let row = format!("({})", vec!["?"; columns.len()].join(", "));
             for entry in &step.entries {
-                let after = entry
-                    .change
-                    .after
-                    .as_ref()
-                    .ok_or("an upsert without a row")?;
-                for (_, value) in &after.0 {
-                    params.push(bind(value)?);
-                }
+                bind_row(entry, "an upsert", &mut params)?;
             }
             let updates: Vec<String> = columns
                 .iter()
@@ -632,16 +689,7 @@ fn step_sql(step: &Step<'_>, key: &[String]) -> Result<(String, Vec<mysql_async:
         }
         Action::Delete => {
             for entry in &step.entries {
-                if entry.change.key.0.len() != key.len() {
-                    return Err(format!(
-                        "the key has {} values, the table's key {} columns",
-                        entry.change.key.0.len(),
-                        key.len()
-                    ));
-                }
-                for value in &entry.change.key.0 {
-                    params.push(bind(value)?);
-                }
+                bind_key(entry, key, &mut params)?;
             }
             if let [one] = key {
                 format!(
@@ -650,47 +698,20 @@ fn step_sql(step: &Step<'_>, key: &[String]) -> Result<(String, Vec<mysql_async:
                     vec!["?"; step.entries.len()].join(", ")
                 )
             } else {
-                let one = format!(
-                    "({})",
-                    key.iter()
-                        .map(|k| format!("{} = ?", quote_ident(k)))
-                        .collect::<Vec<_>>()
-                        .join(" AND ")
-                );
                 format!(
                     "DELETE FROM {table} WHERE {}",
-                    vec![one; step.entries.len()].join(" OR ")
+                    vec![format!("({key_match})"); step.entries.len()].join(" OR ")
                 )
             }
         }
         Action::Truncate => format!("DELETE FROM {table}"),
         Action::Patch(columns) => {
             let entry = step.entries[0];
-            let after = entry
-                .change
-                .after
-                .as_ref()
-                .ok_or("a patch without columns")?;
-            for (_, value) in &after.0 {
-                params.push(bind(value)?);
-            }
-            if entry.change.key.0.len() != key.len() {
-                return Err("the patch's key does not match the table's key".into());
-            }
-            for value in &entry.change.key.0 {
-                params.push(bind(value)?);
-            }
+            bind_row(entry, "a patch", &mut params)?;
+            bind_key(entry, key, &mut params)?;
             format!(
-                "UPDATE {table} SET {} WHERE {}",
-                columns
-                    .iter()
-                    .map(|c| format!("{} = ?", quote_ident(c)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                key.iter()
-                    .map(|k| format!("{} = ?", quote_ident(k)))
-                    .collect::<Vec<_>>()
-                    .join(" AND ")
+                "UPDATE {table} SET {} WHERE {key_match}",
+                assignments(columns.iter().copied(), ", ")
             )
         }
     };

@@ -1,16 +1,13 @@
 //! The MySQL/MariaDB sink against a real MariaDB (row binlog, InnoDB). Every test starts its
 //! own server.
 
-use std::sync::Arc;
-
 use tidesync_core::{
-    Batch, BatchKind, Change, Decimal, Dialect, Key, LogEntry, Op, Row, Seq, Sink, TableSchema,
-    Value,
+    Change, Decimal, Dialect, Key, LogEntry, Op, Row, Seq, Sink, TableSchema, Value,
 };
 use tidesync_deliver::mysql::MysqlSink;
 use tidesync_testkit::MariaDb;
 
-use crate::postgres::column;
+use crate::postgres::{batch, column};
 
 const DB: &str = "target";
 
@@ -34,21 +31,15 @@ fn items_schema() -> Vec<TableSchema> {
     }]
 }
 
+/// A change of `items` row `id`.
 fn entry(seq: u64, op: Op, id: i64, after: Option<Vec<(&str, Value)>>) -> LogEntry {
-    LogEntry {
-        seq: Seq(seq),
-        change: Change {
-            stream: "items".into(),
-            op,
-            key: Key(vec![Value::Int(id)]),
-            before: None,
-            after: after.map(|cols| Row(cols.into_iter().map(|(c, v)| (c.into(), v)).collect())),
-            commit_time_us: 0,
-            position: None,
-            txn: None,
-            unchanged: Vec::new(),
-        },
-    }
+    crate::postgres::entry(
+        seq,
+        "items",
+        op,
+        Key(vec![Value::Int(id)]),
+        after.map(|cols| Row(cols.into_iter().map(|(c, v)| (c.into(), v)).collect())),
+    )
 }
 
 fn dec(text: &str) -> Value {
@@ -66,17 +57,6 @@ fn upsert(seq: u64, id: i64, sku: &str, price: &str) -> LogEntry {
             ("price", dec(price)),
         ]),
     )
-}
-
-fn batch(entries: Vec<LogEntry>) -> Arc<Batch> {
-    Arc::new(Batch {
-        pipeline: "p".into(),
-        kind: BatchKind::Incremental,
-        first_seq: entries.first().map_or(Seq(0), |e| e.seq),
-        last_seq: entries.last().map_or(Seq(0), |e| e.seq),
-        entries,
-        position: None,
-    })
 }
 
 async fn open(db: &MariaDb, schemas: Vec<TableSchema>) -> (MysqlSink, Option<Seq>) {

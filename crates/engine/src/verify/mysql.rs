@@ -179,6 +179,8 @@ impl MysqlSide {
         for key in keys {
             let params: Vec<MyValue> = match key {
                 LookupKey::Native(cells) => cells.iter().map(native).collect(),
+                // A key value MySQL cannot hold (a decimal NaN, a year past 9999) cannot be a
+                // row's key there either: NULL matches no row, so the key reads as missing.
                 LookupKey::Canonical(values) => values
                     .iter()
                     .map(|v| bind(v).unwrap_or(MyValue::NULL))

@@ -386,20 +386,12 @@ impl PgSide {
     ) -> Result<(u64, String), VerifyError> {
         let (condition, params) = range(plan, lo, hi);
         let sql = format!(
-            "SELECT count(*), coalesce(sum({}), 0)::text FROM {}{condition}",
+            "SELECT count(*), coalesce(sum({}), 0)::text, NULL::text FROM {}{condition}",
             row_hash_sql(plan),
             plan.table_sql,
         );
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let context = format!("hashing a chunk of `{}`", plan.table);
-        let rows = self.query(&context, &sql, &refs).await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| self.bad_row(plan, "a chunk hash returned no row"))?;
-        let count: i64 = row.try_get(0).map_err(pg_error(&self.db, &context))?;
-        let hash: String = row.try_get(1).map_err(pg_error(&self.db, &context))?;
-        Ok((count.max(0) as u64, hash))
+        let (count, hash, _) = self.chunk_hash(plan, &sql, &params).await?;
+        Ok((count, hash))
     }
 
     /// `(rows, sum of the rows' hashes, last key)` of the (up to) `n` rows after `lo` in key
@@ -421,20 +413,30 @@ impl PgSide {
             plan.table_sql,
             key_order(plan),
         );
+        let (count, hash, last) = self.chunk_hash(plan, &sql, &params).await?;
+        Ok((count, hash, last.map(|k| Native::Postgres(Some(k)))))
+    }
+
+    /// Runs a chunk hash `sql` answering `(count, sum as text, last key as text)`.
+    async fn chunk_hash(
+        &self,
+        plan: &SidePlan,
+        sql: &str,
+        params: &[Option<String>],
+    ) -> Result<(u64, String, Option<String>), VerifyError> {
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let context = format!("hashing a chunk of `{}`", plan.table);
-        let rows = self.query(&context, &sql, &refs).await?;
+        let rows = self.query(&context, sql, &refs).await?;
         let row = rows
             .first()
             .ok_or_else(|| self.bad_row(plan, "a chunk hash returned no row"))?;
-        let count: i64 = row.try_get(0).map_err(pg_error(&self.db, &context))?;
-        let hash: String = row.try_get(1).map_err(pg_error(&self.db, &context))?;
-        let last: Option<String> = row.try_get(2).map_err(pg_error(&self.db, &context))?;
+        let err = pg_error(&self.db, &context);
+        let count: i64 = row.try_get(0).map_err(&err)?;
         Ok((
             count.max(0) as u64,
-            hash,
-            last.map(|k| Native::Postgres(Some(k))),
+            row.try_get(1).map_err(&err)?,
+            row.try_get(2).map_err(&err)?,
         ))
     }
 

@@ -418,19 +418,27 @@ impl Walk<'_> {
     }
 }
 
-/// `(rows, hash)` of each range. The queries are all sent at once: the connection pipelines
-/// them, so the server goes from one chunk to the next without waiting for a round trip.
+/// `(rows, hash)` of each range. The first goes alone (it prepares the statement the others
+/// share), the rest are sent at once: the connection pipelines them, so the server goes from
+/// one chunk to the next without waiting for a round trip.
 async fn hash_ranges(
     side: &PgSide,
     plan: &Arc<SidePlan>,
     ranges: &[KeyRange],
 ) -> Result<Vec<(u64, String)>, VerifyError> {
-    futures_util::future::try_join_all(
-        ranges
-            .iter()
-            .map(|(lo, hi)| side.range_hash(plan, lo.as_deref(), hi.as_deref())),
-    )
-    .await
+    let Some(((lo, hi), rest)) = ranges.split_first() else {
+        return Ok(Vec::new());
+    };
+    let first = side.range_hash(plan, lo.as_deref(), hi.as_deref()).await?;
+    let mut out = vec![first];
+    out.extend(
+        futures_util::future::try_join_all(
+            rest.iter()
+                .map(|(lo, hi)| side.range_hash(plan, lo.as_deref(), hi.as_deref())),
+        )
+        .await?,
+    );
+    Ok(out)
 }
 
 /// An error unless the rows come in key order.
