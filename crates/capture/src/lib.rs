@@ -2,7 +2,9 @@
 //!
 //! - [`sqlite::trigger`]: triggers on the captured tables append to a change table that the
 //!   engine drains and clears only after the store committed what it read (pattern P2).
-//! - [`pg`]: PostgreSQL log capture; so far the `pgoutput` decoder and text-value conversion.
+//! - [`pg`]: PostgreSQL log capture (logical replication, `pgoutput`).
+//! - [`mysql`]: MySQL/MariaDB log capture (the row-based binary log).
 
+pub mod mysql;
 pub mod pg;
 pub mod sqlite;

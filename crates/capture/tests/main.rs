@@ -3,5 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod mysql_source;
 mod pg_replication;
 mod pg_source;

@@ -10,6 +10,8 @@
 pub mod change;
 pub mod codec;
 pub mod failpoint;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod position;

@@ -48,7 +48,7 @@ impl Position {
                     file: fb,
                     offset: ob,
                 },
-            ) => Some(fa.cmp(fb).then(oa.cmp(ob))),
+            ) => Some(binlog_file_cmp(fa, fb).then(oa.cmp(ob))),
             (Watermark { time_us: a, .. }, Watermark { time_us: b, .. }) if a != b => {
                 Some(a.cmp(b))
             }
@@ -64,6 +64,19 @@ impl Position {
 
     pub fn from_json(text: &str) -> Result<Position, serde_json::Error> {
         serde_json::from_str(text)
+    }
+}
+
+/// Orders binlog file names as the server numbers them: `log.999999` before `log.1000000`
+/// (the number after the last dot; names without one compare as text).
+pub fn binlog_file_cmp(a: &str, b: &str) -> Ordering {
+    let split = |f: &str| -> Option<(String, u64)> {
+        let (base, n) = f.rsplit_once('.')?;
+        Some((base.to_owned(), n.parse().ok()?))
+    };
+    match (split(a), split(b)) {
+        (Some((ba, na)), Some((bb, nb))) => ba.cmp(&bb).then(na.cmp(&nb)),
+        _ => a.cmp(b),
     }
 }
 

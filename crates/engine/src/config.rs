@@ -122,15 +122,29 @@ pub enum SourceSpec {
         /// straight into that sink on a fresh start (`direct_copy`, default true).
         direct_copy: bool,
     },
+    /// A MySQL or MariaDB database captured from its row-based binary log, after a
+    /// consistent initial copy.
+    MysqlLog {
+        /// The connection URL (`mysql://` or `mariadb://`), secrets substituted.
+        url: String,
+        /// `table` (in the URL's database) or `db.table`; also the stream names.
+        tables: Vec<String>,
+        /// The replica server id; `None`: derived from the pipeline name.
+        server_id: Option<u32>,
+        /// Rows per chunk of a copy.
+        chunk_rows: usize,
+        /// How long to wait for more transactions after the first of a batch.
+        linger: Duration,
+    },
 }
 
 impl SourceSpec {
     /// The captured tables, which are also the stream names.
     pub fn tables(&self) -> &[String] {
         match self {
-            SourceSpec::SqliteTrigger { tables, .. } | SourceSpec::PostgresLog { tables, .. } => {
-                tables
-            }
+            SourceSpec::SqliteTrigger { tables, .. }
+            | SourceSpec::PostgresLog { tables, .. }
+            | SourceSpec::MysqlLog { tables, .. } => tables,
         }
     }
 }
@@ -390,6 +404,7 @@ struct RawSource {
     chunk_rows: Option<Spanned<i64>>,
     linger_ms: Option<Spanned<i64>>,
     direct_copy: Option<Spanned<bool>>,
+    server_id: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -433,14 +448,6 @@ enum DbKind {
 }
 
 impl DbKind {
-    fn name(&self) -> &'static str {
-        match self {
-            DbKind::Postgres => "postgres",
-            DbKind::Mysql => "mysql",
-            DbKind::Sqlite { .. } => "sqlite",
-        }
-    }
-
     /// `postgres://`/`postgresql://`, `mysql://`/`mariadb://`, `sqlite://PATH`, or a plain
     /// file path (anything without `://`), which means SQLite.
     fn from_url(url: &str) -> Result<DbKind, String> {
@@ -631,9 +638,24 @@ impl Resolver<'_> {
         };
         only_postgres("publication", raw.publication.as_ref().map(Spanned::span))?;
         only_postgres("slot", raw.slot.as_ref().map(Spanned::span))?;
-        only_postgres("chunk_rows", raw.chunk_rows.as_ref().map(Spanned::span))?;
-        only_postgres("linger_ms", raw.linger_ms.as_ref().map(Spanned::span))?;
         only_postgres("direct_copy", raw.direct_copy.as_ref().map(Spanned::span))?;
+        let only_log = |key: &str, span: Option<std::ops::Range<usize>>| match span {
+            Some(span) if !matches!(kind, DbKind::Postgres | DbKind::Mysql) => Err(self.doc.error(
+                span,
+                format!("{at}.{key}: only PostgreSQL and MySQL sources have a {key}"),
+            )),
+            _ => Ok(()),
+        };
+        only_log("chunk_rows", raw.chunk_rows.as_ref().map(Spanned::span))?;
+        only_log("linger_ms", raw.linger_ms.as_ref().map(Spanned::span))?;
+        if let Some(span) = raw.server_id.as_ref().map(Spanned::span)
+            && !matches!(kind, DbKind::Mysql)
+        {
+            return Err(self.doc.error(
+                span,
+                format!("{at}.server_id: only MySQL/MariaDB sources have a server_id"),
+            ));
+        }
         let spec = match (kind, mode) {
             (DbKind::Sqlite { path }, Mode::Trigger) => SourceSpec::SqliteTrigger {
                 path,
@@ -730,13 +752,56 @@ impl Resolver<'_> {
                     ),
                 ));
             }
-            (kind @ DbKind::Mysql, _) => {
+            (DbKind::Mysql, Mode::Log) => {
+                if let Some(p) = &raw.poll_interval_ms {
+                    return Err(self.doc.error(
+                        p.span(),
+                        format!(
+                            "{at}.poll_interval_ms: a log source is not polled (the server \
+                             streams its changes); remove it"
+                        ),
+                    ));
+                }
+                let server_id = match &raw.server_id {
+                    None => None,
+                    Some(_) => Some(self.int(
+                        raw.server_id.as_ref(),
+                        0,
+                        1,
+                        Some(i64::from(u32::MAX)),
+                        &format!("{at}.server_id"),
+                    )? as u32),
+                };
+                let chunk_rows = self.int(
+                    raw.chunk_rows.as_ref(),
+                    DEFAULT_CHUNK_ROWS,
+                    CHUNK_ROWS_RANGE.0,
+                    Some(CHUNK_ROWS_RANGE.1),
+                    &format!("{at}.chunk_rows"),
+                )?;
+                let linger_ms = self.int(
+                    raw.linger_ms.as_ref(),
+                    DEFAULT_LINGER_MS,
+                    LINGER_MS_RANGE.0,
+                    Some(LINGER_MS_RANGE.1),
+                    &format!("{at}.linger_ms"),
+                )?;
+                SourceSpec::MysqlLog {
+                    url: self.string(&raw.url, &format!("{at}.url"))?,
+                    tables,
+                    server_id,
+                    chunk_rows: chunk_rows.unsigned_abs() as usize,
+                    linger: Duration::from_millis(linger_ms.unsigned_abs()),
+                }
+            }
+            (DbKind::Mysql, mode) => {
+                let span = raw.mode.as_ref().map_or(raw.url.span(), Spanned::span);
                 return Err(self.doc.error(
-                    raw.url.span(),
+                    span,
                     format!(
-                        "{at}.url: {} sources are not supported yet by this build \
-                         (supported: sqlite, postgres)",
-                        kind.name()
+                        "{at}.mode: mode \"{}\" is not supported for mysql sources yet \
+                         (supported: log)",
+                        mode.name()
                     ),
                 ));
             }
@@ -1728,8 +1793,9 @@ max_lag = 1
             "tables = [\"items\"]\nlinger_ms = 5",
         ));
         assert!(
-            err.message
-                .contains("sources.shop.linger_ms: only PostgreSQL sources have a linger_ms"),
+            err.message.contains(
+                "sources.shop.linger_ms: only PostgreSQL and MySQL sources have a linger_ms"
+            ),
             "{err}"
         );
     }
@@ -1882,13 +1948,77 @@ sinks = ["target"]
     }
 
     #[test]
-    fn mysql_source_is_not_supported_yet() {
-        let err = parse_err(&with("${SOURCE_URL}", "mysql://u@localhost/shop"));
-        assert_at(&err, 5, 7);
+    fn mysql_sources_capture_the_binlog() {
+        let config = parse(&with("${SOURCE_URL}", "mysql://u@localhost/shop")).unwrap();
+        assert_eq!(
+            config.sources["shop"].spec,
+            SourceSpec::MysqlLog {
+                url: "mysql://u@localhost/shop".into(),
+                tables: vec!["items".into()],
+                server_id: None,
+                chunk_rows: 10_000,
+                linger: Duration::from_millis(5),
+            }
+        );
+        let text = with(
+            "tables = [\"items\"]",
+            "tables = [\"erp.items\"]\nserver_id = 4242\nchunk_rows = 500\nlinger_ms = 0",
+        )
+        .replacen("${SOURCE_URL}", "mariadb://u@localhost/shop", 1);
+        match parse(&text).unwrap().sources["shop"].spec.clone() {
+            SourceSpec::MysqlLog {
+                tables,
+                server_id,
+                chunk_rows,
+                linger,
+                ..
+            } => {
+                assert_eq!(tables, vec!["erp.items".to_owned()]);
+                assert_eq!(server_id, Some(4242));
+                assert_eq!(chunk_rows, 500);
+                assert_eq!(linger, Duration::ZERO);
+            }
+            other => panic!("not a mysql source: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mysql_source_options_are_checked() {
+        let my = with("${SOURCE_URL}", "mysql://u@localhost/shop");
+        let err = parse_err(&my.replacen(
+            "tables = [\"items\"]",
+            "tables = [\"items\"]\nserver_id = 0",
+            1,
+        ));
+        assert!(err.message.starts_with("sources.shop.server_id:"), "{err}");
+        let err = parse_err(&my.replacen(
+            "tables = [\"items\"]",
+            "tables = [\"items\"]\nslot = \"s\"",
+            1,
+        ));
         assert_eq!(
             err.message,
-            "sources.shop.url: mysql sources are not supported yet by this build \
-             (supported: sqlite, postgres)"
+            "sources.shop.slot: only PostgreSQL sources have a slot"
+        );
+        let err = parse_err(&my.replacen(
+            "tables = [\"items\"]",
+            "tables = [\"items\"]\nmode = \"trigger\"",
+            1,
+        ));
+        assert!(
+            err.message
+                .contains("mode \"trigger\" is not supported for mysql sources"),
+            "{err}"
+        );
+        let pg = with("${SOURCE_URL}", "postgres://u@localhost/shop");
+        let err = parse_err(&pg.replacen(
+            "tables = [\"items\"]",
+            "tables = [\"items\"]\nserver_id = 7",
+            1,
+        ));
+        assert_eq!(
+            err.message,
+            "sources.shop.server_id: only MySQL/MariaDB sources have a server_id"
         );
     }
 

@@ -12,6 +12,7 @@ pub mod verify;
 
 use std::sync::Arc;
 
+use tidesync_capture::mysql::source::{MysqlLogOptions, MysqlLogSource};
 use tidesync_capture::pg::source::{PgLogOptions, PgLogSource};
 use tidesync_capture::sqlite::TriggerSource;
 use tidesync_core::{Sink, Source};
@@ -52,6 +53,18 @@ fn build_source(config: &Config, pipeline: &PipelineConfig) -> Box<dyn Source> {
             Some(source) => Box::new(source),
             None => unreachable!("a PostgresLog spec makes a PostgreSQL log source"),
         },
+        SourceSpec::MysqlLog {
+            url,
+            tables,
+            server_id,
+            chunk_rows,
+            linger,
+        } => Box::new(MysqlLogSource::new(MysqlLogOptions {
+            server_id: *server_id,
+            chunk_rows: *chunk_rows,
+            linger: *linger,
+            ..MysqlLogOptions::new(url, &pipeline.name, tables.clone())
+        })),
     }
 }
 
@@ -74,7 +87,7 @@ fn pg_log_source(spec: &SourceSpec, pipeline: &str) -> Option<PgLogSource> {
             linger: *linger,
             ..PgLogOptions::new(url, pipeline, tables.clone())
         })),
-        SourceSpec::SqliteTrigger { .. } => None,
+        SourceSpec::SqliteTrigger { .. } | SourceSpec::MysqlLog { .. } => None,
     }
 }
 

@@ -1,0 +1,2054 @@
+//! [`MysqlLogSource`]: MySQL/MariaDB capture in mode `log` (the row-based binary log, read
+//! as a replica).
+//!
+//! # Snapshots at a binlog position
+//!
+//! Every row read from a table (the initial copy, a copy resumed after a crash, a backfill,
+//! a repair's keys) is read inside `START TRANSACTION WITH CONSISTENT SNAPSHOT`, together with
+//! the binlog position `P` that snapshot stands at: MariaDB reports it
+//! (`binlog_snapshot_file/position`); on MySQL the captured tables are read-locked
+//! (`FLUSH TABLES .. WITH READ LOCK`) while the snapshot starts and `SHOW MASTER STATUS` is
+//! read. The rows are then exactly the state after the transactions before `P` and before
+//! every one after it, so they are handed out at `P` in the stream: after every transaction
+//! that ends at or before `P`, before every one that ends after it. No key loses or reorders a
+//! version, and nothing is locked for longer than a moment.
+//!
+//! On a fresh start the stream begins at the first snapshot's `P`, so the whole initial copy
+//! is handed out before the first streamed transaction (as long as the snapshot lives:
+//! [`SNAPSHOT_REUSE`]; after that a new snapshot lets the stream catch up first).
+//!
+//! # Positions
+//!
+//! - `Snapshot { stream: Binlog(P), table, after }` while copying (the copy resumes after key
+//!   `after` of `table`, the stream at `P`);
+//! - `Binlog { file, offset }` afterwards: the end of the last transaction handed out.
+//!
+//! Transactions are handed out whole. The server keeps binlog files by its own retention
+//! (`binlog_expire_logs_seconds`): a position whose file was purged cannot be resumed, and the
+//! error says to start the pipeline over (`tidesync drop`, then `run`).
+//!
+//! # Rows in the binlog
+//!
+//! Column names come from the binlog when the server writes them
+//! (`binlog_row_metadata = FULL`); otherwise columns map by position onto the table as
+//! `information_schema` describes it, re-read after each `ALTER TABLE` of a captured table
+//! that the stream passes; a row whose column count or types do not fit stops capture with
+//! an error that says to set `binlog_row_metadata = FULL`. `TRUNCATE` becomes a truncate
+//! change. An update that changes the key is a delete of the old key and an insert of the
+//! new one.
+
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, OptsBuilder};
+use tidesync_core::mysql::{describe, describe_url, mysql_url, quote_ident};
+use tidesync_core::{
+    BatchKind, BoxFuture, Captured, Change, Key, Op, Opened, Position, Request, RequestKind,
+    RequestProgress, Row, Source, StageError, Value,
+};
+
+use super::schema::{Table, binlog_type_fits, load_table, split_name};
+use super::value::{Origin, convert, from_binlog, key_param};
+
+/// How long one consistent snapshot serves chunks while the stream waits; then the next
+/// chunk takes a new snapshot and the stream first catches up to it.
+pub const SNAPSHOT_REUSE: Duration = Duration::from_secs(10);
+
+/// With only other tables' transactions (or none) arriving, the position still advances this
+/// often, so a restart does not re-read (or find purged) what was long passed.
+const IDLE_POSITION_EVERY: Duration = Duration::from_secs(1);
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keys read per statement of a key re-read.
+const KEYS_PER_READ: usize = 200;
+
+/// MariaDB's GTID event (not known to the driver).
+const MARIADB_GTID_EVENT: u8 = 0xA2;
+/// MariaDB's GTID event flag: a statement outside a transaction (DDL).
+const FL_STANDALONE: u8 = 1;
+
+/// What a [`MysqlLogSource`] captures and how.
+#[derive(Debug, Clone)]
+pub struct MysqlLogOptions {
+    /// `mysql://user:password@host:port/db` (or `mariadb://`); the database is where tables
+    /// without a `db.` part live.
+    pub url: String,
+    pub pipeline: String,
+    /// `table` or `db.table`; also the stream names.
+    pub tables: Vec<String>,
+    /// The replica server id this source registers with; `None`: derived from the pipeline
+    /// name (see [`default_server_id`]). Must differ from every server's and replica's id.
+    pub server_id: Option<u32>,
+    /// Rows per chunk of a copy.
+    pub chunk_rows: usize,
+    /// After the first transaction of a batch arrives, how long to wait for more.
+    pub linger: Duration,
+}
+
+impl MysqlLogOptions {
+    pub fn new(url: impl Into<String>, pipeline: impl Into<String>, tables: Vec<String>) -> Self {
+        MysqlLogOptions {
+            url: url.into(),
+            pipeline: pipeline.into(),
+            tables,
+            server_id: None,
+            chunk_rows: 10_000,
+            linger: Duration::from_millis(5),
+        }
+    }
+}
+
+/// A server id for pipeline `name`: a hash in 1,000,000 ..= 2^31 - 1, away from the small ids
+/// people give their servers.
+pub fn default_server_id(pipeline: &str) -> u32 {
+    // FNV-1a: stable across builds (std's hasher is not).
+    let mut h: u32 = 0x811c_9dc5;
+    for b in pipeline.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    1_000_000 + h % (i32::MAX as u32 - 1_000_000)
+}
+
+/// A place in the binlog: a file and a byte offset in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BinlogPos {
+    file: String,
+    offset: u64,
+}
+
+impl BinlogPos {
+    fn position(&self) -> Position {
+        Position::Binlog {
+            file: self.file.clone(),
+            offset: self.offset,
+        }
+    }
+}
+
+impl Ord for BinlogPos {
+    fn cmp(&self, other: &Self) -> Ordering {
+        tidesync_core::position::binlog_file_cmp(&self.file, &other.file)
+            .then(self.offset.cmp(&other.offset))
+    }
+}
+
+impl PartialOrd for BinlogPos {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    MariaDb,
+    MySql,
+}
+
+/// An open `START TRANSACTION WITH CONSISTENT SNAPSHOT` on `conn`, standing at `at`.
+#[derive(Debug)]
+struct Snap {
+    at: BinlogPos,
+    opened: Instant,
+}
+
+/// Where a copy stands: the table being copied and the last key handed out of it.
+type Cursor = (usize, Option<Key>);
+
+/// A transaction being received from the stream.
+#[derive(Debug)]
+struct Txn {
+    id: String,
+    changes: Vec<Change>,
+    /// Begun by a GTID event with no `BEGIN` after it yet: a statement (DDL) ends it.
+    standalone: bool,
+    /// A `BEGIN` query began it (or followed its GTID event).
+    begun: bool,
+}
+
+/// Changes ready to hand out, ending at `end`.
+#[derive(Debug)]
+struct Ready {
+    changes: Vec<Change>,
+    end: BinlogPos,
+    kind: BatchKind,
+    /// Rows read from a table: handed out alone.
+    read: bool,
+    /// The copy's cursor once this is handed out.
+    cursor: Option<Cursor>,
+    progress: Option<RequestProgress>,
+}
+
+/// A re-read request being served.
+#[derive(Debug)]
+struct Asked {
+    id: i64,
+    table: usize,
+    keys: Option<Vec<Key>>,
+    /// Table re-read: the last key read so far.
+    next: Option<Key>,
+    /// The same, of what was handed out.
+    handed: Option<Key>,
+    /// Everything is read; what remains is handing out the last part.
+    finished: bool,
+}
+
+/// MySQL/MariaDB log capture. See the module docs.
+pub struct MysqlLogSource {
+    opts: MysqlLogOptions,
+    /// The server for messages, without the password.
+    target: String,
+    server_id: u32,
+    flavor: Flavor,
+    default_db: String,
+    tables: Vec<Table>,
+    /// Tables an `ALTER TABLE` passed in the stream: re-read before their next row.
+    stale: HashSet<usize>,
+    /// Binlog table ids of the tables we capture (`None`: not ours).
+    table_ids: HashMap<u64, Option<usize>>,
+    conn: Option<Conn>,
+    snap: Option<Snap>,
+    stream: Option<BinlogStream>,
+    /// The binlog file the stream is in.
+    file: String,
+    /// The end of the last whole transaction (or event outside one) received.
+    seen: BinlogPos,
+    /// The end of what was handed out.
+    handed: BinlogPos,
+    /// Where the fresh start's stream begins (its first snapshot's position).
+    fresh_at: Option<BinlogPos>,
+    txn: Option<Txn>,
+    ready: VecDeque<Ready>,
+    ready_changes: usize,
+    /// Rows read at a snapshot position the stream has not reached yet.
+    pending: Option<Ready>,
+    /// The copy: what to read next; `None` when no copy runs.
+    copy: Option<Cursor>,
+    /// The copy's cursor as of what was handed out.
+    handed_cursor: Option<Cursor>,
+    requests: VecDeque<Asked>,
+    snapshot_time_us: i64,
+    last_handed_at: Instant,
+}
+
+impl std::fmt::Debug for MysqlLogSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlLogSource")
+            .field("target", &self.target)
+            .field("server_id", &self.server_id)
+            .field("handed", &self.handed)
+            .field("copy", &self.copy)
+            .finish_non_exhaustive()
+    }
+}
+
+fn definite(e: impl Into<tidesync_core::BoxError>) -> StageError {
+    StageError::definite(e)
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+impl MysqlLogSource {
+    pub fn new(opts: MysqlLogOptions) -> Self {
+        let server_id = opts
+            .server_id
+            .unwrap_or_else(|| default_server_id(&opts.pipeline));
+        let start = BinlogPos {
+            file: String::new(),
+            offset: 4,
+        };
+        MysqlLogSource {
+            target: describe_url(&opts.url),
+            server_id,
+            flavor: Flavor::MariaDb,
+            default_db: String::new(),
+            tables: Vec::new(),
+            stale: HashSet::new(),
+            table_ids: HashMap::new(),
+            conn: None,
+            snap: None,
+            stream: None,
+            file: String::new(),
+            seen: start.clone(),
+            handed: start,
+            fresh_at: None,
+            txn: None,
+            ready: VecDeque::new(),
+            ready_changes: 0,
+            pending: None,
+            copy: None,
+            handed_cursor: None,
+            requests: VecDeque::new(),
+            snapshot_time_us: 0,
+            last_handed_at: Instant::now(),
+            opts,
+        }
+    }
+
+    /// The replica server id this source registers with.
+    pub fn server_id(&self) -> u32 {
+        self.server_id
+    }
+
+    fn error(&self, context: &str) -> impl Fn(mysql_async::Error) -> StageError + use<> {
+        let (target, context) = (self.target.clone(), context.to_owned());
+        move |e| {
+            let (problem, transient) = describe(&e);
+            let text = format!("source {target}: {context}: {problem}");
+            if transient {
+                StageError::transient(text)
+            } else {
+                StageError::definite(text)
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, StageError> {
+        let opts = Opts::from_url(&mysql_url(&self.opts.url)).map_err(|e| {
+            definite(format!(
+                "source {}: invalid connection URL: {e}",
+                self.target
+            ))
+        })?;
+        let opts = OptsBuilder::from_opts(opts).init(vec![
+            "SET NAMES utf8mb4",
+            "SET SESSION time_zone = '+00:00'",
+        ]);
+        match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts)).await {
+            Err(_) => Err(StageError::transient(format!(
+                "source {}: connecting: no answer within {} s",
+                self.target,
+                CONNECT_TIMEOUT.as_secs()
+            ))),
+            Ok(r) => r.map_err(self.error("connecting")),
+        }
+    }
+
+    async fn conn(&mut self) -> Result<&mut Conn, StageError> {
+        if self.conn.is_none() {
+            self.snap = None;
+            self.conn = Some(self.connect().await?);
+        }
+        self.conn.as_mut().ok_or_else(|| definite("no connection"))
+    }
+
+    /// Checks that the server writes a binlog capture can read, and that we may read it.
+    async fn check_server(&mut self) -> Result<(), StageError> {
+        let target = self.target.clone();
+        let err = self.error("checking the server's binlog settings");
+        let conn = self.conn().await?;
+        let row: Option<(String, i64, String, String, Option<String>)> = conn
+            .query_first(
+                "SELECT VERSION(), @@log_bin, CAST(@@binlog_format AS CHAR), \
+                 CAST(@@binlog_row_image AS CHAR), CAST(DATABASE() AS CHAR)",
+            )
+            .await
+            .map_err(&err)?;
+        let Some((version, log_bin, format, image, db)) = row else {
+            return Err(definite(format!(
+                "source {target}: no answer to a settings query"
+            )));
+        };
+        self.flavor = if version.to_ascii_lowercase().contains("mariadb") {
+            Flavor::MariaDb
+        } else {
+            Flavor::MySql
+        };
+        self.default_db = db.unwrap_or_default();
+        if log_bin == 0 {
+            return Err(definite(format!(
+                "source {target}: the binary log is off; start the server with `log_bin` \
+                 (e.g. `log-bin = mysql-bin` under [mysqld] in its option file) and restart it"
+            )));
+        }
+        if !format.eq_ignore_ascii_case("ROW") {
+            return Err(definite(format!(
+                "source {target}: binlog_format is {format}, capture needs ROW; set \
+                 `binlog_format = ROW` in the server's option file (or SET GLOBAL \
+                 binlog_format = 'ROW' and reconnect the writers)"
+            )));
+        }
+        if !image.eq_ignore_ascii_case("FULL") {
+            return Err(definite(format!(
+                "source {target}: binlog_row_image is {image}, capture needs FULL (every \
+                 column of every changed row); set `binlog_row_image = FULL` in the server's \
+                 option file (or SET GLOBAL binlog_row_image = 'FULL')"
+            )));
+        }
+        // REPLICATION CLIENT (MariaDB: BINLOG MONITOR) lets us ask where the binlog is.
+        self.master_status().await?;
+        Ok(())
+    }
+
+    /// The server's current binlog position (`SHOW MASTER STATUS`).
+    async fn master_status(&mut self) -> Result<BinlogPos, StageError> {
+        let target = self.target.clone();
+        let err = self.error("reading the binlog position");
+        let conn = self.conn().await?;
+        let mut result = conn
+            .query_first::<mysql_async::Row, _>("SHOW MASTER STATUS")
+            .await;
+        if let Err(mysql_async::Error::Server(s)) = &result
+            && s.code == 1064
+        {
+            // MySQL 8.4 renamed it.
+            result = conn
+                .query_first::<mysql_async::Row, _>("SHOW BINARY LOG STATUS")
+                .await;
+        }
+        let row = match result {
+            Err(mysql_async::Error::Server(s)) if s.code == 1227 => {
+                return Err(definite(format!(
+                    "source {target}: the user may not read the binlog position ({}); grant it \
+                     REPLICATION CLIENT (MariaDB 10.5+: BINLOG MONITOR) and REPLICATION SLAVE, \
+                     e.g. GRANT REPLICATION CLIENT, REPLICATION SLAVE ON *.* TO 'user'@'host'",
+                    s.message
+                )));
+            }
+            r => r.map_err(&err)?,
+        };
+        let Some(mut row) = row else {
+            return Err(definite(format!(
+                "source {target}: SHOW MASTER STATUS is empty: the binary log is off"
+            )));
+        };
+        let file: Option<String> = row.take_opt(0).and_then(Result::ok);
+        let offset: Option<u64> = row.take_opt(1).and_then(Result::ok);
+        match (file, offset) {
+            (Some(file), Some(offset)) => Ok(BinlogPos { file, offset }),
+            _ => Err(definite(format!(
+                "source {target}: unreadable SHOW MASTER STATUS"
+            ))),
+        }
+    }
+
+    /// Registers as a replica for a moment: a user without REPLICATION SLAVE learns it now,
+    /// not when the initial copy is done.
+    async fn check_replication(&mut self, at: &BinlogPos) -> Result<(), StageError> {
+        let conn = self.connect().await?;
+        let request = BinlogStreamRequest::new(self.server_id)
+            .with_filename(at.file.as_bytes())
+            .with_pos(at.offset)
+            .with_non_blocking();
+        let mut stream = conn
+            .get_binlog_stream(request)
+            .await
+            .map_err(|e| self.stream_error(e, at))?;
+        if let Some(Err(e)) = stream.next().await {
+            return Err(self.stream_error(e, at));
+        }
+        let _ = stream.close().await;
+        Ok(())
+    }
+
+    /// A binlog stream error, with what to do about the ones a user must fix.
+    fn stream_error(&self, e: mysql_async::Error, at: &BinlogPos) -> StageError {
+        if let mysql_async::Error::Server(s) = &e {
+            match s.code {
+                1227 | 1045 | 1044 => {
+                    return definite(format!(
+                        "source {}: the user may not read the binlog as a replica ({}); grant \
+                         it REPLICATION SLAVE, e.g. GRANT REPLICATION SLAVE, REPLICATION CLIENT \
+                         ON *.* TO 'user'@'host'",
+                        self.target, s.message
+                    ));
+                }
+                1236 => {
+                    return definite(format!(
+                        "source {}: the server no longer has the binlog at {}:{} ({}). It was \
+                         purged (binlog_expire_logs_seconds / expire_logs_days) while the \
+                         pipeline was stopped, so changes since then are lost to capture: a \
+                         new snapshot is needed. Run `tidesync drop CONFIG {}` and start the \
+                         pipeline again (it copies the tables anew), and keep binlogs longer \
+                         than the pipeline may be down",
+                        self.target, at.file, at.offset, s.message, self.opts.pipeline
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let (problem, transient) = describe(&e);
+        let text = format!("source {}: reading the binlog: {problem}", self.target);
+        if transient || matches!(e, mysql_async::Error::Io(_)) {
+            StageError::transient(text)
+        } else {
+            definite(text)
+        }
+    }
+
+    async fn load_tables(&mut self) -> Result<(), StageError> {
+        let mariadb = self.flavor == Flavor::MariaDb;
+        let mut tables = Vec::with_capacity(self.opts.tables.len());
+        for stream in self.opts.tables.clone() {
+            tables.push(self.load_one(&stream, mariadb).await?);
+        }
+        self.tables = tables;
+        self.table_ids.clear();
+        self.stale.clear();
+        Ok(())
+    }
+
+    async fn load_one(&mut self, stream: &str, mariadb: bool) -> Result<Table, StageError> {
+        let (db, name) = split_name(stream, &self.default_db);
+        let target = self.target.clone();
+        if db.is_empty() {
+            return Err(definite(format!(
+                "source {target}: table {stream} has no database: name one in the URL \
+                 (mysql://host/db) or write db.{stream}"
+            )));
+        }
+        let err = self.error(&format!("reading the columns of table {stream}"));
+        let conn = self.conn().await?;
+        match load_table(conn, stream, &db, &name, mariadb).await {
+            Ok(Some(table)) => Ok(table),
+            Ok(None) => Err(definite(format!(
+                "source {target}: table {stream} does not exist (database {db})"
+            ))),
+            Err(problem) if problem.contains("(error ") => {
+                // A query error: classify it like any other.
+                Err(err(mysql_async::Error::Other(problem.into())))
+            }
+            Err(problem) => Err(definite(format!("source {target}: {problem}"))),
+        }
+    }
+
+    /// Opens a consistent snapshot on the query connection (ending any open one) and learns
+    /// its binlog position.
+    async fn open_snapshot(&mut self) -> Result<(), StageError> {
+        let target = self.target.clone();
+        let err = self.error("starting a consistent snapshot");
+        let flavor = self.flavor;
+        let lock_list: Vec<String> = self.tables.iter().map(Table::qualified).collect();
+        self.snap = None;
+        let conn = self.conn().await?;
+        conn.query_drop("ROLLBACK").await.map_err(&err)?;
+        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(&err)?;
+        let at = match flavor {
+            Flavor::MariaDb => {
+                conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                    .await
+                    .map_err(&err)?;
+                let rows: Vec<(String, String)> = conn
+                    .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+                    .await
+                    .map_err(&err)?;
+                let get = |name: &str| {
+                    rows.iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.clone())
+                };
+                match (
+                    get("binlog_snapshot_file"),
+                    get("binlog_snapshot_position").and_then(|p| p.parse().ok()),
+                ) {
+                    (Some(file), Some(offset)) if !file.is_empty() => BinlogPos { file, offset },
+                    _ => {
+                        return Err(definite(format!(
+                            "source {target}: the server reports no binlog position for a \
+                             consistent snapshot (binlog_snapshot_file/position)"
+                        )));
+                    }
+                }
+            }
+            Flavor::MySql => {
+                // Writers to the captured tables wait while the snapshot starts, so the
+                // position and the snapshot agree.
+                conn.query_drop(format!(
+                    "FLUSH TABLES {} WITH READ LOCK",
+                    lock_list.join(", ")
+                ))
+                .await
+                .map_err(&err)?;
+                let started = conn
+                    .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                    .await;
+                let at = match started {
+                    Ok(()) => self.master_status().await,
+                    Err(e) => Err(err(e)),
+                };
+                let conn = self.conn().await?;
+                conn.query_drop("UNLOCK TABLES").await.map_err(&err)?;
+                at?
+            }
+        };
+        self.snap = Some(Snap {
+            at,
+            opened: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// A snapshot that may serve the next chunk: one at or after what was handed out (rows
+    /// read at a position the stream already handed out past would be older than what the
+    /// sinks have), and young enough. The server may report a position a moment before a
+    /// transaction the stream already delivered (it writes the binlog before it commits):
+    /// then the snapshot is taken again.
+    async fn usable_snapshot(&mut self) -> Result<BinlogPos, StageError> {
+        for attempt in 0.. {
+            let usable = self
+                .snap
+                .as_ref()
+                .is_some_and(|s| s.at >= self.handed && s.opened.elapsed() < SNAPSHOT_REUSE);
+            if usable {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(10 * attempt.min(20))).await;
+            }
+            if attempt > 200 {
+                return Err(StageError::transient(format!(
+                    "source {}: no consistent snapshot at or after {}:{} in 200 attempts",
+                    self.target, self.handed.file, self.handed.offset
+                )));
+            }
+            self.open_snapshot().await?;
+        }
+        self.snap
+            .as_ref()
+            .map(|s| s.at.clone())
+            .ok_or_else(|| definite("no snapshot"))
+    }
+
+    /// The statement reading the next `limit` rows of table `t` after `after` in key order.
+    fn chunk_sql(&self, t: usize, after: bool, limit: usize) -> String {
+        let table = &self.tables[t];
+        let columns: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let key: Vec<String> = table.key.iter().map(|k| quote_ident(k)).collect();
+        let filter = if after {
+            // (k1 > ?) OR (k1 = ? AND k2 > ?) OR ..: every optimizer turns it into a range.
+            let mut ors = Vec::new();
+            for i in 0..key.len() {
+                let mut ands: Vec<String> = key[..i].iter().map(|k| format!("{k} = ?")).collect();
+                ands.push(format!("{} > ?", key[i]));
+                ors.push(format!("({})", ands.join(" AND ")));
+            }
+            format!(" WHERE {}", ors.join(" OR "))
+        } else {
+            String::new()
+        };
+        format!(
+            "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {limit}",
+            columns.join(", "),
+            table.qualified(),
+            key.join(", ")
+        )
+    }
+
+    /// Parameters for [`Self::chunk_sql`]'s filter after key `after`.
+    fn chunk_params(&self, t: usize, after: &Key) -> Result<Vec<mysql_async::Value>, StageError> {
+        let table = &self.tables[t];
+        let key_at = table.key_positions();
+        if after.0.len() != key_at.len() {
+            return Err(definite(format!(
+                "source {}: table {}: the stored key {after} does not have the {} key columns",
+                self.target,
+                table.stream,
+                key_at.len()
+            )));
+        }
+        let bound: Vec<mysql_async::Value> = key_at
+            .iter()
+            .zip(&after.0)
+            .map(|(&i, v)| key_param(&table.columns[i], v))
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                definite(format!(
+                    "source {}: table {}: key {after}: {e}",
+                    self.target, table.stream
+                ))
+            })?;
+        let mut params = Vec::new();
+        for i in 0..bound.len() {
+            params.extend(bound[..=i].iter().cloned());
+        }
+        Ok(params)
+    }
+
+    /// Converts one query row of table `t`.
+    fn query_row(&self, t: usize, row: mysql_async::Row) -> Result<(Key, Row), StageError> {
+        let table = &self.tables[t];
+        let values = row.unwrap();
+        if values.len() != table.columns.len() {
+            return Err(definite(format!(
+                "source {}: table {}: a row of {} values for {} columns",
+                self.target,
+                table.stream,
+                values.len(),
+                table.columns.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(values.len());
+        for (column, value) in table.columns.iter().zip(values) {
+            let v = convert(column, value, Origin::Query).map_err(|e| {
+                definite(format!(
+                    "source {}: table {} column {}: {e}",
+                    self.target, table.stream, column.name
+                ))
+            })?;
+            out.push((column.name.clone(), v));
+        }
+        let key = Key(table
+            .key_positions()
+            .iter()
+            .map(|&i| out[i].1.clone())
+            .collect());
+        Ok((key, Row(out)))
+    }
+
+    /// Reads up to `limit` rows of table `t` after `after` under the open snapshot.
+    async fn read_chunk(
+        &mut self,
+        t: usize,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<(Key, Row)>, StageError> {
+        let sql = self.chunk_sql(t, after.is_some(), limit);
+        let params = match after {
+            Some(key) => self.chunk_params(t, key)?,
+            None => Vec::new(),
+        };
+        let err = self.error(&format!("reading table {}", self.tables[t].stream));
+        let conn = self.conn().await?;
+        // Always prepared: the binary protocol types its values (the text one sends text).
+        let rows: Vec<mysql_async::Row> = conn.exec(sql, params).await.map_err(&err)?;
+        rows.into_iter().map(|r| self.query_row(t, r)).collect()
+    }
+
+    fn read_change(&self, stream: &str, key: Key, row: Option<Row>) -> Change {
+        Change {
+            stream: stream.to_owned(),
+            op: if row.is_some() { Op::Read } else { Op::Delete },
+            key,
+            before: None,
+            after: row,
+            commit_time_us: self.snapshot_time_us,
+            position: None,
+            txn: None,
+            unchanged: Vec::new(),
+        }
+    }
+
+    /// Reads the next chunk the copy or the oldest request needs, under a snapshot; it waits
+    /// in `pending` until the stream reaches the snapshot's position.
+    async fn read_next(&mut self, max: usize) -> Result<(), StageError> {
+        if let Some((t, after)) = self.copy.clone() {
+            if t >= self.tables.len() {
+                // Nothing left: the end of the copy is handed out at the current position.
+                let at = self.handed.clone().max(self.seen.clone());
+                self.pending = Some(Ready {
+                    changes: Vec::new(),
+                    end: at,
+                    kind: BatchKind::Incremental,
+                    read: true,
+                    cursor: Some((t, None)),
+                    progress: None,
+                });
+                self.copy = None;
+                return Ok(());
+            }
+            let at = self.usable_snapshot().await?;
+            let limit = max.clamp(1, self.opts.chunk_rows);
+            let rows = self.read_chunk(t, after.as_ref(), limit).await?;
+            let full = rows.len() == limit;
+            let stream = self.tables[t].stream.clone();
+            let last = rows.last().map(|(k, _)| k.clone());
+            let changes: Vec<Change> = rows
+                .into_iter()
+                .map(|(k, r)| self.read_change(&stream, k, Some(r)))
+                .collect();
+            let next = if full { (t, last) } else { (t + 1, None) };
+            self.copy = Some(next.clone());
+            let kind = if self.fresh_at.as_ref() == Some(&at) {
+                BatchKind::Full
+            } else {
+                BatchKind::Incremental
+            };
+            self.pending = Some(Ready {
+                changes,
+                end: at,
+                kind,
+                read: true,
+                cursor: Some(next),
+                progress: None,
+            });
+            return Ok(());
+        }
+        let Some(asked) = self.requests.front() else {
+            return Ok(());
+        };
+        let (id, t, keys, next) = (
+            asked.id,
+            asked.table,
+            asked.keys.clone(),
+            asked.next.clone(),
+        );
+        let at = self.usable_snapshot().await?;
+        let stream = self.tables[t].stream.clone();
+        let read = match &keys {
+            Some(keys) => self.read_keys(t, keys).await.map(|(found, absent)| {
+                let mut changes: Vec<Change> = found
+                    .into_iter()
+                    .map(|(k, r)| self.read_change(&stream, k, Some(r)))
+                    .collect();
+                changes.extend(
+                    absent
+                        .into_iter()
+                        .map(|k| self.read_change(&stream, k, None)),
+                );
+                (changes, None, true)
+            }),
+            None => {
+                let limit = self.opts.chunk_rows;
+                self.read_chunk(t, next.as_ref(), limit).await.map(|rows| {
+                    let done = rows.len() < limit;
+                    let last = rows.last().map(|(k, _)| k.clone());
+                    let changes = rows
+                        .into_iter()
+                        .map(|(k, r)| self.read_change(&stream, k, Some(r)))
+                        .collect();
+                    (changes, last, done)
+                })
+            }
+        };
+        let (changes, last, done, error) = match read {
+            Ok((changes, last, done)) => (changes, last, done, None),
+            Err(StageError::Definite(e)) => {
+                tracing::warn!(source = %self.target, request = id, error = %e, "a re-read request failed");
+                (Vec::new(), None, true, Some(e.to_string()))
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(asked) = self.requests.front_mut() {
+            if last.is_some() {
+                asked.next = last.clone();
+            }
+            asked.finished = done;
+        }
+        self.pending = Some(Ready {
+            changes,
+            end: at,
+            kind: BatchKind::Full,
+            read: true,
+            cursor: None,
+            progress: Some(RequestProgress {
+                id,
+                after: last,
+                done,
+                error,
+            }),
+        });
+        Ok(())
+    }
+
+    /// Reads the rows of `keys` in table `t` under the open snapshot: the rows found, and
+    /// the keys (in this source's form) that the table does not have.
+    async fn read_keys(
+        &mut self,
+        t: usize,
+        keys: &[Key],
+    ) -> Result<(Vec<(Key, Row)>, Vec<Key>), StageError> {
+        let table = self.tables[t].clone();
+        let key_at = table.key_positions();
+        let mut asked: Vec<Key> = Vec::with_capacity(keys.len());
+        let mut unique = HashSet::new();
+        for key in keys {
+            if key.0.len() != key_at.len() {
+                return Err(definite(format!(
+                    "source {}: table {}: a requested key has {} values for the {} key columns {:?}",
+                    self.target,
+                    table.stream,
+                    key.0.len(),
+                    key_at.len(),
+                    table.key
+                )));
+            }
+            let mut normal = Vec::with_capacity(key.0.len());
+            for (&i, v) in key_at.iter().zip(&key.0) {
+                normal.push(normalize_key(&table.columns[i], v).map_err(|e| {
+                    definite(format!(
+                        "source {}: table {}: requested key {key}: {e}",
+                        self.target, table.stream
+                    ))
+                })?);
+            }
+            let normal = Key(normal);
+            if unique.insert(format!("{normal:?}")) {
+                asked.push(normal);
+            }
+        }
+        let columns: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let matches: String = table
+            .key
+            .iter()
+            .map(|k| format!("{} = ?", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let mut found = Vec::new();
+        let mut present = HashSet::new();
+        for part in asked.chunks(KEYS_PER_READ) {
+            let sql = format!(
+                "SELECT {} FROM {} WHERE {}",
+                columns.join(", "),
+                table.qualified(),
+                vec![format!("({matches})"); part.len()].join(" OR ")
+            );
+            let mut params = Vec::new();
+            for key in part {
+                for (&i, v) in key_at.iter().zip(&key.0) {
+                    params.push(key_param(&table.columns[i], v).map_err(|e| {
+                        definite(format!(
+                            "source {}: table {}: requested key {key}: {e}",
+                            self.target, table.stream
+                        ))
+                    })?);
+                }
+            }
+            let err = self.error(&format!("re-reading rows of table {}", table.stream));
+            let conn = self.conn().await?;
+            let rows: Vec<mysql_async::Row> = conn.exec(sql, params).await.map_err(err)?;
+            for r in rows {
+                let (key, row) = self.query_row(t, r)?;
+                present.insert(format!("{key:?}"));
+                found.push((key, row));
+            }
+        }
+        let absent = asked
+            .into_iter()
+            .filter(|k| !present.contains(&format!("{k:?}")))
+            .collect();
+        Ok((found, absent))
+    }
+
+    /// Puts the pending rows into the ready queue once the stream has passed their position:
+    /// after every transaction ending at or before it, before every one ending after it.
+    fn place_pending(&mut self) -> bool {
+        let Some(p) = self.pending.as_ref() else {
+            return false;
+        };
+        if p.end > self.seen && p.end > self.handed {
+            return false;
+        }
+        let Some(p) = self.pending.take() else {
+            return false;
+        };
+        let at = self
+            .ready
+            .iter()
+            .position(|r| r.end > p.end)
+            .unwrap_or(self.ready.len());
+        self.ready_changes += p.changes.len();
+        self.ready.insert(at, p);
+        true
+    }
+
+    fn has_read_work(&self) -> bool {
+        self.copy.is_some() || self.requests.front().is_some_and(|a| !a.finished)
+    }
+
+    async fn ensure_stream(&mut self) -> Result<(), StageError> {
+        if self.stream.is_some() {
+            return Ok(());
+        }
+        let from = self.handed.clone();
+        let mut conn = self.connect().await?;
+        let err = self.error("preparing the binlog stream");
+        if self.flavor == Flavor::MariaDb {
+            // GTID events as themselves (not rewritten into BEGIN queries).
+            conn.query_drop("SET @mariadb_slave_capability = 4")
+                .await
+                .map_err(&err)?;
+        }
+        // A heartbeat every 5 s when idle: a dead connection shows.
+        conn.query_drop("SET @master_heartbeat_period = 5000000000")
+            .await
+            .map_err(&err)?;
+        let request = BinlogStreamRequest::new(self.server_id)
+            .with_filename(from.file.as_bytes())
+            .with_pos(from.offset);
+        let stream = conn
+            .get_binlog_stream(request)
+            .await
+            .map_err(|e| self.stream_error(e, &from))?;
+        tracing::info!(source = %self.target, server_id = self.server_id, from = %format!("{}:{}", from.file, from.offset), "streaming the binlog");
+        self.stream = Some(stream);
+        self.file = from.file.clone();
+        self.seen = from;
+        self.table_ids.clear();
+        Ok(())
+    }
+
+    /// Drops the stream after an error: what was received but not handed out is received
+    /// again from `handed`. Rows read at a snapshot stay pending (their position holds).
+    fn reset_stream(&mut self) {
+        self.stream = None;
+        self.txn = None;
+        self.ready.retain(|r| r.read);
+        self.ready_changes = self.ready.iter().map(|r| r.changes.len()).sum();
+        self.seen = self.handed.clone();
+        // Read rows not handed out go back to pending; their snapshot position holds.
+        if let Some(first) = self.ready.pop_front() {
+            self.ready_changes -= first.changes.len();
+            let rest: Vec<Ready> = self.ready.drain(..).collect();
+            self.ready_changes = 0;
+            // More than one read entry cannot be waiting: one is read at a time.
+            debug_assert!(rest.is_empty(), "one read entry at a time");
+            if self.pending.is_none() {
+                self.pending = Some(first);
+            }
+        }
+    }
+
+    /// Reads the stream: the first wait up to `wait`, then up to the linger; stops early when
+    /// pending rows got their place.
+    async fn read_stream(&mut self, max: usize, wait: Duration) -> Result<(), StageError> {
+        self.ensure_stream().await?;
+        let start = Instant::now();
+        let mut deadline = start + wait;
+        let mut lingering = false;
+        loop {
+            if self.ready_changes >= max {
+                break;
+            }
+            if self.place_pending() {
+                break;
+            }
+            if !self.ready.is_empty() && !lingering {
+                lingering = true;
+                deadline = deadline.min(Instant::now() + self.opts.linger);
+            }
+            let in_txn = self.txn.is_some();
+            let now = Instant::now();
+            if now >= deadline && !in_txn {
+                break;
+            }
+            let left = if in_txn {
+                deadline
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(100))
+            } else {
+                deadline.saturating_duration_since(now)
+            };
+            let Some(stream) = self.stream.as_mut() else {
+                break;
+            };
+            let event = match tokio::time::timeout(left, stream.next()).await {
+                Err(_) => {
+                    if self.txn.is_none() {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(None) => {
+                    let at = self.handed.clone();
+                    self.reset_stream();
+                    return Err(StageError::transient(format!(
+                        "source {}: the server ended the binlog stream (at {}:{})",
+                        self.target, at.file, at.offset
+                    )));
+                }
+                Ok(Some(Err(e))) => {
+                    let at = self.seen.clone();
+                    self.reset_stream();
+                    return Err(self.stream_error(e, &at));
+                }
+                Ok(Some(Ok(event))) => event,
+            };
+            if let Err(e) = self.handle(event).await {
+                self.reset_stream();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one binlog event.
+    async fn handle(&mut self, event: Event) -> Result<(), StageError> {
+        let header = event.header();
+        let log_pos = u64::from(header.log_pos());
+        let timestamp_us = i64::from(header.timestamp()) * 1_000_000;
+        if header.event_type_raw() == MARIADB_GTID_EVENT {
+            let data = event.data();
+            let (seq, domain, flags) = parse_mariadb_gtid(data).ok_or_else(|| {
+                definite(format!(
+                    "source {}: an unreadable MariaDB GTID event at {}:{log_pos}",
+                    self.target, self.file
+                ))
+            })?;
+            self.txn = Some(Txn {
+                id: format!("{domain}-{}-{seq}", header.server_id()),
+                changes: Vec::new(),
+                standalone: flags & FL_STANDALONE != 0,
+                begun: false,
+            });
+            return Ok(());
+        }
+        let data = event.read_data().map_err(|e| {
+            definite(format!(
+                "source {}: an unreadable binlog event at {}:{log_pos}: {e}",
+                self.target, self.file
+            ))
+        })?;
+        match data {
+            Some(EventData::RotateEvent(r)) => {
+                self.file = r.name().into_owned();
+                if self.txn.is_none() {
+                    let at = BinlogPos {
+                        file: self.file.clone(),
+                        offset: r.position(),
+                    };
+                    if at > self.seen {
+                        self.seen = at;
+                    }
+                }
+                return Ok(());
+            }
+            Some(EventData::GtidEvent(g)) => {
+                self.txn = Some(Txn {
+                    id: format!("{}:{}", uuid_text(&g.sid()), g.gno()),
+                    changes: Vec::new(),
+                    standalone: true,
+                    begun: false,
+                });
+            }
+            Some(EventData::AnonymousGtidEvent(_)) => {
+                self.txn = Some(Txn {
+                    id: String::new(),
+                    changes: Vec::new(),
+                    standalone: true,
+                    begun: false,
+                });
+            }
+            Some(EventData::QueryEvent(q)) => {
+                let query = q.query();
+                let word = first_word(&query);
+                if word.eq_ignore_ascii_case("BEGIN") || word.eq_ignore_ascii_case("XA") {
+                    match self.txn.as_mut() {
+                        Some(txn) => {
+                            txn.begun = true;
+                            txn.standalone = false;
+                        }
+                        None => {
+                            self.txn = Some(Txn {
+                                id: String::new(),
+                                changes: Vec::new(),
+                                standalone: false,
+                                begun: true,
+                            })
+                        }
+                    }
+                    return Ok(());
+                }
+                if word.eq_ignore_ascii_case("COMMIT") || word.eq_ignore_ascii_case("ROLLBACK") {
+                    self.end_txn(log_pos, timestamp_us);
+                    return Ok(());
+                }
+                let schema = q.schema().into_owned();
+                self.statement(&query, &schema, timestamp_us)?;
+                if self.txn.as_ref().is_none_or(|t| t.standalone || !t.begun) {
+                    self.end_txn(log_pos, timestamp_us);
+                }
+            }
+            Some(EventData::XidEvent(_)) => self.end_txn(log_pos, timestamp_us),
+            Some(EventData::TableMapEvent(tme)) => {
+                let found = self
+                    .tables
+                    .iter()
+                    .position(|t| t.database == tme.database_name() && t.name == tme.table_name());
+                self.table_ids.insert(tme.table_id(), found);
+            }
+            Some(EventData::RowsEvent(rows)) => self.rows(&event, rows).await?,
+            _ => {
+                if self.txn.is_none() && log_pos > 0 {
+                    let at = BinlogPos {
+                        file: self.file.clone(),
+                        offset: log_pos,
+                    };
+                    if at > self.seen {
+                        self.seen = at;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A transaction ends at `log_pos` in the current file.
+    fn end_txn(&mut self, log_pos: u64, timestamp_us: i64) {
+        let end = BinlogPos {
+            file: self.file.clone(),
+            offset: log_pos,
+        };
+        let txn = self.txn.take();
+        if end > self.seen {
+            self.seen = end.clone();
+        }
+        if let Some(mut txn) = txn
+            && !txn.changes.is_empty()
+        {
+            // The commit's own time is the transaction's.
+            for c in &mut txn.changes {
+                c.commit_time_us = timestamp_us;
+            }
+            self.ready_changes += txn.changes.len();
+            self.ready.push_back(Ready {
+                changes: txn.changes,
+                end,
+                kind: BatchKind::Incremental,
+                read: false,
+                cursor: None,
+                progress: None,
+            });
+        }
+    }
+
+    /// A statement in the binlog (DDL in row format): `TRUNCATE` of a captured table is a
+    /// truncate change; `ALTER TABLE` re-reads its columns before its next row; dropping or
+    /// renaming it stops capture.
+    fn statement(&mut self, query: &str, schema: &str, time_us: i64) -> Result<(), StageError> {
+        let Some((verb, db, name)) = ddl_target(query, schema) else {
+            return Ok(());
+        };
+        let Some(t) = self
+            .tables
+            .iter()
+            .position(|t| t.database == db && t.name == name)
+        else {
+            return Ok(());
+        };
+        match verb {
+            Ddl::Truncate => {
+                let stream = self.tables[t].stream.clone();
+                let txn = self.txn.get_or_insert_with(|| Txn {
+                    id: String::new(),
+                    changes: Vec::new(),
+                    standalone: true,
+                    begun: false,
+                });
+                txn.changes.push(Change {
+                    stream,
+                    op: Op::Truncate,
+                    key: Key(Vec::new()),
+                    before: None,
+                    after: None,
+                    commit_time_us: time_us,
+                    position: None,
+                    txn: Some(txn.id.clone()),
+                    unchanged: Vec::new(),
+                });
+            }
+            Ddl::Alter => {
+                tracing::info!(source = %self.target, table = %self.tables[t].stream, "ALTER TABLE in the binlog; re-reading the table's columns before its next row");
+                self.stale.insert(t);
+            }
+            Ddl::Gone => {
+                return Err(definite(format!(
+                    "source {}: table {} was dropped or renamed in the source (`{}`); capture \
+                     cannot follow it. Fix the config's tables and start the pipeline over \
+                     (`tidesync drop`, then `run`)",
+                    self.target,
+                    self.tables[t].stream,
+                    query.chars().take(200).collect::<String>()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A rows event: its rows of a captured table become changes of the transaction.
+    async fn rows(&mut self, event: &Event, rows: RowsEventData<'_>) -> Result<(), StageError> {
+        let table_id = rows.table_id();
+        let Some(&found) = self.table_ids.get(&table_id) else {
+            return Err(definite(format!(
+                "source {}: a rows event of table id {table_id} without its table map event",
+                self.target
+            )));
+        };
+        let Some(t) = found else {
+            return Ok(());
+        };
+        let _ = event;
+        let Some(tme) = self
+            .stream
+            .as_ref()
+            .and_then(|s| s.get_tme(table_id))
+            .cloned()
+        else {
+            return Err(definite(format!(
+                "source {}: no table map for table id {table_id}",
+                self.target
+            )));
+        };
+        let map = self.column_map(t, &tme).await?;
+        let table = &self.tables[t];
+        let key_at = table.key_positions();
+        let row_of = |row: Option<mysql_async::binlog::row::BinlogRow>| -> Result<Option<(Key, Row)>, StageError> {
+            let Some(row) = row else { return Ok(None) };
+            let values = row.unwrap();
+            if values.len() != map.len() {
+                return Err(definite(format!(
+                    "source {}: table {}: a binlog row has {} of its {} columns: is \
+                     binlog_row_image FULL?",
+                    self.target,
+                    table.stream,
+                    values.len(),
+                    map.len()
+                )));
+            }
+            let mut cells: Vec<Option<Value>> = vec![None; table.columns.len()];
+            for (value, &to) in values.into_iter().zip(&map) {
+                let Some(to) = to else { continue };
+                let column = &table.columns[to];
+                let v = from_binlog(column, value).map_err(|e| {
+                    definite(format!(
+                        "source {}: table {} column {}: {e}",
+                        self.target, table.stream, column.name
+                    ))
+                })?;
+                cells[to] = Some(v);
+            }
+            let mut key = Vec::with_capacity(key_at.len());
+            for &i in &key_at {
+                match &cells[i] {
+                    Some(v) => key.push(v.clone()),
+                    None => {
+                        return Err(definite(format!(
+                            "source {}: table {}: a binlog row without key column {}",
+                            self.target, table.stream, table.columns[i].name
+                        )));
+                    }
+                }
+            }
+            let row = Row(table
+                .columns
+                .iter()
+                .zip(cells)
+                .filter_map(|(c, v)| v.map(|v| (c.name.clone(), v)))
+                .collect());
+            Ok(Some((Key(key), row)))
+        };
+        let op = match &rows {
+            RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Op::Insert,
+            RowsEventData::UpdateRowsEvent(_)
+            | RowsEventData::UpdateRowsEventV1(_)
+            | RowsEventData::PartialUpdateRowsEvent(_) => Op::Update,
+            RowsEventData::DeleteRowsEvent(_) | RowsEventData::DeleteRowsEventV1(_) => Op::Delete,
+        };
+        let stream = table.stream.clone();
+        let mut changes = Vec::new();
+        for pair in rows.rows(&tme) {
+            let (before, after) = pair.map_err(|e| {
+                definite(format!(
+                    "source {}: table {}: an unreadable binlog row: {e}",
+                    self.target, stream
+                ))
+            })?;
+            let before = row_of(before)?;
+            let after = row_of(after)?;
+            let change = |op: Op, key: Key, before: Option<Row>, after: Option<Row>| Change {
+                stream: stream.clone(),
+                op,
+                key,
+                before,
+                after,
+                commit_time_us: 0,
+                position: None,
+                txn: None,
+                unchanged: Vec::new(),
+            };
+            match (op, before, after) {
+                (Op::Insert, _, Some((key, row))) => {
+                    changes.push(change(Op::Insert, key, None, Some(row)))
+                }
+                (Op::Delete, Some((key, row)), _) => {
+                    changes.push(change(Op::Delete, key, Some(row), None))
+                }
+                (Op::Update, Some((old_key, old)), Some((key, row))) => {
+                    if old_key == key {
+                        changes.push(change(Op::Update, key, Some(old), Some(row)));
+                    } else {
+                        changes.push(change(Op::Delete, old_key, Some(old), None));
+                        changes.push(change(Op::Insert, key, None, Some(row)));
+                    }
+                }
+                _ => {
+                    return Err(definite(format!(
+                        "source {}: table {stream}: a binlog row event without its row image",
+                        self.target
+                    )));
+                }
+            }
+        }
+        let txn = self.txn.get_or_insert_with(|| Txn {
+            id: String::new(),
+            changes: Vec::new(),
+            standalone: false,
+            begun: true,
+        });
+        let id = txn.id.clone();
+        for mut c in changes {
+            c.txn = (!id.is_empty()).then(|| id.clone());
+            txn.changes.push(c);
+        }
+        Ok(())
+    }
+
+    /// For each column of a table map event, the column of table `t` it is. Re-reads the
+    /// table once when an `ALTER TABLE` passed or the event does not fit.
+    async fn column_map(
+        &mut self,
+        t: usize,
+        tme: &TableMapEvent<'static>,
+    ) -> Result<Vec<Option<usize>>, StageError> {
+        if self.stale.remove(&t) {
+            self.reload(t).await?;
+        }
+        match self.try_map(t, tme, false) {
+            Ok(map) => Ok(map),
+            Err(_) => {
+                self.reload(t).await?;
+                self.try_map(t, tme, true).map_err(|problem| {
+                    definite(format!(
+                        "source {}: table {}: {problem}. The binlog row does not fit the \
+                         table's columns as they are now (several ALTER TABLEs since this row \
+                         was written?): set binlog_row_metadata = FULL on the server, so rows \
+                         carry their column names",
+                        self.target, self.tables[t].stream
+                    ))
+                })
+            }
+        }
+    }
+
+    async fn reload(&mut self, t: usize) -> Result<(), StageError> {
+        let stream = self.tables[t].stream.clone();
+        let before: Vec<String> = self.tables[t]
+            .columns
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let table = self
+            .load_one(&stream, self.flavor == Flavor::MariaDb)
+            .await?;
+        let now: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+        if now != before {
+            tracing::info!(source = %self.target, table = %stream, columns = ?now, "table columns changed");
+        }
+        self.tables[t] = table;
+        Ok(())
+    }
+
+    /// `gone_ok`: a named column the table no longer has (added and dropped again since
+    /// the row was written) is left out of the row (there is nothing to read it as).
+    fn try_map(
+        &self,
+        t: usize,
+        tme: &TableMapEvent<'static>,
+        gone_ok: bool,
+    ) -> Result<Vec<Option<usize>>, String> {
+        use mysql_async::binlog::events::OptionalMetadataField;
+        let table = &self.tables[t];
+        let count = tme.columns_count() as usize;
+        let mut names: Option<Vec<String>> = None;
+        for field in tme.iter_optional_meta() {
+            if let Ok(OptionalMetadataField::ColumnName(n)) = field {
+                names = Some(
+                    n.iter_names()
+                        .filter_map(Result::ok)
+                        .map(|n| n.name().into_owned())
+                        .collect(),
+                );
+            }
+        }
+        let mut map = Vec::with_capacity(count);
+        for i in 0..count {
+            let to = match &names {
+                Some(names) => {
+                    let name = names
+                        .get(i)
+                        .ok_or_else(|| format!("column {i} has no name in the binlog"))?;
+                    match table.columns.iter().position(|c| &c.name == name) {
+                        Some(at) => Some(at),
+                        None if gone_ok => {
+                            tracing::warn!(source = %self.target, table = %table.stream, column = %name, "a binlog row has a column the table no longer has; its values are left out");
+                            None
+                        }
+                        None => {
+                            return Err(format!("the binlog has a column {name} the table has not"));
+                        }
+                    }
+                }
+                None => {
+                    if count != table.columns.len() {
+                        return Err(format!(
+                            "the binlog row has {count} columns, the table {}",
+                            table.columns.len()
+                        ));
+                    }
+                    Some(i)
+                }
+            };
+            if let Some(to) = to {
+                let ty = tme
+                    .get_column_type(i)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| format!("column {i} has an unknown binlog type"))?;
+                let column = &table.columns[to];
+                if !binlog_type_fits(&column.kind, ty) {
+                    return Err(format!(
+                        "column {} ({}) arrives as binlog type {ty:?}",
+                        column.name, column.type_name
+                    ));
+                }
+            }
+            map.push(to);
+        }
+        Ok(map)
+    }
+
+    /// The position that stands for everything handed out so far.
+    fn position(&self) -> Position {
+        let stream = self.handed.position();
+        match &self.handed_cursor {
+            Some((t, after)) if *t < self.tables.len() => Position::Snapshot {
+                stream: Box::new(stream),
+                table: self.tables[*t].stream.clone(),
+                after: after.clone(),
+            },
+            _ => stream,
+        }
+    }
+
+    async fn poll_inner(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Option<Captured>, StageError> {
+        if self.pending.is_none()
+            && !self.ready.iter().any(|r| r.read)
+            && self.has_read_work()
+            && let Err(e) = self.read_next(max).await
+        {
+            // The connection (and its snapshot) may be gone: start over with new ones.
+            self.conn = None;
+            self.snap = None;
+            return Err(e);
+        }
+        let placed = self.place_pending();
+        let front_read = self.ready.front().is_some_and(|r| r.read);
+        if !(placed || front_read) {
+            let wait = if self.pending.is_some() {
+                wait.max(Duration::from_millis(200))
+            } else {
+                wait
+            };
+            self.read_stream(max, wait).await?;
+        }
+        // Hand out whole transactions, up to `max` changes (at least one); read rows alone.
+        let mut changes: Vec<Change> = Vec::new();
+        let mut end = None;
+        let mut kind = BatchKind::Incremental;
+        let mut progress = None;
+        while let Some(next) = self.ready.front() {
+            if !changes.is_empty() && (next.read || changes.len() + next.changes.len() > max) {
+                break;
+            }
+            if end.is_some() && next.read {
+                break;
+            }
+            let Some(ready) = self.ready.pop_front() else {
+                break;
+            };
+            self.ready_changes -= ready.changes.len();
+            if changes.is_empty() {
+                changes = ready.changes;
+            } else {
+                changes.extend(ready.changes);
+            }
+            end = Some(ready.end);
+            if ready.read {
+                kind = ready.kind;
+                if let Some(cursor) = ready.cursor {
+                    self.handed_cursor = Some(cursor);
+                }
+                if let Some(p) = ready.progress {
+                    self.request_handed(&p);
+                    progress = Some(p);
+                }
+                break;
+            }
+        }
+        let idle = end.is_none()
+            && self.txn.is_none()
+            && self.ready.is_empty()
+            && self.pending.is_none()
+            && self.seen > self.handed
+            && self.last_handed_at.elapsed() >= IDLE_POSITION_EVERY;
+        if let Some(end) = end.or(idle.then(|| self.seen.clone())) {
+            if end > self.handed {
+                self.handed = end;
+            }
+            self.last_handed_at = Instant::now();
+            if self
+                .handed_cursor
+                .as_ref()
+                .is_some_and(|(t, _)| *t >= self.tables.len())
+            {
+                self.handed_cursor = None;
+                self.fresh_at = None;
+                self.snap = None;
+                if let Some(conn) = self.conn.as_mut() {
+                    let _ = conn.query_drop("ROLLBACK").await;
+                }
+                tracing::info!(source = %self.target, "initial copy done; streaming");
+            }
+            return Ok(Some(Captured {
+                kind,
+                changes,
+                position: self.position(),
+                progress,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// A request's part was handed out: its progress holds from now on.
+    fn request_handed(&mut self, progress: &RequestProgress) {
+        let Some(asked) = self.requests.front_mut().filter(|a| a.id == progress.id) else {
+            return;
+        };
+        if progress.done {
+            self.requests.pop_front();
+            return;
+        }
+        if progress.after.is_some() {
+            asked.handed = progress.after.clone();
+        }
+    }
+}
+
+/// A requested key value in this source's form for a column (the target's form of a key may
+/// differ: a PostgreSQL numeric for a BIGINT UNSIGNED, text for an ENUM, ...).
+fn normalize_key(column: &super::schema::Column, value: &Value) -> Result<Value, String> {
+    use super::schema::Kind;
+    let bad = || {
+        format!(
+            "{value} is not a value of key column {} ({})",
+            column.name, column.type_name
+        )
+    };
+    Ok(match (&column.kind, value) {
+        (Kind::Int { .. } | Kind::Year, Value::Int(i)) => Value::Int(*i),
+        (Kind::Int { .. } | Kind::Year, Value::Decimal(d)) => {
+            let text = d.as_str();
+            match text.parse::<i64>() {
+                Ok(i) => Value::Int(i),
+                Err(_) => {
+                    text.parse::<u64>().map_err(|_| bad())?;
+                    value.clone()
+                }
+            }
+        }
+        (Kind::Int { .. } | Kind::Year, Value::Text(t)) => match t.parse::<i64>() {
+            Ok(i) => Value::Int(i),
+            Err(_) => {
+                t.parse::<u64>().map_err(|_| bad())?;
+                Value::Decimal(tidesync_core::Decimal::parse(t).map_err(|_| bad())?)
+            }
+        },
+        (Kind::Decimal, Value::Int(i)) => {
+            Value::Decimal(tidesync_core::Decimal::parse(&i.to_string()).map_err(|_| bad())?)
+        }
+        (Kind::Text(_) | Kind::Enum(_) | Kind::Set(_), Value::Text(_)) => value.clone(),
+        (Kind::Binary { .. }, Value::Text(t)) => Value::Bytes(t.as_bytes().to_vec()),
+        (_, v) => v.clone(),
+    })
+}
+
+/// `seq_no` (u64), `domain_id` (u32) and flags of a MariaDB GTID event's body.
+fn parse_mariadb_gtid(data: &[u8]) -> Option<(u64, u32, u8)> {
+    let seq = u64::from_le_bytes(data.get(0..8)?.try_into().ok()?);
+    let domain = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?);
+    let flags = *data.get(12)?;
+    Some((seq, domain, flags))
+}
+
+fn uuid_text(sid: &[u8; 16]) -> String {
+    let hex: String = sid.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// The first word of a statement, after comments and blanks.
+fn first_word(query: &str) -> &str {
+    let q = skip_comments(query);
+    let end = q
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(q.len());
+    &q[..end]
+}
+
+fn skip_comments(mut q: &str) -> &str {
+    loop {
+        q = q.trim_start();
+        if let Some(rest) = q.strip_prefix("/*") {
+            match rest.find("*/") {
+                Some(i) => q = &rest[i + 2..],
+                None => return "",
+            }
+        } else if let Some(rest) = q.strip_prefix("--").or_else(|| q.strip_prefix('#')) {
+            match rest.find('\n') {
+                Some(i) => q = &rest[i + 1..],
+                None => return "",
+            }
+        } else {
+            return q;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ddl {
+    Truncate,
+    Alter,
+    /// `DROP TABLE` or `RENAME TABLE` (of the first table named).
+    Gone,
+}
+
+/// What a DDL statement does to which table: (what, database, table). Only the first table
+/// a statement names is looked at, except for DROP and RENAME, where any named table counts
+/// (see [`names_in`]): the caller checks each.
+fn ddl_target(query: &str, schema: &str) -> Option<(Ddl, String, String)> {
+    let q = skip_comments(query);
+    let mut words = Words { rest: q };
+    let verb = words.next()?.to_ascii_uppercase();
+    let (ddl, name) = match verb.as_str() {
+        "TRUNCATE" => {
+            let mut w = words.next()?;
+            if w.eq_ignore_ascii_case("TABLE") {
+                w = words.next()?;
+            }
+            (Ddl::Truncate, w)
+        }
+        "ALTER" => {
+            let mut w = words.next()?;
+            while ["ONLINE", "IGNORE"]
+                .iter()
+                .any(|k| w.eq_ignore_ascii_case(k))
+            {
+                w = words.next()?;
+            }
+            if !w.eq_ignore_ascii_case("TABLE") {
+                return None;
+            }
+            let mut w = words.next()?;
+            if w.eq_ignore_ascii_case("IF") {
+                words.next()?;
+                w = words.next()?;
+            }
+            (Ddl::Alter, w)
+        }
+        "DROP" | "RENAME" => {
+            let mut w = words.next()?;
+            if w.eq_ignore_ascii_case("TEMPORARY") {
+                return None;
+            }
+            if !w.eq_ignore_ascii_case("TABLE") && !w.eq_ignore_ascii_case("TABLES") {
+                return None;
+            }
+            w = words.next()?;
+            if w.eq_ignore_ascii_case("IF") {
+                words.next()?;
+                w = words.next()?;
+            }
+            (Ddl::Gone, w)
+        }
+        _ => return None,
+    };
+    let (db, table) = split_qualified(name, schema);
+    Some((ddl, db, table))
+}
+
+/// `db`.`t`, db.t, `t` or t: (database, table).
+fn split_qualified(name: &str, schema: &str) -> (String, String) {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '`' if quoted && chars.peek() == Some(&'`') => {
+                chars.next();
+                cur.push('`');
+            }
+            '`' => quoted = !quoted,
+            '.' if !quoted => parts.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    parts.push(cur);
+    match parts.len() {
+        1 => (schema.to_owned(), parts.remove(0)),
+        _ => {
+            let table = parts.pop().unwrap_or_default();
+            (parts.remove(0), table)
+        }
+    }
+}
+
+/// Words of a statement: identifiers (backquoted ones whole, with `db`.`t` as one word).
+struct Words<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let s = skip_comments(self.rest);
+        if s.is_empty() {
+            return None;
+        }
+        let mut end = 0;
+        let mut quoted = false;
+        for (i, c) in s.char_indices() {
+            match c {
+                '`' => quoted = !quoted,
+                c if !quoted && (c.is_whitespace() || c == '(' || c == ',' || c == ';') => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+            end = i + c.len_utf8();
+        }
+        if end == 0 {
+            // A lone separator: skip it.
+            let c = s.chars().next()?;
+            self.rest = &s[c.len_utf8()..];
+            return self.next();
+        }
+        self.rest = &s[end..];
+        Some(&s[..end])
+    }
+}
+
+impl Source for MysqlLogSource {
+    fn open(&mut self, from: Option<Position>) -> BoxFuture<'_, Result<Opened, StageError>> {
+        Box::pin(async move {
+            self.stream = None;
+            self.txn = None;
+            self.ready.clear();
+            self.ready_changes = 0;
+            self.pending = None;
+            self.copy = None;
+            self.handed_cursor = None;
+            self.fresh_at = None;
+            self.conn = None;
+            self.snap = None;
+            self.check_server().await?;
+            self.load_tables().await?;
+            self.snapshot_time_us = now_us();
+            let target = self.target.clone();
+            let not_ours = |p: &Position| {
+                definite(format!(
+                    "source {target}: the stored position {p} is not a MySQL binlog position; \
+                     was the pipeline's source changed? Run `tidesync drop` for the pipeline and \
+                     start again"
+                ))
+            };
+            let start = match from {
+                None => {
+                    self.open_snapshot().await?;
+                    let at = self
+                        .snap
+                        .as_ref()
+                        .map(|s| s.at.clone())
+                        .ok_or_else(|| definite("no snapshot"))?;
+                    self.check_replication(&at).await?;
+                    tracing::info!(source = %self.target, at = %format!("{}:{}", at.file, at.offset), "copying the tables under a consistent snapshot");
+                    self.handed = at.clone();
+                    self.seen = at.clone();
+                    self.fresh_at = Some(at);
+                    self.copy = Some((0, None));
+                    self.handed_cursor = Some((0, None));
+                    Some(self.position())
+                }
+                Some(Position::Binlog { file, offset }) => {
+                    self.handed = BinlogPos { file, offset };
+                    self.seen = self.handed.clone();
+                    let at = self.handed.clone();
+                    self.check_replication(&at).await?;
+                    None
+                }
+                Some(Position::Snapshot {
+                    stream,
+                    table,
+                    after,
+                }) => {
+                    let Position::Binlog { file, offset } = *stream else {
+                        return Err(not_ours(&stream));
+                    };
+                    let Some(t) = self.tables.iter().position(|x| x.stream == table) else {
+                        return Err(definite(format!(
+                            "source {target}: the stored snapshot was copying table {table}, \
+                             which is no longer in the config; run `tidesync drop` for the \
+                             pipeline and start again"
+                        )));
+                    };
+                    self.handed = BinlogPos { file, offset };
+                    self.seen = self.handed.clone();
+                    let at = self.handed.clone();
+                    self.check_replication(&at).await?;
+                    tracing::info!(source = %self.target, table = %table, "resuming the interrupted initial copy while streaming");
+                    self.copy = Some((t, after.clone()));
+                    self.handed_cursor = Some((t, after));
+                    None
+                }
+                Some(other) => return Err(not_ours(&other)),
+            };
+            self.last_handed_at = Instant::now();
+            Ok(Opened {
+                schemas: self.tables.iter().map(Table::schema).collect(),
+                start,
+            })
+        })
+    }
+
+    fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Option<Captured>, StageError>> {
+        Box::pin(self.poll_inner(max, wait))
+    }
+
+    fn ack(&mut self, _position: Position) -> BoxFuture<'_, Result<(), StageError>> {
+        // The server keeps binlogs by its own retention; there is nothing to release.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn release(&mut self) {
+        if self.stream.is_some() {
+            tracing::info!(source = %self.target, "closing the binlog stream until the pipeline can take changes again");
+            self.reset_stream();
+        }
+    }
+
+    fn request(&mut self, request: Request) -> Result<(), StageError> {
+        if self.requests.iter().any(|a| a.id == request.id) {
+            return Ok(());
+        }
+        let Some(table) = self.tables.iter().position(|t| t.stream == request.stream) else {
+            return Err(definite(format!(
+                "source {}: `{}` is not a table this pipeline captures (tables: {})",
+                self.target,
+                request.stream,
+                self.opts.tables.join(", ")
+            )));
+        };
+        let (keys, after) = match request.what {
+            RequestKind::Keys(keys) => (Some(keys), None),
+            RequestKind::Table { after } => (None, after),
+        };
+        self.requests.push_back(Asked {
+            id: request.id,
+            table,
+            keys,
+            next: after.clone(),
+            handed: after,
+            finished: false,
+        });
+        Ok(())
+    }
+
+    fn remove(&mut self) -> BoxFuture<'_, Result<Vec<String>, StageError>> {
+        // Nothing is installed on the server: a replica connection leaves nothing behind.
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ddl_statements_name_their_table() {
+        assert_eq!(
+            ddl_target("TRUNCATE TABLE `items`", "shop"),
+            Some((Ddl::Truncate, "shop".into(), "items".into()))
+        );
+        assert_eq!(
+            ddl_target("truncate erp.items", "shop"),
+            Some((Ddl::Truncate, "erp".into(), "items".into()))
+        );
+        assert_eq!(
+            ddl_target(
+                "/* x */ ALTER TABLE `shop`.`it``ems` ADD COLUMN x INT",
+                "db"
+            ),
+            Some((Ddl::Alter, "shop".into(), "it`ems".into()))
+        );
+        assert_eq!(
+            ddl_target("ALTER ONLINE TABLE items(x)", "db").map(|t| t.0),
+            Some(Ddl::Alter)
+        );
+        assert_eq!(
+            ddl_target(
+                "DROP TABLE IF EXISTS `items` /* generated by server */",
+                "db"
+            ),
+            Some((Ddl::Gone, "db".into(), "items".into()))
+        );
+        assert_eq!(ddl_target("DROP TEMPORARY TABLE items", "db"), None);
+        assert_eq!(ddl_target("CREATE TABLE items (id int)", "db"), None);
+        assert_eq!(ddl_target("ALTER USER x", "db"), None);
+        assert_eq!(first_word("  /* c */ BEGIN"), "BEGIN");
+        assert_eq!(first_word("COMMIT"), "COMMIT");
+    }
+
+    #[test]
+    fn binlog_positions_order_by_file_number_then_offset() {
+        let p = |file: &str, offset| BinlogPos {
+            file: file.into(),
+            offset,
+        };
+        assert!(p("binlog.000002", 4) > p("binlog.000001", 900));
+        assert!(p("binlog.1000000", 4) > p("binlog.999999", 900));
+        assert!(p("binlog.000001", 900) > p("binlog.000001", 4));
+    }
+
+    #[test]
+    fn mariadb_gtid_events_parse() {
+        let mut data = 42_u64.to_le_bytes().to_vec();
+        data.extend(7_u32.to_le_bytes());
+        data.push(FL_STANDALONE);
+        assert_eq!(parse_mariadb_gtid(&data), Some((42, 7, 1)));
+        assert_eq!(parse_mariadb_gtid(&data[..10]), None);
+    }
+
+    #[test]
+    fn server_ids_are_stable_and_away_from_small_ones() {
+        let a = default_server_id("orders");
+        assert_eq!(a, default_server_id("orders"));
+        assert_ne!(a, default_server_id("orders2"));
+        assert!(a >= 1_000_000 && a < i32::MAX as u32);
+    }
+}
