@@ -56,7 +56,17 @@
 //! | anything else, or no declared type  | `text`             |
 //!
 //! `text` for the rest because an untyped SQLite column may hold ints, floats and text, all of
-//! which `text` keeps exactly (a blob that is not UTF-8 is then a definite error). Without
+//! which `text` keeps exactly (a blob that is not UTF-8 is then a definite error).
+//!
+//! A PostgreSQL source's types are used as they are. A MySQL/MariaDB source's `COLUMN_TYPE`s
+//! map to the narrowest type that holds every value the source emits for them (`sql::
+//! pg_type_for_mysql`; the table is in docs/mysql.md): unsigned integers one size up (`bigint
+//! unsigned` to `numeric(20,0)`), `decimal(p,s)` to `numeric(p,s)`, `float` to `real`,
+//! `char(n)`/`varchar(n)` to `varchar(n)` (MySQL drops `CHAR`'s trailing blanks, so no
+//! padding), enum/set and the text types to `text`, binary strings, blobs, geometry and
+//! `bit(n>1)` to `bytea`, `bit(1)` to `boolean`, `year` to `smallint`, `time(n)`,
+//! `datetime(n)` to `timestamp(n)` (wall clock), `timestamp(n)` to `timestamptz(n)`, `json`
+//! to `jsonb`, anything else to `text`. Without
 //! `create_tables` a missing table is a definite error naming it, and an existing table must
 //! have a primary key or unique index on exactly the key columns.
 //!

@@ -40,7 +40,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tidesync_core::Key;
+use tidesync_core::{Key, Position};
 use tidesync_store::StoreError;
 
 use crate::config::{Config, SinkSpec, SourceSpec};
@@ -66,7 +66,9 @@ pub enum Endpoint {
     Postgres {
         url: String,
     },
-    /// `mysql://user:password@host:port/db` (or `mariadb://`).
+    /// `mysql://user:password@host:port/db` (or `mariadb://`). As a target: tables named by
+    /// the stream, one identifier. As a source ([`mysql_source_endpoint`]): `table` in the
+    /// URL's database or `database.table`; its position is the end of the binary log.
     Mysql {
         url: String,
     },
@@ -111,6 +113,32 @@ pub fn source_endpoint(spec: &SourceSpec) -> (Endpoint, &[String]) {
         }
         SourceSpec::MysqlLog { url, tables, .. } => (Endpoint::Mysql { url: url.clone() }, tables),
     }
+}
+
+/// The endpoint of a MySQL/MariaDB source (the binlog source's `url`): its tables are read
+/// as `table` in the URL's database or as `database.table`, each cell as the value the source
+/// emits for its column type (see `verify/mysql.rs`), and the re-check of differing keys waits
+/// until the store's [`Position::Binlog`] has reached the end of the binary log as
+/// [`source_position`] reads it.
+pub fn mysql_source_endpoint(url: &str) -> Endpoint {
+    Endpoint::Mysql {
+        url: url.to_owned(),
+    }
+}
+
+/// Where `source` stands now, as `verify` reads it before re-checking a differing key: once
+/// the store's position for `pipeline` compares at or past it
+/// ([`Position::partial_cmp_same_source`]), every change committed before is captured. SQLite
+/// (trigger source): [`Position::RowId`] of the change table; PostgreSQL:
+/// [`Position::Lsn`] of `pg_current_wal_lsn()`; MySQL/MariaDB: [`Position::Binlog`] of `SHOW
+/// MASTER STATUS`. `None` when capture is not set up there (no change table, no binary log).
+pub async fn source_position(
+    source: &Endpoint,
+    pipeline: &str,
+) -> Result<Option<Position>, VerifyError> {
+    Settle::new(PathBuf::new(), pipeline, source.clone(), Duration::ZERO)
+        .position()
+        .await
 }
 
 /// The database a sink writes; an error for kinds verify cannot read yet.

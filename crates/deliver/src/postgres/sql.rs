@@ -40,6 +40,78 @@ pub(crate) fn pg_type_for(declared: &str) -> &'static str {
     }
 }
 
+/// The PostgreSQL type for a MySQL/MariaDB column, from its `information_schema.COLUMNS.
+/// COLUMN_TYPE` (`int(10) unsigned`, `decimal(12,2)`, `enum('a','b')`): a type that holds every
+/// value the MySQL source emits for that column exactly (the table is in the module docs and in
+/// docs/mysql.md). Only known words and numbers parsed from the name reach the SQL text; a name
+/// we do not know becomes `text`.
+pub(crate) fn pg_type_for_mysql(column_type: &str) -> String {
+    let t = column_type.trim().to_ascii_lowercase();
+    // `base(args) modifiers`: enum and set labels may hold parentheses, so only the first `(`
+    // and the last `)` delimit the arguments.
+    let (base, args, modifiers) = match (t.find('('), t.rfind(')')) {
+        (Some(open), Some(close)) if open < close => {
+            (t[..open].trim(), Some(&t[open + 1..close]), &t[close + 1..])
+        }
+        _ => match t.split_once(' ') {
+            Some((base, rest)) => (base, None, rest),
+            None => (t.as_str(), None, ""),
+        },
+    };
+    // `zerofill` implies `unsigned`.
+    let unsigned = modifiers
+        .split_whitespace()
+        .any(|m| m == "unsigned" || m == "zerofill");
+    let numbers: Option<Vec<u32>> = args.map(|a| {
+        a.split(',')
+            .map(|n| n.trim().parse::<u32>().ok())
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default()
+    });
+    let first = numbers.as_ref().and_then(|n| n.first().copied());
+    // Fractional seconds: MySQL allows 0..6, so does PostgreSQL; none means 0.
+    let fsp = first.unwrap_or(0).min(6);
+    match base {
+        "tinyint" => "smallint".into(),
+        "smallint" if unsigned => "integer".into(),
+        "smallint" => "smallint".into(),
+        "mediumint" => "integer".into(),
+        "int" | "integer" if unsigned => "bigint".into(),
+        "int" | "integer" => "integer".into(),
+        // Up to 18446744073709551615: 20 digits.
+        "bigint" if unsigned => "numeric(20,0)".into(),
+        "bigint" => "bigint".into(),
+        "decimal" | "numeric" | "dec" | "fixed" => match numbers.as_deref() {
+            Some([p, s]) if *p >= 1 && s <= p => format!("numeric({p},{s})"),
+            Some([p]) if *p >= 1 => format!("numeric({p},0)"),
+            // MySQL's default precision and scale.
+            None => "numeric(10,0)".into(),
+            _ => "numeric".into(),
+        },
+        "float" => "real".into(),
+        "double" | "real" | "double precision" => "double precision".into(),
+        "char" | "varchar" | "character" | "character varying" => match first {
+            // PostgreSQL's varchar needs a length of 1 or more; char(0) holds only ''.
+            Some(n) if n >= 1 => format!("varchar({n})"),
+            _ => "text".into(),
+        },
+        "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set" => "text".into(),
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "geometry"
+        | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
+        | "multipolygon" | "geometrycollection" | "geomcollection" => "bytea".into(),
+        "bit" if first.unwrap_or(1) == 1 => "boolean".into(),
+        "bit" => "bytea".into(),
+        "date" => "date".into(),
+        "time" => format!("time({fsp})"),
+        // DATETIME has no zone: the source emits its wall clock taken as UTC.
+        "datetime" => format!("timestamp({fsp})"),
+        "timestamp" => format!("timestamptz({fsp})"),
+        "year" => "smallint".into(),
+        "json" => "jsonb".into(),
+        _ => "text".into(),
+    }
+}
+
 pub(crate) fn create_table_sql(schema: &TableSchema) -> String {
     let mut defs: Vec<String> = schema
         .columns
@@ -50,7 +122,8 @@ pub(crate) fn create_table_sql(schema: &TableSchema) -> String {
                 // A PostgreSQL source's own type (the source reports user-defined types as
                 // `text`, which a target may not have).
                 Dialect::Postgres => tidesync_core::sql::safe_type_name(&c.type_name),
-                _ => pg_type_for(&c.type_name).to_owned(),
+                Dialect::Mysql => pg_type_for_mysql(&c.type_name),
+                Dialect::Sqlite => pg_type_for(&c.type_name).to_owned(),
             };
             format!("{} {ty}{null}", quote_ident(&c.name))
         })

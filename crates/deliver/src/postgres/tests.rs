@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use bytes::BytesMut;
-use tidesync_core::{Change, ColumnSchema, Decimal, Key, LogEntry, Op, Row};
+use tidesync_core::{Change, ColumnSchema, Decimal, Dialect, Key, LogEntry, Op, Row};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
@@ -12,8 +12,8 @@ use super::copy::{Backoff, NotCopyable, eligible, put_row};
 use super::error::is_transient_code;
 use super::plan::{Action, plan};
 use super::sql::{
-    copy_sql, create_table_sql, delete_sql, patch_sql, pg_type_for, upsert_if_changed_sql,
-    upsert_sql,
+    copy_sql, create_table_sql, delete_sql, patch_sql, pg_type_for, pg_type_for_mysql,
+    upsert_if_changed_sql, upsert_sql,
 };
 use super::*;
 
@@ -43,6 +43,99 @@ fn declared_types_map_by_sqlite_affinity() {
     for (declared, expected) in cases {
         assert_eq!(pg_type_for(declared), expected, "{declared:?}");
     }
+}
+
+#[test]
+fn mysql_column_types_map_to_types_that_hold_their_values() {
+    let cases = [
+        ("tinyint(4)", "smallint"),
+        ("tinyint(1)", "smallint"),
+        ("tinyint(3) unsigned", "smallint"),
+        ("smallint(6)", "smallint"),
+        ("smallint(5) unsigned", "integer"),
+        ("mediumint(9)", "integer"),
+        ("mediumint(8) unsigned", "integer"),
+        ("int(11)", "integer"),
+        ("int", "integer"),
+        ("int(10) unsigned", "bigint"),
+        ("int unsigned", "bigint"),
+        ("int(10) unsigned zerofill", "bigint"),
+        ("bigint(20)", "bigint"),
+        ("bigint(20) unsigned", "numeric(20,0)"),
+        ("bigint unsigned", "numeric(20,0)"),
+        ("decimal(12,2)", "numeric(12,2)"),
+        ("decimal(65,30) unsigned", "numeric(65,30)"),
+        ("decimal(5)", "numeric(5,0)"),
+        ("decimal", "numeric(10,0)"),
+        ("float", "real"),
+        ("float(7,3) unsigned", "real"),
+        ("double", "double precision"),
+        ("double(10,2)", "double precision"),
+        ("char(3)", "varchar(3)"),
+        ("char(0)", "text"),
+        ("varchar(20)", "varchar(20)"),
+        ("tinytext", "text"),
+        ("text", "text"),
+        ("mediumtext", "text"),
+        ("longtext", "text"),
+        ("enum('a','b c')", "text"),
+        ("enum('(x)','y'')')", "text"),
+        ("set('x','y')", "text"),
+        ("binary(4)", "bytea"),
+        ("varbinary(16)", "bytea"),
+        ("tinyblob", "bytea"),
+        ("blob", "bytea"),
+        ("mediumblob", "bytea"),
+        ("longblob", "bytea"),
+        ("geometry", "bytea"),
+        ("point", "bytea"),
+        ("bit(1)", "boolean"),
+        ("bit(12)", "bytea"),
+        ("bit(64)", "bytea"),
+        ("date", "date"),
+        ("time", "time(0)"),
+        ("time(6)", "time(6)"),
+        ("datetime", "timestamp(0)"),
+        ("datetime(3)", "timestamp(3)"),
+        ("timestamp(6)", "timestamptz(6)"),
+        ("timestamp", "timestamptz(0)"),
+        ("year(4)", "smallint"),
+        ("year", "smallint"),
+        ("json", "jsonb"),
+        ("  INT(10) UNSIGNED ", "bigint"),
+        ("inet6", "text"),
+        ("uuid", "text"),
+        ("", "text"),
+        ("int); DROP TABLE x; --", "text"),
+    ];
+    for (column_type, expected) in cases {
+        assert_eq!(pg_type_for_mysql(column_type), expected, "{column_type:?}");
+    }
+}
+
+#[test]
+fn create_table_from_a_mysql_schema_uses_the_mysql_mapping() {
+    let schema = TableSchema {
+        name: "orders".into(),
+        columns: vec![
+            ColumnSchema {
+                name: "id".into(),
+                type_name: "bigint(20) unsigned".into(),
+                nullable: false,
+            },
+            ColumnSchema {
+                name: "at".into(),
+                type_name: "datetime(6)".into(),
+                nullable: true,
+            },
+        ],
+        key: vec!["id".into()],
+        dialect: Dialect::Mysql,
+    };
+    assert_eq!(
+        create_table_sql(&schema),
+        "CREATE TABLE IF NOT EXISTS \"orders\" (\"id\" numeric(20,0) NOT NULL, \"at\" timestamp(6), PRIMARY KEY (\"id\"))"
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod apply;
 mod direct;
+mod from_mysql;
 mod patch;
 mod restart;
 mod setup;

@@ -2,7 +2,8 @@
 //! difference that is only a change in flight is not reported.
 //!
 //! The source's position now (a SQLite trigger source: the last id its change table issued;
-//! PostgreSQL: `pg_current_wal_lsn()`) is where the store will stand once everything committed
+//! PostgreSQL: `pg_current_wal_lsn()`; MySQL/MariaDB: the end of the binary log, `SHOW MASTER
+//! STATUS`, as a [`Position::Binlog`]) is where the store will stand once everything committed
 //! so far is captured. [`Settle::wait`] polls the store (opened read-only, beside a running
 //! `tidesync run`) until its position has passed that point, takes the log head at that
 //! moment, and waits until the sink's cursor reaches that head: then every change the source
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use tidesync_core::{LogStatus, Position, Seq};
 use tidesync_store::{SqliteStore, StoreError};
 
+use super::mysql::MysqlSide;
 use super::postgres::{PgSide, wal_position};
 use super::{Endpoint, VerifyError};
 
@@ -34,6 +36,8 @@ pub(crate) struct Settle {
     source: Endpoint,
     /// A connection to a PostgreSQL source, for its WAL position.
     pg: Option<PgSide>,
+    /// A connection to a MySQL/MariaDB source, for its binary log position.
+    mysql: Option<MysqlSide>,
     timeout: Duration,
     /// Why the last wait gave up; once set, no more waits.
     lag: Option<String>,
@@ -52,6 +56,7 @@ impl Settle {
             pipeline: pipeline.to_owned(),
             source,
             pg: None,
+            mysql: None,
             timeout,
             lag: None,
         }
@@ -77,8 +82,15 @@ impl Settle {
                     None => Ok(None),
                 }
             }
-            // Not a source kind in this build (no binlog source yet).
-            Endpoint::Mysql { .. } => Ok(None),
+            Endpoint::Mysql { url } => {
+                if self.mysql.is_none() {
+                    self.mysql = Some(MysqlSide::connect(url).await?);
+                }
+                match &self.mysql {
+                    Some(m) => m.binlog_position().await,
+                    None => Ok(None),
+                }
+            }
         }
     }
 

@@ -129,9 +129,10 @@ impl Side {
         })
     }
 
-    /// The table `name` in SQL. SQLite, and PostgreSQL targets: one quoted identifier, as the
-    /// trigger source and the sinks name it. A PostgreSQL source: `schema.table`, or
-    /// `table` in schema `public`, as the log source reads it.
+    /// The table `name` in SQL. SQLite, and PostgreSQL and MySQL targets: one quoted
+    /// identifier, as the trigger source and the sinks name it. A PostgreSQL source:
+    /// `schema.table`, or `table` in schema `public`, as the log source reads it. A MySQL
+    /// source: `database.table`, or `table` in the URL's database.
     pub(crate) fn table_sql(&self, name: &str, role: Role) -> String {
         use tidesync_core::sql::quote_ident;
         match (self, role) {
@@ -139,7 +140,15 @@ impl Side {
                 let (schema, table) = name.split_once('.').unwrap_or(("public", name));
                 format!("{}.{}", quote_ident(schema), quote_ident(table))
             }
-            (Side::Mysql(_), _) => tidesync_deliver::mysql::quote_ident(name),
+            (Side::Mysql(_), Role::Source) => {
+                let (database, table) = mysql_source_table(name);
+                let table = tidesync_deliver::mysql::quote_ident(table);
+                match database {
+                    Some(d) => format!("{}.{table}", tidesync_deliver::mysql::quote_ident(d)),
+                    None => table,
+                }
+            }
+            (Side::Mysql(_), Role::Target) => tidesync_deliver::mysql::quote_ident(name),
             _ => quote_ident(name),
         }
     }
@@ -152,15 +161,22 @@ impl Side {
         }
     }
 
+    /// The columns and key of `table` (in SQL: `table_sql`, from [`Side::table_sql`] with
+    /// the same `role`).
     pub(crate) async fn describe(
         &self,
         table_sql: &str,
         table: &str,
+        role: Role,
     ) -> Result<TableShape, VerifyError> {
-        match self {
-            Side::Sqlite(s) => s.describe(table).await,
-            Side::Postgres(p) => p.describe(table_sql, table).await,
-            Side::Mysql(m) => m.describe(table).await,
+        match (self, role) {
+            (Side::Sqlite(s), _) => s.describe(table).await,
+            (Side::Postgres(p), _) => p.describe(table_sql, table).await,
+            (Side::Mysql(m), Role::Source) => {
+                let (database, name) = mysql_source_table(table);
+                m.describe(database, name).await
+            }
+            (Side::Mysql(m), Role::Target) => m.describe(None, table).await,
         }
     }
 
@@ -190,5 +206,13 @@ impl Side {
             Side::Postgres(p) => p.lookup(plan, keys).await,
             Side::Mysql(m) => m.lookup(plan, keys).await,
         }
+    }
+}
+
+/// A MySQL source's table name: `database.table`, or `table` in the URL's database.
+fn mysql_source_table(name: &str) -> (Option<&str>, &str) {
+    match name.split_once('.') {
+        Some((database, table)) => (Some(database), table),
+        None => (None, name),
     }
 }

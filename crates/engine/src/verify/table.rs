@@ -55,8 +55,10 @@ pub(crate) async fn run(
         s.table_sql(table, Role::Source),
         t.table_sql(t_table, Role::Target),
     );
-    let (s_shape, t_shape) =
-        tokio::try_join!(s.describe(&s_sql, table), t.describe(&t_sql, t_table))?;
+    let (s_shape, t_shape) = tokio::try_join!(
+        s.describe(&s_sql, table, Role::Source),
+        t.describe(&t_sql, t_table, Role::Target)
+    )?;
     let (splan, tplan) = plan(
         (&s, table, s_sql, s_shape),
         (&t, t_table, t_sql, t_shape),
