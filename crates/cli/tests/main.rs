@@ -5,6 +5,7 @@ mod crash;
 mod direct;
 mod direct_stream;
 mod mysql;
+mod mysql_source;
 mod pg_source;
 mod postgres;
 mod rename;

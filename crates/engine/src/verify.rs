@@ -111,7 +111,7 @@ pub fn source_endpoint(spec: &SourceSpec) -> (Endpoint, &[String]) {
         SourceSpec::PostgresLog { url, tables, .. } => {
             (Endpoint::Postgres { url: url.clone() }, tables)
         }
-        SourceSpec::MysqlLog { url, tables, .. } => (Endpoint::Mysql { url: url.clone() }, tables),
+        SourceSpec::MysqlLog { url, tables, .. } => (mysql_source_endpoint(url), tables),
     }
 }
 

@@ -216,6 +216,11 @@ pub struct MysqlLogSource {
     stream: Option<BinlogStream>,
     /// The binlog file the stream is in.
     file: String,
+    /// The stream has shown its format description event (before it, the server's fake
+    /// rotate event arrives with its checksum not yet known to the decoder).
+    described: bool,
+    /// The server writes a checksum after each event (`binlog_checksum` is not NONE).
+    checksums: bool,
     /// The end of the last whole transaction (or event outside one) received.
     seen: BinlogPos,
     /// The end of what was handed out.
@@ -278,6 +283,8 @@ impl MysqlLogSource {
             snap: None,
             stream: None,
             file: String::new(),
+            described: false,
+            checksums: true,
             seen: start.clone(),
             handed: start,
             fresh_at: None,
@@ -969,6 +976,11 @@ impl MysqlLogSource {
                 .await
                 .map_err(&err)?;
         }
+        let checksum: Option<String> = conn
+            .query_first("SELECT CAST(@@global.binlog_checksum AS CHAR)")
+            .await
+            .map_err(&err)?;
+        self.checksums = checksum.is_none_or(|c| !c.eq_ignore_ascii_case("NONE"));
         // A heartbeat every 5 s when idle: a dead connection shows.
         conn.query_drop("SET @master_heartbeat_period = 5000000000")
             .await
@@ -983,6 +995,7 @@ impl MysqlLogSource {
         tracing::info!(source = %self.target, server_id = self.server_id, from = %format!("{}:{}", from.file, from.offset), "streaming the binlog");
         self.stream = Some(stream);
         self.file = from.file.clone();
+        self.described = false;
         self.seen = from;
         self.table_ids.clear();
         Ok(())
@@ -1100,8 +1113,30 @@ impl MysqlLogSource {
             ))
         })?;
         match data {
+            Some(EventData::FormatDescriptionEvent(_)) => {
+                self.described = true;
+                return Ok(());
+            }
             Some(EventData::RotateEvent(r)) => {
-                self.file = r.name().into_owned();
+                let mut name = r.name().into_owned();
+                if !self.described {
+                    // The server's first (fake) rotate event comes before the format
+                    // description, so the decoder left the event's checksum in the name.
+                    if name.starts_with(&self.file) && !self.file.is_empty() {
+                        name = self.file.clone();
+                    } else if self.checksums {
+                        let raw = r.name_raw();
+                        name = String::from_utf8_lossy(&raw[..raw.len().saturating_sub(4)])
+                            .into_owned();
+                    }
+                }
+                if name.is_empty() || name.chars().any(|c| c.is_control() || c == '\u{FFFD}') {
+                    return Err(definite(format!(
+                        "source {}: a rotate event names an unreadable binlog file {name:?}",
+                        self.target
+                    )));
+                }
+                self.file = name;
                 if self.txn.is_none() {
                     let at = BinlogPos {
                         file: self.file.clone(),
@@ -1484,7 +1519,9 @@ impl MysqlLogSource {
                             None
                         }
                         None => {
-                            return Err(format!("the binlog has a column {name} the table has not"));
+                            return Err(format!(
+                                "the binlog has a column {name} the table has not"
+                            ));
                         }
                     }
                 }

@@ -1,0 +1,244 @@
+//! MariaDB -> PostgreSQL and MariaDB -> MariaDB through the real binary, from the examples:
+//! a snapshot of existing rows, kill -9 in the middle of the snapshot and of the stream, a
+//! restarted source server, DDL and binlog rotation while streaming, `verify` equal at the end.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tidesync_testkit::MariaDb;
+
+use crate::util::*;
+
+const ROWS: i64 = 200_000;
+
+fn source_server() -> MariaDb {
+    let db = MariaDb::builder().arg("--binlog-row-metadata=FULL").start();
+    db.create_database("shop").unwrap();
+    db.sql(
+        "shop",
+        &format!(
+            "SET NAMES utf8mb4; \
+             CREATE TABLE items (id BIGINT PRIMARY KEY, sku VARCHAR(32), name VARCHAR(100), \
+               price DECIMAL(12,2), qty INT, updated_at DATETIME(6)) DEFAULT CHARSET = utf8mb4; \
+             INSERT INTO items SELECT seq, CONCAT('SKU-', seq), CONCAT('Grüße ', seq), \
+               seq * 0.25, seq % 7, TIMESTAMP '2026-01-01 00:00:00' + INTERVAL seq SECOND \
+             FROM seq_1_to_{ROWS};"
+        ),
+    )
+    .unwrap();
+    db
+}
+
+/// Writes a round of a mixed stream: a multi-row transaction of updates and deletes, then
+/// inserts.
+fn write_round(db: &MariaDb, round: i64) {
+    db.sql(
+        "shop",
+        &format!(
+            "START TRANSACTION; \
+             UPDATE items SET price = price + 1, updated_at = updated_at + INTERVAL 1 DAY \
+               WHERE id % 1000 = {round}; \
+             DELETE FROM items WHERE id % 997 = {round}; COMMIT; \
+             INSERT INTO items (id, sku, name, price, qty, updated_at) \
+               SELECT 1000000 + {round} * 100 + seq, 'new', 'n', 1.5, 1, NOW(6) FROM seq_1_to_50;"
+        ),
+    )
+    .unwrap();
+}
+
+struct Run {
+    dir: tempfile::TempDir,
+    state: PathBuf,
+    source: String,
+    target: String,
+}
+
+impl Run {
+    fn new(source: String, target: String) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        Run {
+            dir,
+            state,
+            source,
+            target,
+        }
+    }
+
+    fn env(&self) -> [(&'static str, &Path); 3] {
+        [
+            ("SOURCE_URL", Path::new(&self.source)),
+            ("TARGET_URL", Path::new(&self.target)),
+            ("STATE_DIR", self.state.as_path()),
+        ]
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("run.log")
+    }
+}
+
+fn verify_exit(config: &Path, env: &[(&str, &Path)]) -> (Option<i32>, String) {
+    let out = run(&["verify", config.to_str().unwrap()], env);
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Drives one pipeline from the example `config` through a kill -9 mid-snapshot, a mixed
+/// stream with a kill -9, a source server restart, an ALTER TABLE and a binlog rotation, and
+/// waits until `target_count` and `target_sum` match the source.
+fn snapshot_stream_kill_and_restart(
+    db: &mut MariaDb,
+    config: &Path,
+    run_env: &Run,
+    target_count: impl Fn() -> Option<i64>,
+) {
+    let env = run_env.env();
+    let log = run_env.log();
+    let args = ["run", config.to_str().unwrap()];
+    let source_count = |db: &MariaDb| -> i64 {
+        db.sql("shop", "SELECT COUNT(*) FROM items")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // Kill -9 while the snapshot is being copied.
+    let mut child = spawn(&args, &env, &log);
+    wait_for("part of the copy", Duration::from_secs(60), || {
+        target_count().filter(|n| *n > 0)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = target_count().unwrap_or(0);
+    assert!(
+        partial < ROWS,
+        "the copy was done before the kill ({partial} rows); make the table larger"
+    );
+    write_round(db, 0);
+    let mut child = spawn(&args, &env, &log);
+    // A mixed stream, with a kill -9 and a source restart in the middle of it.
+    for round in 1..8 {
+        write_round(db, round);
+        if round == 3 {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            child = spawn(&args, &env, &log);
+        }
+        if round == 5 {
+            db.restart().unwrap();
+        }
+        if round == 6 {
+            db.sql(
+                "shop",
+                "ALTER TABLE items ADD COLUMN note VARCHAR(20) NULL; FLUSH BINARY LOGS; \
+                 UPDATE items SET note = 'noted' WHERE id % 3 = 0 AND id < 50;",
+            )
+            .unwrap();
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while target_count() != Some(source_count(db)) {
+        if std::time::Instant::now() > deadline {
+            let text = log_text(&log);
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            panic!(
+                "the stream did not catch up: target {:?}, source {}; log tail:\n{}",
+                target_count(),
+                source_count(db),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let settled = wait_for("verify equal", Duration::from_secs(60), || {
+        let (code, text) = verify_exit(config, &env);
+        (code == Some(0)).then_some(text)
+    });
+    assert!(settled.contains("items"), "{settled}");
+    stop_cleanly(&mut child, &log);
+}
+
+#[test]
+fn mariadb_to_postgres_snapshot_stream_kills_and_source_restart_end_equal() {
+    let mut db = source_server();
+    let pg = tidesync_testkit::Postgres::start();
+    pg.create_database("warehouse").unwrap();
+    let run_env = Run::new(db.url("shop"), pg.url("warehouse"));
+    let config = example("mysql-to-postgres.toml");
+    snapshot_stream_kill_and_restart(&mut db, &config, &run_env, || {
+        pg.psql("warehouse", "SELECT count(*) FROM items")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    assert_eq!(
+        pg.psql(
+            "warehouse",
+            "SELECT string_agg(column_name || ':' || format_type(atttypid, atttypmod), ',' \
+               ORDER BY attnum) \
+             FROM information_schema.columns c JOIN pg_attribute a \
+               ON a.attrelid = 'items'::regclass AND a.attname = c.column_name \
+             WHERE c.table_name = 'items'"
+        )
+        .unwrap()
+        .trim(),
+        "id:bigint,sku:character varying(32),name:character varying(100),\
+         price:numeric(12,2),qty:integer,updated_at:timestamp(6) without time zone,\
+         note:text"
+    );
+    // A planted difference is named.
+    pg.psql(
+        "warehouse",
+        "UPDATE items SET name = 'changed' WHERE id = 10",
+    )
+    .unwrap();
+    let (code, text) = verify_exit(&config, &run_env.env());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("different (10): name"), "{text}");
+}
+
+#[test]
+fn mariadb_to_mariadb_snapshot_stream_kills_and_source_restart_end_equal() {
+    let mut db = source_server();
+    let target = MariaDb::start();
+    target.create_database("replica").unwrap();
+    let run_env = Run::new(db.url("shop"), target.url("replica"));
+    let config = example("mysql-to-mysql.toml");
+    snapshot_stream_kill_and_restart(&mut db, &config, &run_env, || {
+        target
+            .sql("replica", "SELECT COUNT(*) FROM items")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    // The target has the source's own column types.
+    assert_eq!(
+        target
+            .sql(
+                "replica",
+                "SELECT group_concat(concat(column_name, ':', column_type) ORDER BY ordinal_position) \
+                 FROM information_schema.columns WHERE table_schema = 'replica' AND table_name = 'items'"
+            )
+            .unwrap()
+            .trim(),
+        "id:bigint(20),sku:varchar(32),name:varchar(100),price:decimal(12,2),qty:int(11),\
+         updated_at:datetime(6),note:longtext"
+    );
+    target
+        .sql("replica", "DELETE FROM items WHERE id = 11")
+        .unwrap();
+    let (code, text) = verify_exit(&config, &run_env.env());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("missing   (11)"), "{text}");
+}
