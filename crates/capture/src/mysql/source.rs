@@ -51,6 +51,7 @@ use tidesync_core::{
     RequestProgress, Row, Source, StageError, Value,
 };
 
+use super::ddl::{Ddl, ddl_target, first_word};
 use super::schema::{Table, binlog_type_fits, load_table, split_name};
 use super::value::{Origin, convert, from_binlog, key_param};
 
@@ -1251,14 +1252,14 @@ impl MysqlLogSource {
     /// truncate change; `ALTER TABLE` re-reads its columns before its next row; dropping or
     /// renaming it stops capture.
     fn statement(&mut self, query: &str, schema: &str, time_us: i64) -> Result<(), StageError> {
-        let Some((verb, db, name)) = ddl_target(query, schema) else {
+        let Some((verb, names)) = ddl_target(query, schema) else {
             return Ok(());
         };
-        let Some(t) = self
-            .tables
-            .iter()
-            .position(|t| t.database == db && t.name == name)
-        else {
+        let Some(t) = self.tables.iter().position(|t| {
+            names
+                .iter()
+                .any(|(db, name)| t.database == *db && t.name == *name)
+        }) else {
             return Ok(());
         };
         match verb {
@@ -1733,160 +1734,6 @@ fn uuid_text(sid: &[u8; 16]) -> String {
     )
 }
 
-/// The first word of a statement, after comments and blanks.
-fn first_word(query: &str) -> &str {
-    let q = skip_comments(query);
-    let end = q
-        .find(|c: char| !c.is_ascii_alphabetic())
-        .unwrap_or(q.len());
-    &q[..end]
-}
-
-fn skip_comments(mut q: &str) -> &str {
-    loop {
-        q = q.trim_start();
-        if let Some(rest) = q.strip_prefix("/*") {
-            match rest.find("*/") {
-                Some(i) => q = &rest[i + 2..],
-                None => return "",
-            }
-        } else if let Some(rest) = q.strip_prefix("--").or_else(|| q.strip_prefix('#')) {
-            match rest.find('\n') {
-                Some(i) => q = &rest[i + 1..],
-                None => return "",
-            }
-        } else {
-            return q;
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ddl {
-    Truncate,
-    Alter,
-    /// `DROP TABLE` or `RENAME TABLE` (of the first table named).
-    Gone,
-}
-
-/// What a DDL statement does to which table: (what, database, table). Only the first table
-/// a statement names is looked at, except for DROP and RENAME, where any named table counts
-/// (see [`names_in`]): the caller checks each.
-fn ddl_target(query: &str, schema: &str) -> Option<(Ddl, String, String)> {
-    let q = skip_comments(query);
-    let mut words = Words { rest: q };
-    let verb = words.next()?.to_ascii_uppercase();
-    let (ddl, name) = match verb.as_str() {
-        "TRUNCATE" => {
-            let mut w = words.next()?;
-            if w.eq_ignore_ascii_case("TABLE") {
-                w = words.next()?;
-            }
-            (Ddl::Truncate, w)
-        }
-        "ALTER" => {
-            let mut w = words.next()?;
-            while ["ONLINE", "IGNORE"]
-                .iter()
-                .any(|k| w.eq_ignore_ascii_case(k))
-            {
-                w = words.next()?;
-            }
-            if !w.eq_ignore_ascii_case("TABLE") {
-                return None;
-            }
-            let mut w = words.next()?;
-            if w.eq_ignore_ascii_case("IF") {
-                words.next()?;
-                w = words.next()?;
-            }
-            (Ddl::Alter, w)
-        }
-        "DROP" | "RENAME" => {
-            let mut w = words.next()?;
-            if w.eq_ignore_ascii_case("TEMPORARY") {
-                return None;
-            }
-            if !w.eq_ignore_ascii_case("TABLE") && !w.eq_ignore_ascii_case("TABLES") {
-                return None;
-            }
-            w = words.next()?;
-            if w.eq_ignore_ascii_case("IF") {
-                words.next()?;
-                w = words.next()?;
-            }
-            (Ddl::Gone, w)
-        }
-        _ => return None,
-    };
-    let (db, table) = split_qualified(name, schema);
-    Some((ddl, db, table))
-}
-
-/// `db`.`t`, db.t, `t` or t: (database, table).
-fn split_qualified(name: &str, schema: &str) -> (String, String) {
-    let mut parts = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = name.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '`' if quoted && chars.peek() == Some(&'`') => {
-                chars.next();
-                cur.push('`');
-            }
-            '`' => quoted = !quoted,
-            '.' if !quoted => parts.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
-        }
-    }
-    parts.push(cur);
-    match parts.len() {
-        1 => (schema.to_owned(), parts.remove(0)),
-        _ => {
-            let table = parts.pop().unwrap_or_default();
-            (parts.remove(0), table)
-        }
-    }
-}
-
-/// Words of a statement: identifiers (backquoted ones whole, with `db`.`t` as one word).
-struct Words<'a> {
-    rest: &'a str,
-}
-
-impl<'a> Iterator for Words<'a> {
-    type Item = &'a str;
-
-    fn next(&mut self) -> Option<&'a str> {
-        let s = skip_comments(self.rest);
-        if s.is_empty() {
-            return None;
-        }
-        let mut end = 0;
-        let mut quoted = false;
-        for (i, c) in s.char_indices() {
-            match c {
-                '`' => quoted = !quoted,
-                c if !quoted && (c.is_whitespace() || c == '(' || c == ',' || c == ';') => {
-                    end = i;
-                    break;
-                }
-                _ => {}
-            }
-            end = i + c.len_utf8();
-        }
-        if end == 0 {
-            // A lone separator: skip it.
-            let c = s.chars().next()?;
-            self.rest = &s[c.len_utf8()..];
-            return self.next();
-        }
-        self.rest = &s[end..];
-        Some(&s[..end])
-    }
-}
-
 impl Source for MysqlLogSource {
     fn open(&mut self, from: Option<Position>) -> BoxFuture<'_, Result<Opened, StageError>> {
         Box::pin(async move {
@@ -2025,41 +1872,6 @@ impl Source for MysqlLogSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ddl_statements_name_their_table() {
-        assert_eq!(
-            ddl_target("TRUNCATE TABLE `items`", "shop"),
-            Some((Ddl::Truncate, "shop".into(), "items".into()))
-        );
-        assert_eq!(
-            ddl_target("truncate erp.items", "shop"),
-            Some((Ddl::Truncate, "erp".into(), "items".into()))
-        );
-        assert_eq!(
-            ddl_target(
-                "/* x */ ALTER TABLE `shop`.`it``ems` ADD COLUMN x INT",
-                "db"
-            ),
-            Some((Ddl::Alter, "shop".into(), "it`ems".into()))
-        );
-        assert_eq!(
-            ddl_target("ALTER ONLINE TABLE items(x)", "db").map(|t| t.0),
-            Some(Ddl::Alter)
-        );
-        assert_eq!(
-            ddl_target(
-                "DROP TABLE IF EXISTS `items` /* generated by server */",
-                "db"
-            ),
-            Some((Ddl::Gone, "db".into(), "items".into()))
-        );
-        assert_eq!(ddl_target("DROP TEMPORARY TABLE items", "db"), None);
-        assert_eq!(ddl_target("CREATE TABLE items (id int)", "db"), None);
-        assert_eq!(ddl_target("ALTER USER x", "db"), None);
-        assert_eq!(first_word("  /* c */ BEGIN"), "BEGIN");
-        assert_eq!(first_word("COMMIT"), "COMMIT");
-    }
 
     #[test]
     fn binlog_positions_order_by_file_number_then_offset() {
