@@ -6,6 +6,7 @@
 //! benchmark that silently measures a broken run is worthless. See README.md and RESULTS.md.
 
 mod child;
+mod mysql;
 mod pg;
 mod report;
 mod sqlite_pipeline;
@@ -42,6 +43,11 @@ enum Command {
     /// `tidesync verify` of two equal PostgreSQL tables, beside COPY of both to /dev/null (the
     /// floor).
     PgVerify(pg::verify::Options),
+    /// MariaDB -> PostgreSQL streaming of inserts in 1,000-row transactions, beside the
+    /// source's binlog write rate and `mariadb-binlog -v` decoding the same binlog range.
+    MysqlStreaming(mysql::Options),
+    /// MariaDB -> PostgreSQL initial copy of a table, beside `SELECT * INTO OUTFILE`.
+    MysqlSnapshot(mysql::Options),
 }
 
 /// Options every benchmark takes.
@@ -163,6 +169,8 @@ fn main() -> ExitCode {
         Command::PgStreaming(options) => pg::streaming::run(options),
         Command::PgLatency(options) => pg::latency::run(options),
         Command::PgVerify(options) => pg::verify::run(options),
+        Command::MysqlStreaming(options) => mysql::streaming(options),
+        Command::MysqlSnapshot(options) => mysql::snapshot(options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -43,8 +43,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
+use mysql_async::binlog::value::BinlogValue;
+use mysql_async::consts::ColumnType;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, OptsBuilder};
+use mysql_common::io::ParseBuf;
 use tidesync_core::mysql::{describe, describe_url, mysql_url, quote_ident};
 use tidesync_core::{
     BatchKind, BoxFuture, Captured, Change, Key, Op, Opened, Position, Request, RequestKind,
@@ -185,6 +188,49 @@ struct Ready {
     progress: Option<RequestProgress>,
 }
 
+/// How to read the rows of one binlog table id.
+#[derive(Debug)]
+struct Decoder {
+    /// For each binlog column, the table's column it is (`None`: one the table no longer has).
+    map: Vec<Option<usize>>,
+    /// Each binlog column's type and metadata (computed once: the table map event finds a
+    /// column's metadata by walking all before it).
+    types: Vec<(ColumnType, Vec<u8>)>,
+}
+
+/// Reads one row image: the null bitmap of the present columns, then each present non-null
+/// value. One entry per binlog column (`None`: not in this image).
+fn read_image<'a>(
+    buf: &mut ParseBuf<'a>,
+    present: &[bool],
+    types: &'a [(ColumnType, Vec<u8>)],
+) -> std::io::Result<Vec<Option<BinlogValue<'a>>>> {
+    let count = present.iter().filter(|p| **p).count();
+    let nulls: &[u8] = buf.parse(count.div_ceil(8))?;
+    let mut out = Vec::with_capacity(present.len());
+    let mut k = 0;
+    for (i, &here) in present.iter().enumerate() {
+        if !here {
+            out.push(None);
+            continue;
+        }
+        let null = nulls[k / 8] & (1 << (k % 8)) != 0;
+        k += 1;
+        if null {
+            out.push(Some(BinlogValue::Value(mysql_async::Value::NULL)));
+            continue;
+        }
+        let (ty, meta) = &types[i];
+        out.push(Some(buf.parse::<BinlogValue<'a>>((
+            *ty,
+            meta.as_slice(),
+            false,
+            false,
+        ))?));
+    }
+    Ok(out)
+}
+
 /// A re-read request being served.
 #[derive(Debug)]
 struct Asked {
@@ -212,6 +258,8 @@ pub struct MysqlLogSource {
     stale: HashSet<usize>,
     /// Binlog table ids of the tables we capture (`None`: not ours).
     table_ids: HashMap<u64, Option<usize>>,
+    /// How to read the rows of a table id, made from its last table map event.
+    decoders: HashMap<u64, Decoder>,
     conn: Option<Conn>,
     snap: Option<Snap>,
     stream: Option<BinlogStream>,
@@ -280,6 +328,7 @@ impl MysqlLogSource {
             tables: Vec::new(),
             stale: HashSet::new(),
             table_ids: HashMap::new(),
+            decoders: HashMap::new(),
             conn: None,
             snap: None,
             stream: None,
@@ -501,6 +550,7 @@ impl MysqlLogSource {
         }
         self.tables = tables;
         self.table_ids.clear();
+        self.decoders.clear();
         self.stale.clear();
         Ok(())
     }
@@ -999,6 +1049,7 @@ impl MysqlLogSource {
         self.described = false;
         self.seen = from;
         self.table_ids.clear();
+        self.decoders.clear();
         Ok(())
     }
 
@@ -1202,8 +1253,10 @@ impl MysqlLogSource {
                     .iter()
                     .position(|t| t.database == tme.database_name() && t.name == tme.table_name());
                 self.table_ids.insert(tme.table_id(), found);
+                // A new map of the id: its columns may have changed.
+                self.decoders.remove(&tme.table_id());
             }
-            Some(EventData::RowsEvent(rows)) => self.rows(&event, rows).await?,
+            Some(EventData::RowsEvent(rows)) => self.rows(rows).await?,
             _ => {
                 if self.txn.is_none() && log_pos > 0 {
                     let at = BinlogPos {
@@ -1302,7 +1355,7 @@ impl MysqlLogSource {
     }
 
     /// A rows event: its rows of a captured table become changes of the transaction.
-    async fn rows(&mut self, event: &Event, rows: RowsEventData<'_>) -> Result<(), StageError> {
+    async fn rows(&mut self, rows: RowsEventData<'_>) -> Result<(), StageError> {
         let table_id = rows.table_id();
         let Some(&found) = self.table_ids.get(&table_id) else {
             return Err(definite(format!(
@@ -1313,37 +1366,50 @@ impl MysqlLogSource {
         let Some(t) = found else {
             return Ok(());
         };
-        let _ = event;
-        let Some(tme) = self
-            .stream
-            .as_ref()
-            .and_then(|s| s.get_tme(table_id))
-            .cloned()
-        else {
+        if matches!(rows, RowsEventData::PartialUpdateRowsEvent(_)) {
             return Err(definite(format!(
-                "source {}: no table map for table id {table_id}",
-                self.target
+                "source {}: table {}: a partial JSON update: set binlog_row_value_options = '' \
+                 on the server so the binlog carries whole rows",
+                self.target, self.tables[t].stream
             )));
+        }
+        if !self.decoders.contains_key(&table_id) {
+            let Some(tme) = self
+                .stream
+                .as_ref()
+                .and_then(|s| s.get_tme(table_id))
+                .cloned()
+            else {
+                return Err(definite(format!(
+                    "source {}: no table map for table id {table_id}",
+                    self.target
+                )));
+            };
+            let map = self.column_map(t, &tme).await?;
+            let mut types = Vec::with_capacity(map.len());
+            for i in 0..map.len() {
+                let ty = tme.get_column_type(i).ok().flatten().ok_or_else(|| {
+                    definite(format!(
+                        "source {}: table {}: column {i} has an unknown binlog type",
+                        self.target, self.tables[t].stream
+                    ))
+                })?;
+                types.push((ty, tme.get_column_metadata(i).unwrap_or(&[]).to_vec()));
+            }
+            self.decoders.insert(table_id, Decoder { map, types });
+        }
+        let Some(decoder) = self.decoders.get(&table_id) else {
+            return Ok(());
         };
-        let map = self.column_map(t, &tme).await?;
         let table = &self.tables[t];
         let key_at = table.key_positions();
-        let row_of = |row: Option<mysql_async::binlog::row::BinlogRow>| -> Result<Option<(Key, Row)>, StageError> {
-            let Some(row) = row else { return Ok(None) };
-            let values = row.unwrap();
-            if values.len() != map.len() {
-                return Err(definite(format!(
-                    "source {}: table {}: a binlog row has {} of its {} columns: is \
-                     binlog_row_image FULL?",
-                    self.target,
-                    table.stream,
-                    values.len(),
-                    map.len()
-                )));
-            }
+        let (map, types) = (&decoder.map, &decoder.types);
+        let row_of = |values: Vec<Option<BinlogValue<'_>>>| -> Result<(Key, Row), StageError> {
             let mut cells: Vec<Option<Value>> = vec![None; table.columns.len()];
-            for (value, &to) in values.into_iter().zip(&map) {
-                let Some(to) = to else { continue };
+            for (value, &to) in values.into_iter().zip(map) {
+                let (Some(value), Some(to)) = (value, to) else {
+                    continue;
+                };
                 let column = &table.columns[to];
                 let v = from_binlog(column, value).map_err(|e| {
                     definite(format!(
@@ -1359,7 +1425,8 @@ impl MysqlLogSource {
                     Some(v) => key.push(v.clone()),
                     None => {
                         return Err(definite(format!(
-                            "source {}: table {}: a binlog row without key column {}",
+                            "source {}: table {}: a binlog row without key column {}: is \
+                             binlog_row_image FULL?",
                             self.target, table.stream, table.columns[i].name
                         )));
                     }
@@ -1371,26 +1438,38 @@ impl MysqlLogSource {
                 .zip(cells)
                 .filter_map(|(c, v)| v.map(|v| (c.name.clone(), v)))
                 .collect());
-            Ok(Some((Key(key), row)))
+            Ok((Key(key), row))
         };
         let op = match &rows {
             RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Op::Insert,
-            RowsEventData::UpdateRowsEvent(_)
-            | RowsEventData::UpdateRowsEventV1(_)
-            | RowsEventData::PartialUpdateRowsEvent(_) => Op::Update,
             RowsEventData::DeleteRowsEvent(_) | RowsEventData::DeleteRowsEventV1(_) => Op::Delete,
+            _ => Op::Update,
         };
         let stream = table.stream.clone();
+        let unreadable = |e: std::io::Error| {
+            definite(format!(
+                "source {}: table {stream}: an unreadable binlog row: {e}",
+                self.target
+            ))
+        };
+        let n = map.len();
+        let before_present: Option<Vec<bool>> = rows
+            .columns_before_image()
+            .map(|b| (0..n).map(|i| b.get(i).is_some_and(|x| *x)).collect());
+        let after_present: Option<Vec<bool>> = rows
+            .columns_after_image()
+            .map(|b| (0..n).map(|i| b.get(i).is_some_and(|x| *x)).collect());
+        let mut buf = ParseBuf(rows.rows_data());
         let mut changes = Vec::new();
-        for pair in rows.rows(&tme) {
-            let (before, after) = pair.map_err(|e| {
-                definite(format!(
-                    "source {}: table {}: an unreadable binlog row: {e}",
-                    self.target, stream
-                ))
-            })?;
-            let before = row_of(before)?;
-            let after = row_of(after)?;
+        while !buf.is_empty() {
+            let before = match &before_present {
+                Some(p) => Some(row_of(read_image(&mut buf, p, types).map_err(unreadable)?)?),
+                None => None,
+            };
+            let after = match &after_present {
+                Some(p) => Some(row_of(read_image(&mut buf, p, types).map_err(unreadable)?)?),
+                None => None,
+            };
             let change = |op: Op, key: Key, before: Option<Row>, after: Option<Row>| Change {
                 stream: stream.clone(),
                 op,
@@ -1431,9 +1510,10 @@ impl MysqlLogSource {
             standalone: false,
             begun: true,
         });
-        let id = txn.id.clone();
+        let id = (!txn.id.is_empty()).then(|| txn.id.clone());
+        txn.changes.reserve(changes.len());
         for mut c in changes {
-            c.txn = (!id.is_empty()).then(|| id.clone());
+            c.txn.clone_from(&id);
             txn.changes.push(c);
         }
         Ok(())
