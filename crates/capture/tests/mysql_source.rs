@@ -560,3 +560,42 @@ async fn misconfigured_servers_and_users_get_errors_that_say_what_to_change() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_copy_hands_out_copy_text_and_poll_takes_over_after_an_abandon() {
+    let db = server();
+    db.sql(
+        DB,
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(50)); \
+         INSERT INTO items SELECT seq, CONCAT('item\\t', seq) FROM seq_1_to_2500;",
+    )
+    .unwrap();
+    let mut opts = MysqlLogOptions::new(db.url(DB), "p1", vec!["items".into()]);
+    opts.chunk_rows = 1_000;
+    let mut source = MysqlLogSource::new(opts);
+    source.open(None).await.unwrap();
+    let first = source.copy_chunk(5_000).await.unwrap().unwrap();
+    let second = source.copy_chunk(5_000).await.unwrap().unwrap();
+    assert_eq!((first.rows, second.rows), (1_000, 1_000));
+    assert_eq!(first.columns, vec!["id".to_owned(), "name".to_owned()]);
+    let text = String::from_utf8(first.data.clone()).unwrap();
+    assert_eq!(text.lines().next(), Some("1\titem\\t1"));
+    assert_eq!(text.lines().count(), 1_000);
+    match &second.position {
+        Position::Snapshot { after, .. } => {
+            assert_eq!(after, &Some(Key(vec![Value::Int(2_000)])))
+        }
+        other => panic!("{other:?}"),
+    }
+    // The sink refused the second chunk: poll reads from its start, and the direct copy is
+    // over.
+    source.copy_abandon(&second);
+    assert!(source.copy_chunk(5_000).await.unwrap().is_none());
+    let rest = poll_until(&mut source, |b| {
+        b.last()
+            .is_some_and(|b| matches!(b.position, Position::Binlog { .. }))
+    })
+    .await;
+    let ids: Vec<i64> = changes(&rest).iter().map(|c| id_of(c)).collect();
+    assert_eq!(ids, (1_001..=2_500).collect::<Vec<_>>());
+}

@@ -99,6 +99,7 @@ fn snapshot_stream_kill_and_restart(
     db: &mut MariaDb,
     config: &Path,
     run_env: &Run,
+    direct_copy: bool,
     target_count: impl Fn() -> Option<i64>,
 ) {
     let env = run_env.env();
@@ -111,13 +112,24 @@ fn snapshot_stream_kill_and_restart(
             .parse()
             .unwrap()
     };
-    // Kill -9 while the snapshot is being copied.
-    let mut child = spawn(&args, &env, &log);
+    // Kill -9 while the snapshot is being copied (logging what capture does).
+    let mut first_env = env.to_vec();
+    first_env.push(("TIDESYNC_LOG", Path::new("tidesync_capture=info,warn")));
+    let mut child = spawn(&args, &first_env, &log);
     wait_for("part of the copy", Duration::from_secs(60), || {
         target_count().filter(|n| *n > 0)
     });
     child.kill().unwrap();
     child.wait().unwrap();
+    // A PostgreSQL target takes the copy as COPY text straight from the source (no log), and
+    // takes every chunk.
+    let first = log_text(&log);
+    assert_eq!(
+        first.contains("copying the table directly into the sink"),
+        direct_copy,
+        "{first}"
+    );
+    assert!(!first.contains("goes through the log"), "{first}");
     let partial = target_count().unwrap_or(0);
     assert!(
         partial < ROWS,
@@ -174,7 +186,7 @@ fn mariadb_to_postgres_snapshot_stream_kills_and_source_restart_end_equal() {
     pg.create_database("warehouse").unwrap();
     let run_env = Run::new(db.url("shop"), pg.url("warehouse"));
     let config = example("mysql-to-postgres.toml");
-    snapshot_stream_kill_and_restart(&mut db, &config, &run_env, || {
+    snapshot_stream_kill_and_restart(&mut db, &config, &run_env, true, || {
         pg.psql("warehouse", "SELECT count(*) FROM items")
             .ok()?
             .trim()
@@ -214,7 +226,7 @@ fn mariadb_to_mariadb_snapshot_stream_kills_and_source_restart_end_equal() {
     target.create_database("replica").unwrap();
     let run_env = Run::new(db.url("shop"), target.url("replica"));
     let config = example("mysql-to-mysql.toml");
-    snapshot_stream_kill_and_restart(&mut db, &config, &run_env, || {
+    snapshot_stream_kill_and_restart(&mut db, &config, &run_env, false, || {
         target
             .sql("replica", "SELECT COUNT(*) FROM items")
             .ok()?
@@ -241,4 +253,111 @@ fn mariadb_to_mariadb_snapshot_stream_kills_and_source_restart_end_equal() {
     let (code, text) = verify_exit(&config, &run_env.env());
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("missing   (11)"), "{text}");
+}
+
+/// Every MySQL type the source reads, copied (the direct copy's `COPY` text) and streamed
+/// into PostgreSQL and into MariaDB: `verify` finds both equal.
+#[test]
+fn every_type_reaches_postgres_and_mariadb_equal() {
+    let db = source_server();
+    let typed = "CREATE TABLE typed (
+        id INT PRIMARY KEY,
+        ti TINYINT, tiu TINYINT UNSIGNED, si SMALLINT, siu SMALLINT UNSIGNED,
+        mi MEDIUMINT, miu MEDIUMINT UNSIGNED, i INT, iu INT UNSIGNED,
+        bi BIGINT, biu BIGINT UNSIGNED, d DECIMAL(30,10), f FLOAT, db DOUBLE,
+        c CHAR(5), vc VARCHAR(50), t TEXT, l1 VARCHAR(20) CHARACTER SET latin1,
+        bn BINARY(4), vb VARBINARY(10), bl BLOB,
+        dt DATE, tm TIME(6), dtm DATETIME(6), ts TIMESTAMP(6) NULL, y YEAR,
+        b1 BIT(1), b12 BIT(12), e ENUM('a','b c'), st SET('x','y','z'), j JSON, n INT NULL
+    ) DEFAULT CHARSET = utf8mb4";
+    let row = |id: i64| {
+        format!(
+            "({id}, -128, 255, -32768, 65535, -8388608, 16777215, -2147483648, 4294967295, \
+             -9223372036854775808, 18446744073709551615, '-12345678901234567890.0123456789', \
+             1.5, 0.1, 'ab', 'héllo wörld', 'long\ttext\nline', 'café €', 'ab', x'00ff', \
+             x'deadbeef', '2024-02-29', '23:59:59.000001', '2024-02-29 23:59:59.123456', \
+             '2024-02-29 23:59:59.654321', 2024, b'1', b'101010101010', 'b c', 'x,z', \
+             '{{\"a\": [1, 2.5, \"x\"]}}', NULL), \
+             ({}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '0.0000000001', -0.0, 1e300, '', '', '', '', \
+             x'00', x'', x'', '1970-01-01', '00:00:00', '1000-01-01 00:00:00', \
+             '1970-01-01 00:00:01', 1901, b'0', b'0', 'a', '', '[]', 7)",
+            id + 1
+        )
+    };
+    db.sql(
+        "shop",
+        &format!(
+            "SET NAMES utf8mb4; SET time_zone = '+00:00'; {typed}; INSERT INTO typed VALUES {};",
+            row(1)
+        ),
+    )
+    .unwrap();
+    let pg = tidesync_testkit::Postgres::start();
+    pg.create_database("warehouse").unwrap();
+    let target = MariaDb::start();
+    target.create_database("replica").unwrap();
+    for (name, url) in [
+        ("mysql-to-postgres.toml", pg.url("warehouse")),
+        ("mysql-to-mysql.toml", target.url("replica")),
+    ] {
+        let run_env = Run::new(db.url("shop"), url);
+        let config = run_env.dir.path().join("typed.toml");
+        let text = std::fs::read_to_string(example(name))
+            .unwrap()
+            .replace("tables = [\"items\"]", "tables = [\"typed\"]");
+        std::fs::write(&config, text).unwrap();
+        let env = run_env.env();
+        let log = run_env.log();
+        let args = ["run", config.to_str().unwrap()];
+        let mut child = spawn(&args, &env, &log);
+        // The copy, then the same values streamed.
+        wait_for("the copy", Duration::from_secs(60), || {
+            let (code, _) = verify_exit(&config, &env);
+            (code == Some(0)).then_some(())
+        });
+        db.sql(
+            "shop",
+            &format!(
+                "SET NAMES utf8mb4; SET time_zone = '+00:00'; DELETE FROM typed WHERE id > 2; \
+                 INSERT INTO typed VALUES {};",
+                row(if name.contains("postgres") { 3 } else { 5 })
+            ),
+        )
+        .unwrap();
+        let settled = wait_for("the stream", Duration::from_secs(60), || {
+            let (code, text) = verify_exit(&config, &env);
+            (code == Some(0)).then_some(text)
+        });
+        assert!(settled.contains("typed"), "{settled}");
+        stop_cleanly(&mut child, &log);
+        // verify compares the values, not just the keys.
+        if name.contains("postgres") {
+            pg.psql(
+                "warehouse",
+                "UPDATE typed SET biu = biu - 1, ts = ts + interval '1 microsecond' WHERE id = 1",
+            )
+            .unwrap();
+        } else {
+            target
+                .sql(
+                    "replica",
+                    "UPDATE typed SET b12 = b'101010101011' WHERE id = 5",
+                )
+                .unwrap();
+        }
+        let (code, text) = verify_exit(&config, &env);
+        assert_eq!(code, Some(1), "{text}");
+        let expected = if name.contains("postgres") {
+            "different (1): biu, ts"
+        } else {
+            "different (5): b12"
+        };
+        assert!(text.contains(expected), "{text}");
+    }
+    assert_eq!(
+        pg.psql("warehouse", "SELECT count(*) FROM typed")
+            .unwrap()
+            .trim(),
+        "4"
+    );
 }

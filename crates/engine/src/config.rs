@@ -135,6 +135,9 @@ pub enum SourceSpec {
         chunk_rows: usize,
         /// How long to wait for more transactions after the first of a batch.
         linger: Duration,
+        /// Whether a fresh start with exactly one PostgreSQL sink copies the tables straight
+        /// into it as `COPY` text (`direct_copy`, default true).
+        direct_copy: bool,
     },
 }
 
@@ -638,7 +641,6 @@ impl Resolver<'_> {
         };
         only_postgres("publication", raw.publication.as_ref().map(Spanned::span))?;
         only_postgres("slot", raw.slot.as_ref().map(Spanned::span))?;
-        only_postgres("direct_copy", raw.direct_copy.as_ref().map(Spanned::span))?;
         let only_log = |key: &str, span: Option<std::ops::Range<usize>>| match span {
             Some(span) if !matches!(kind, DbKind::Postgres | DbKind::Mysql) => Err(self.doc.error(
                 span,
@@ -648,6 +650,7 @@ impl Resolver<'_> {
         };
         only_log("chunk_rows", raw.chunk_rows.as_ref().map(Spanned::span))?;
         only_log("linger_ms", raw.linger_ms.as_ref().map(Spanned::span))?;
+        only_log("direct_copy", raw.direct_copy.as_ref().map(Spanned::span))?;
         if let Some(span) = raw.server_id.as_ref().map(Spanned::span)
             && !matches!(kind, DbKind::Mysql)
         {
@@ -792,6 +795,7 @@ impl Resolver<'_> {
                     server_id,
                     chunk_rows: chunk_rows.unsigned_abs() as usize,
                     linger: Duration::from_millis(linger_ms.unsigned_abs()),
+                    direct_copy: raw.direct_copy.as_ref().is_none_or(|d| *d.get_ref()),
                 }
             }
             (DbKind::Mysql, mode) => {
@@ -1958,11 +1962,13 @@ sinks = ["target"]
                 server_id: None,
                 chunk_rows: 10_000,
                 linger: Duration::from_millis(5),
+                direct_copy: true,
             }
         );
         let text = with(
             "tables = [\"items\"]",
-            "tables = [\"erp.items\"]\nserver_id = 4242\nchunk_rows = 500\nlinger_ms = 0",
+            "tables = [\"erp.items\"]\nserver_id = 4242\nchunk_rows = 500\nlinger_ms = 0\n\
+             direct_copy = false",
         )
         .replacen("${SOURCE_URL}", "mariadb://u@localhost/shop", 1);
         match parse(&text).unwrap().sources["shop"].spec.clone() {
@@ -1971,8 +1977,10 @@ sinks = ["target"]
                 server_id,
                 chunk_rows,
                 linger,
+                direct_copy,
                 ..
             } => {
+                assert!(!direct_copy);
                 assert_eq!(tables, vec!["erp.items".to_owned()]);
                 assert_eq!(server_id, Some(4242));
                 assert_eq!(chunk_rows, 500);

@@ -59,6 +59,7 @@ fn build_source(config: &Config, pipeline: &PipelineConfig) -> Box<dyn Source> {
             server_id,
             chunk_rows,
             linger,
+            direct_copy: _,
         } => Box::new(MysqlLogSource::new(MysqlLogOptions {
             server_id: *server_id,
             chunk_rows: *chunk_rows,
@@ -219,6 +220,9 @@ impl Engine {
                         direct_copy: matches!(
                             config.sources[&p.source].spec,
                             SourceSpec::PostgresLog {
+                                direct_copy: true,
+                                ..
+                            } | SourceSpec::MysqlLog {
                                 direct_copy: true,
                                 ..
                             }

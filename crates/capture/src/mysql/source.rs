@@ -50,13 +50,13 @@ use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, OptsBuilder};
 use mysql_common::io::ParseBuf;
 use tidesync_core::mysql::{describe, describe_url, mysql_url, quote_ident};
 use tidesync_core::{
-    BatchKind, BoxFuture, Captured, Change, Key, Op, Opened, Position, Request, RequestKind,
-    RequestProgress, Row, Source, StageError, Value,
+    BatchKind, BoxFuture, Captured, Change, CopyChunk, Key, Op, Opened, Position, Request,
+    RequestKind, RequestProgress, Row, Source, StageError, Value,
 };
 
 use super::ddl::{Ddl, ddl_target, first_word};
 use super::schema::{Table, binlog_type_fits, load_table, split_name};
-use super::value::{Origin, convert, from_binlog, key_param};
+use super::value::{Origin, convert, from_binlog, key_param, put_copy_row};
 
 /// How long one consistent snapshot serves chunks while the stream waits; then the next
 /// chunk takes a new snapshot and the stream first catches up to it.
@@ -286,6 +286,13 @@ pub struct MysqlLogSource {
     /// The copy's cursor as of what was handed out.
     handed_cursor: Option<Cursor>,
     requests: VecDeque<Asked>,
+    /// The direct copy (see [`Source::copy_chunk`]): chunks handed out and where each began,
+    /// and whether it has ended (a rewind or the first snapshot gone).
+    chunks: u64,
+    chunk_starts: VecDeque<(u64, Cursor)>,
+    direct_ended: bool,
+    /// The row estimate of the table the direct copy is in.
+    estimate: Option<(usize, Option<u64>)>,
     snapshot_time_us: i64,
     last_handed_at: Instant,
 }
@@ -345,6 +352,10 @@ impl MysqlLogSource {
             copy: None,
             handed_cursor: None,
             requests: VecDeque::new(),
+            chunks: 0,
+            chunk_starts: VecDeque::new(),
+            direct_ended: false,
+            estimate: None,
             snapshot_time_us: 0,
             last_handed_at: Instant::now(),
             opts,
@@ -1741,6 +1752,73 @@ impl MysqlLogSource {
         Ok(None)
     }
 
+    /// The next chunk of the fresh start's copy as PostgreSQL `COPY` text, read under the
+    /// first snapshot (which the stream has not moved from): see [`Source::copy_chunk`].
+    async fn copy_chunk_inner(&mut self, max_rows: usize) -> Result<Option<CopyChunk>, StageError> {
+        let Some(fresh) = self.fresh_at.clone() else {
+            return Ok(None);
+        };
+        let usable = !self.direct_ended
+            && self.pending.is_none()
+            && self.ready.is_empty()
+            && self.handed == fresh
+            && self.snap.as_ref().is_some_and(|s| s.at == fresh);
+        let Some((t, after)) = self.copy.clone().filter(|_| usable) else {
+            self.direct_ended = true;
+            return Ok(None);
+        };
+        if t >= self.tables.len() {
+            return Ok(None);
+        }
+        if self.estimate.as_ref().is_none_or(|(at, _)| *at != t) {
+            let table = &self.tables[t];
+            let (db, name) = (table.database.clone(), table.name.clone());
+            let err = self.error("reading the table's size");
+            let conn = self.conn().await?;
+            let rows: Option<Option<u64>> = conn
+                .exec_first(
+                    "SELECT TABLE_ROWS FROM information_schema.TABLES \
+                     WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                    (db, name),
+                )
+                .await
+                .map_err(err)?;
+            self.estimate = Some((t, rows.flatten()));
+            tracing::info!(source = %self.target, table = %self.tables[t].stream, "copying the table directly into the sink");
+        }
+        let limit = max_rows.min(self.opts.chunk_rows).max(1);
+        let rows = self.read_chunk(t, after.as_ref(), limit).await?;
+        let full = rows.len() == limit;
+        let next: Cursor = if full {
+            (t, rows.last().map(|(k, _)| k.clone()))
+        } else {
+            (t + 1, None)
+        };
+        let mut data = Vec::with_capacity(rows.len() * 64);
+        for (_, row) in &rows {
+            put_copy_row(&mut data, row);
+        }
+        let table = &self.tables[t];
+        let chunk_rows = rows.len() as u64;
+        self.chunks += 1;
+        self.chunk_starts.push_back((self.chunks, (t, after)));
+        if self.chunk_starts.len() > 64 {
+            self.chunk_starts.pop_front();
+        }
+        self.copy = Some(next.clone());
+        self.handed_cursor = Some(next);
+        Ok(Some(CopyChunk {
+            number: self.chunks,
+            stream: table.stream.clone(),
+            columns: table.columns.iter().map(|c| c.name.clone()).collect(),
+            data,
+            binary: false,
+            rows: chunk_rows,
+            table_rows: self.estimate.as_ref().and_then(|(_, n)| *n),
+            position: self.position(),
+        }))
+    }
+
     /// A request's part was handed out: its progress holds from now on.
     fn request_handed(&mut self, progress: &RequestProgress) {
         let Some(asked) = self.requests.front_mut().filter(|a| a.id == progress.id) else {
@@ -1827,6 +1905,9 @@ impl Source for MysqlLogSource {
             self.fresh_at = None;
             self.conn = None;
             self.snap = None;
+            self.chunk_starts.clear();
+            self.direct_ended = false;
+            self.estimate = None;
             self.check_server().await?;
             self.load_tables().await?;
             self.snapshot_time_us = now_us();
@@ -1902,6 +1983,38 @@ impl Source for MysqlLogSource {
         wait: Duration,
     ) -> BoxFuture<'_, Result<Option<Captured>, StageError>> {
         Box::pin(self.poll_inner(max, wait))
+    }
+
+    fn copy_chunk(
+        &mut self,
+        max_rows: usize,
+    ) -> BoxFuture<'_, Result<Option<CopyChunk>, StageError>> {
+        Box::pin(async move {
+            let chunk = self.copy_chunk_inner(max_rows).await;
+            if chunk.is_err() {
+                // `poll` goes on from what was handed out, with a new connection.
+                self.direct_ended = true;
+                self.conn = None;
+                self.snap = None;
+            }
+            chunk
+        })
+    }
+
+    fn copy_abandon(&mut self, chunk: &CopyChunk) {
+        self.direct_ended = true;
+        let Some(at) = self
+            .chunk_starts
+            .iter()
+            .position(|(number, _)| *number == chunk.number)
+        else {
+            tracing::error!(source = %self.target, chunk = chunk.number, "asked to rewind to a chunk it does not know; going on from what it handed out");
+            return;
+        };
+        let (_, start) = self.chunk_starts[at].clone();
+        self.chunk_starts.truncate(at);
+        self.copy = Some(start.clone());
+        self.handed_cursor = Some(start);
     }
 
     fn ack(&mut self, _position: Position) -> BoxFuture<'_, Result<(), StageError>> {
