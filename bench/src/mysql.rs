@@ -420,6 +420,40 @@ pub fn snapshot(options: &Options) -> anyhow::Result<()> {
         let client_time = t.elapsed();
         ensure!(client.success(), "the mariadb client failed: {client}");
 
+        // The peer: the same copy without tidesync, the mariadb client's tab-separated output
+        // piped into psql's COPY (the table has no NULLs and no values needing conversion,
+        // so MySQL's text is PostgreSQL's input).
+        let target = setup.target_conn().await?;
+        target
+            .batch_execute(
+                "CREATE TABLE items_pipe (id bigint PRIMARY KEY, sku varchar(32) NOT NULL, \
+                 name varchar(100) NOT NULL, price numeric(12,2) NOT NULL, qty integer NOT NULL, \
+                 updated_at timestamp(6) NOT NULL)",
+            )
+            .await?;
+        let psql = setup.target.bin_dir().join("psql");
+        let pipe = format!(
+            "mariadb --no-defaults --protocol=TCP --host=127.0.0.1 --port={} --user=root \
+             --quick -N -B shop -e 'SELECT * FROM items ORDER BY id' \
+             | '{}' -X -q -v ON_ERROR_STOP=1 '{}' -c '\\copy items_pipe FROM STDIN'",
+            setup.source.port(),
+            psql.display(),
+            setup.target.url("warehouse")
+        );
+        let t = Instant::now();
+        let piped = Command::new("bash")
+            .args(["-o", "pipefail", "-c", &pipe])
+            .status()
+            .context("running mariadb | psql")?;
+        let pipe_time = t.elapsed();
+        ensure!(piped.success(), "mariadb | psql \\copy failed: {piped}");
+        let n: i64 = target
+            .query_one("SELECT count(*) FROM items_pipe", &[])
+            .await?
+            .get(0);
+        ensure!(n as u64 == options.rows, "mariadb | psql copied {n} rows");
+        target.batch_execute("DROP TABLE items_pipe; CHECKPOINT").await?;
+
         let mut child = Tidesync::start(&binary, &setup.config, &dir.join("tidesync.log"))?;
         let t0 = Instant::now();
         let seen = wait_for_row(&setup, &mut child, options.rows, deadline).await?;
@@ -450,10 +484,16 @@ pub fn snapshot(options: &Options) -> anyhow::Result<()> {
             thousands(rows / client_time.as_secs_f64())
         );
         println!(
-            "| tidesync: start -> every row in PostgreSQL | {:.2} s, {}/s = **{:.2}x the OUTFILE time** |",
+            "| mariadb client piped into psql \\copy (the peer: the same copy without tidesync) | {:.2} s, {}/s |",
+            pipe_time.as_secs_f64(),
+            thousands(rows / pipe_time.as_secs_f64())
+        );
+        println!(
+            "| tidesync: start -> every row in PostgreSQL | {:.2} s, {}/s = **{:.2}x the OUTFILE time, {:.2}x the pipe's** |",
             copy_time.as_secs_f64(),
             thousands(rows / copy_time.as_secs_f64()),
-            copy_time.as_secs_f64() / outfile_time.as_secs_f64()
+            copy_time.as_secs_f64() / outfile_time.as_secs_f64(),
+            copy_time.as_secs_f64() / pipe_time.as_secs_f64()
         );
         println!("| tidesync peak RSS | {} MB |", mb(peak));
         println!("| tidesync CPU | {:.1} s |", cpu.as_secs_f64());
@@ -464,11 +504,14 @@ pub fn snapshot(options: &Options) -> anyhow::Result<()> {
                 BENCH,
                 "### mysql-snapshot\n\nMariaDB -> PostgreSQL initial copy of an N-row table \
                  (start of `tidesync run` until every row is in PostgreSQL), beside \
-                 `SELECT * INTO OUTFILE` of the same table on the server and the `mariadb` \
-                 client reading it to /dev/null. Checked equal before reporting.",
+                 `SELECT * INTO OUTFILE` of the same table on the server (the dump floor), the \
+                 `mariadb` client reading it to /dev/null, and the same copy without tidesync \
+                 (`mariadb -B | psql \\copy`, the peer; rows before the pipe column were \
+                 recorded before it existed). Checked equal before reporting.",
                 &[
-                    "date", "commit", "machine", "rows", "OUTFILE s", "client s", "tidesync s",
-                    "tidesync / OUTFILE", "peak RSS MB", "CPU s", "load", "command",
+                    "date", "commit", "machine", "rows", "OUTFILE s", "client s", "pipe s",
+                    "tidesync s", "tidesync / OUTFILE", "tidesync / pipe", "peak RSS MB",
+                    "CPU s", "load", "command",
                 ],
                 &[
                     date.clone(),
@@ -477,8 +520,10 @@ pub fn snapshot(options: &Options) -> anyhow::Result<()> {
                     thousands(rows),
                     format!("{:.2}", outfile_time.as_secs_f64()),
                     format!("{:.2}", client_time.as_secs_f64()),
+                    format!("{:.2}", pipe_time.as_secs_f64()),
                     format!("{:.2}", copy_time.as_secs_f64()),
                     format!("**{:.2}x**", copy_time.as_secs_f64() / outfile_time.as_secs_f64()),
+                    format!("**{:.2}x**", copy_time.as_secs_f64() / pipe_time.as_secs_f64()),
                     mb(peak),
                     format!("{:.1}", cpu.as_secs_f64()),
                     format!("{load_before:.1} / {load_after:.1}"),

@@ -598,4 +598,34 @@ async fn the_direct_copy_hands_out_copy_text_and_poll_takes_over_after_an_abando
     .await;
     let ids: Vec<i64> = changes(&rest).iter().map(|c| id_of(c)).collect();
     assert_eq!(ids, (1_001..=2_500).collect::<Vec<_>>());
+
+    // A key whose columns are in another order than the table's: the chunk's position is
+    // the last row's key in key order.
+    db.sql(
+        DB,
+        "CREATE TABLE pairs (a INT, b INT, v INT, PRIMARY KEY (b, a)); \
+         INSERT INTO pairs SELECT seq, seq % 3, 0 FROM seq_1_to_10;",
+    )
+    .unwrap();
+    let mut opts = MysqlLogOptions::new(db.url(DB), "p2", vec!["pairs".into()]);
+    opts.chunk_rows = 3;
+    let mut source = MysqlLogSource::new(opts);
+    source.open(None).await.unwrap();
+    let chunk = source.copy_chunk(100).await.unwrap().unwrap();
+    // (b, a) order: (0,3) (0,6) (0,9) (1,1) (1,4) ...
+    assert_eq!(
+        String::from_utf8(chunk.data).unwrap(),
+        "3\t0\t0\n6\t0\t0\n9\t0\t0\n"
+    );
+    match &chunk.position {
+        Position::Snapshot { after, .. } => {
+            assert_eq!(after, &Some(Key(vec![Value::Int(0), Value::Int(9)])))
+        }
+        other => panic!("{other:?}"),
+    }
+    let next = source.copy_chunk(100).await.unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8(next.data).unwrap(),
+        "1\t1\t0\n4\t1\t0\n7\t1\t0\n"
+    );
 }

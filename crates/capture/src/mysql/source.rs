@@ -56,7 +56,7 @@ use tidesync_core::{
 
 use super::ddl::{Ddl, ddl_target, first_word};
 use super::schema::{Table, binlog_type_fits, load_table, split_name};
-use super::value::{Origin, convert, from_binlog, key_param, put_copy_row};
+use super::value::{Origin, convert, from_binlog, key_param, put_copy_value};
 
 /// How long one consistent snapshot serves chunks while the stream waits; then the next
 /// chunk takes a new snapshot and the stream first catches up to it.
@@ -773,6 +773,90 @@ impl MysqlLogSource {
             .map(|&i| out[i].1.clone())
             .collect());
         Ok((key, Row(out)))
+    }
+
+    /// Reads up to `limit` rows of table `t` after `after` under the open snapshot as
+    /// PostgreSQL `COPY` text, row by row as they arrive (no rows kept): the text, the number
+    /// of rows and the last row's key.
+    async fn read_copy_text(
+        &mut self,
+        t: usize,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<(Vec<u8>, u64, Option<Key>), StageError> {
+        let sql = self.chunk_sql(t, after.is_some(), limit);
+        let params = match after {
+            Some(key) => self.chunk_params(t, key)?,
+            None => Vec::new(),
+        };
+        let err = self.error(&format!("reading table {}", self.tables[t].stream));
+        self.conn().await?;
+        let Some(mut conn) = self.conn.take() else {
+            return Err(definite("no connection"));
+        };
+        let table = &self.tables[t];
+        let key_at = table.key_positions();
+        let mut data = Vec::with_capacity(limit * 64);
+        let mut rows = 0_u64;
+        let mut key: Vec<Value> = Vec::with_capacity(key_at.len());
+        let mut failure: Option<String> = None;
+        let read = async {
+            let mut result = conn.exec_iter(sql, params).await?;
+            result
+                .for_each(|row| {
+                    if failure.is_some() {
+                        return;
+                    }
+                    let values = row.unwrap();
+                    if values.len() != table.columns.len() {
+                        failure = Some(format!(
+                            "a row of {} values for {} columns",
+                            values.len(),
+                            table.columns.len()
+                        ));
+                        return;
+                    }
+                    key.clear();
+                    for (i, (column, value)) in table.columns.iter().zip(values).enumerate() {
+                        if i > 0 {
+                            data.push(b'\t');
+                        }
+                        match convert(column, value, Origin::Query) {
+                            Ok(v) => {
+                                put_copy_value(&mut data, &v);
+                                if key_at.contains(&i) {
+                                    key.push(v);
+                                }
+                            }
+                            Err(e) => {
+                                failure = Some(format!("column {}: {e}", column.name));
+                                return;
+                            }
+                        }
+                    }
+                    data.push(b'\n');
+                    rows += 1;
+                })
+                .await
+        }
+        .await;
+        self.conn = Some(conn);
+        read.map_err(err)?;
+        if let Some(problem) = failure {
+            return Err(definite(format!(
+                "source {}: table {}: {problem}",
+                self.target, self.tables[t].stream
+            )));
+        }
+        // Key values in key order (`key_at` is in key order, the row in column order).
+        let mut ordered = Vec::with_capacity(key_at.len());
+        let mut by_column: Vec<usize> = key_at.clone();
+        by_column.sort_unstable();
+        for &i in &key_at {
+            let at = by_column.iter().position(|&c| c == i).unwrap_or(0);
+            ordered.push(key.get(at).cloned().unwrap_or(Value::Null));
+        }
+        Ok((data, rows, (rows > 0).then_some(Key(ordered))))
     }
 
     /// Reads up to `limit` rows of table `t` after `after` under the open snapshot.
@@ -1787,19 +1871,13 @@ impl MysqlLogSource {
             tracing::info!(source = %self.target, table = %self.tables[t].stream, "copying the table directly into the sink");
         }
         let limit = max_rows.min(self.opts.chunk_rows).max(1);
-        let rows = self.read_chunk(t, after.as_ref(), limit).await?;
-        let full = rows.len() == limit;
-        let next: Cursor = if full {
-            (t, rows.last().map(|(k, _)| k.clone()))
+        let (data, chunk_rows, last) = self.read_copy_text(t, after.as_ref(), limit).await?;
+        let next: Cursor = if chunk_rows == limit as u64 {
+            (t, last)
         } else {
             (t + 1, None)
         };
-        let mut data = Vec::with_capacity(rows.len() * 64);
-        for (_, row) in &rows {
-            put_copy_row(&mut data, row);
-        }
         let table = &self.tables[t];
-        let chunk_rows = rows.len() as u64;
         self.chunks += 1;
         self.chunk_starts.push_back((self.chunks, (t, after)));
         if self.chunk_starts.len() > 64 {

@@ -253,21 +253,15 @@ pub(crate) fn key_param(column: &Column, value: &Value) -> Result<M, String> {
     }
 }
 
-/// Appends a row as one line of PostgreSQL's text `COPY` format: values in PostgreSQL's
-/// input form, tab-separated, `\N` for null, backslash, tab, newline and carriage return
-/// escaped (PostgreSQL docs, "COPY", "Text Format"), for the direct copy into a PostgreSQL
-/// target. A value PostgreSQL's column refuses (a negative TIME, a year past 9999) fails that
-/// chunk, and the copy goes on through the log, which names the row.
-pub(crate) fn put_copy_row(out: &mut Vec<u8>, row: &tidesync_core::Row) {
-    for (i, (_, value)) in row.0.iter().enumerate() {
-        if i > 0 {
-            out.push(b'\t');
-        }
-        if value.is_null() {
-            out.extend_from_slice(b"\\N");
-            continue;
-        }
-        for b in tidesync_core::pg::input_text(value).bytes() {
+/// Appends a value in PostgreSQL's text `COPY` format (PostgreSQL docs, "COPY", "Text
+/// Format"): PostgreSQL's input form, `\N` for null, backslash, tab, newline and carriage
+/// return escaped. For the direct copy into a PostgreSQL target; a value the target column
+/// refuses (a negative TIME, a year past 9999) fails that chunk, and the copy goes on through
+/// the log, which names the row.
+pub(crate) fn put_copy_value(out: &mut Vec<u8>, value: &Value) {
+    use std::io::Write as _;
+    let escaped = |out: &mut Vec<u8>, text: &str| {
+        for b in text.bytes() {
             match b {
                 b'\\' => out.extend_from_slice(b"\\\\"),
                 b'\t' => out.extend_from_slice(b"\\t"),
@@ -276,8 +270,18 @@ pub(crate) fn put_copy_row(out: &mut Vec<u8>, row: &tidesync_core::Row) {
                 b => out.push(b),
             }
         }
+    };
+    match value {
+        Value::Null => out.extend_from_slice(b"\\N"),
+        // Writing into a Vec cannot fail.
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
+        Value::Decimal(d) => out.extend_from_slice(d.as_str().as_bytes()),
+        Value::Text(t) | Value::Json(t) => escaped(out, t),
+        other => escaped(out, &tidesync_core::pg::input_text(other)),
     }
-    out.push(b'\n');
 }
 
 #[cfg(test)]
@@ -432,10 +436,16 @@ mod tests {
             ("e".into(), Value::Bool(true)),
         ]);
         let mut out = Vec::new();
-        put_copy_row(&mut out, &row);
+        for (i, (_, v)) in row.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b'\t');
+            }
+            put_copy_value(&mut out, v);
+        }
+        out.push(b'\n');
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "7\tx\\ty\\\\z\\n\t\\N\t\\\\xab01\ttrue\n"
+            "7\tx\\ty\\\\z\\n\t\\N\t\\\\xab01\tt\n"
         );
     }
 
