@@ -506,8 +506,8 @@ pub fn snapshot(options: &Options) -> anyhow::Result<()> {
                  (start of `tidesync run` until every row is in PostgreSQL), beside \
                  `SELECT * INTO OUTFILE` of the same table on the server (the dump floor), the \
                  `mariadb` client reading it to /dev/null, and the same copy without tidesync \
-                 (`mariadb -B | psql \\copy`, the peer; rows before the pipe column were \
-                 recorded before it existed). Checked equal before reporting.",
+                 (`mariadb -B | psql \\copy`, the peer; n/a: recorded before the peer was \
+                 measured). Checked equal before reporting.",
                 &[
                     "date", "commit", "machine", "rows", "OUTFILE s", "client s", "pipe s",
                     "tidesync s", "tidesync / OUTFILE", "tidesync / pipe", "peak RSS MB",
