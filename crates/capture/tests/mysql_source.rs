@@ -540,11 +540,30 @@ async fn misconfigured_servers_and_users_get_errors_that_say_what_to_change() {
         panic!("{opened:?}")
     };
     drop(source);
-    db.sql(
-        DB,
-        "FLUSH BINARY LOGS; FLUSH BINARY LOGS; PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY;",
-    )
-    .unwrap();
+    let status = |db: &MariaDb| {
+        MysqlLogSource::new(MysqlLogOptions::new(db.url(DB), "p1", vec!["items".into()]))
+    };
+    let before = status(&db).binlog_status(Some(&stream)).await.unwrap();
+    assert_eq!(before.behind, Some(0), "{before:?}");
+    db.sql(DB, "INSERT INTO items VALUES (1)").unwrap();
+    let after = status(&db).binlog_status(Some(&stream)).await.unwrap();
+    assert!(after.behind.is_some_and(|b| b > 0), "{after:?}");
+    db.sql(DB, "FLUSH BINARY LOGS; FLUSH BINARY LOGS;").unwrap();
+    // The server purges a file only once its transactions are checkpointed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        db.sql(DB, "PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY")
+            .unwrap();
+        let files = db.sql(DB, "SHOW BINARY LOGS").unwrap();
+        if files.lines().count() == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not purged: {files}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let purged = status(&db).binlog_status(Some(&stream)).await.unwrap();
+    assert_eq!(purged.behind, None, "{purged:?}");
+    assert_eq!(purged.files, 1, "{purged:?}");
     let mut source =
         MysqlLogSource::new(MysqlLogOptions::new(db.url(DB), "p1", vec!["items".into()]));
     let err = match source.open(Some(*stream)).await {

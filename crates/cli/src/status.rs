@@ -45,7 +45,7 @@ pub(crate) fn print(config: &Config, as_json: bool) -> anyhow::Result<()> {
         let asked = runtime.block_on(async {
             tokio::time::timeout(
                 std::time::Duration::from_secs(10),
-                tidesync_engine::source_status(config, p),
+                tidesync_engine::source_status(config, p, st.position.as_ref()),
             )
             .await
         });

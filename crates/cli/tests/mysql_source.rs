@@ -177,6 +177,11 @@ fn snapshot_stream_kill_and_restart(
     });
     assert!(settled.contains("items"), "{settled}");
     stop_cleanly(&mut child, &log);
+    let out = run(&["status", config.to_str().unwrap()], &env);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("binlog behind"), "{said}");
+    assert!(said.contains("of binlog not read yet"), "{said}");
 }
 
 #[test]

@@ -114,8 +114,35 @@ fn build_sink(config: &Config, pipeline: &PipelineConfig, sink: &str) -> Box<dyn
 pub async fn source_status(
     config: &Config,
     pipeline: &PipelineConfig,
+    position: Option<&tidesync_core::Position>,
 ) -> Result<Vec<(String, String)>, tidesync_core::StageError> {
     let spec = &config.sources[&pipeline.source].spec;
+    if let SourceSpec::MysqlLog { url, tables, .. } = spec {
+        let source = MysqlLogSource::new(MysqlLogOptions::new(url, &pipeline.name, tables.clone()));
+        let status = source.binlog_status(position).await?;
+        let behind = match (status.behind, &status.pipeline_file) {
+            (Some(bytes), _) => format!("{} of binlog not read yet", human_bytes(bytes as i64)),
+            (None, Some(file)) => format!(
+                "the pipeline's binlog file {file} is no longer on the server (purged): changes \
+                 since are lost to capture; run `tidesync drop` for the pipeline and start it \
+                 again for a new snapshot"
+            ),
+            (None, None) => "the pipeline has no binlog position yet".to_owned(),
+        };
+        return Ok(vec![
+            (
+                "binlog".to_owned(),
+                format!(
+                    "server at {}, {} kept in {} files from {}",
+                    status.server,
+                    human_bytes(status.kept_bytes as i64),
+                    status.files,
+                    status.oldest
+                ),
+            ),
+            ("binlog behind".to_owned(), behind),
+        ]);
+    }
     let Some(mut source) = pg_log_source(spec, &pipeline.name) else {
         return Ok(Vec::new());
     };

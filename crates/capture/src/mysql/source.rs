@@ -1970,6 +1970,71 @@ fn uuid_text(sid: &[u8; 16]) -> String {
     )
 }
 
+/// Where the server's binlog stands beside a pipeline's position, for `tidesync status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinlogStatus {
+    /// `FILE:OFFSET` the server writes at.
+    pub server: String,
+    /// The oldest binlog file the server still has, and how many it has.
+    pub oldest: String,
+    pub files: usize,
+    /// Bytes of binlog the server keeps.
+    pub kept_bytes: u64,
+    /// The pipeline's binlog file, if it has a position.
+    pub pipeline_file: Option<String>,
+    /// Bytes of binlog after the pipeline's position; `None` when it has none or its file is
+    /// no longer on the server.
+    pub behind: Option<u64>,
+}
+
+impl MysqlLogSource {
+    /// The server's binlog files beside the stored `position` (the file it reads must still
+    /// be there, else the pipeline needs a new snapshot).
+    pub async fn binlog_status(
+        mut self,
+        position: Option<&Position>,
+    ) -> Result<BinlogStatus, StageError> {
+        let server = self.master_status().await?;
+        let err = self.error("listing the binlog files");
+        let conn = self.conn().await?;
+        let files: Vec<mysql_async::Row> = conn.query("SHOW BINARY LOGS").await.map_err(err)?;
+        let files: Vec<(String, u64)> = files
+            .into_iter()
+            .filter_map(|mut r| {
+                let name: Option<String> = r.take_opt(0).and_then(Result::ok);
+                let size: Option<u64> = r.take_opt(1).and_then(Result::ok);
+                Some((name?, size?))
+            })
+            .collect();
+        let at = match position {
+            Some(Position::Binlog { file, offset }) => Some((file.clone(), *offset)),
+            Some(Position::Snapshot { stream, .. }) => match stream.as_ref() {
+                Position::Binlog { file, offset } => Some((file.clone(), *offset)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let behind = at.as_ref().and_then(|(file, offset)| {
+            let i = files.iter().position(|(f, _)| f == file)?;
+            Some(
+                files[i..]
+                    .iter()
+                    .map(|(_, size)| *size)
+                    .sum::<u64>()
+                    .saturating_sub(*offset),
+            )
+        });
+        Ok(BinlogStatus {
+            server: format!("{}:{}", server.file, server.offset),
+            oldest: files.first().map(|(f, _)| f.clone()).unwrap_or_default(),
+            files: files.len(),
+            kept_bytes: files.iter().map(|(_, size)| size).sum(),
+            pipeline_file: at.map(|(f, _)| f),
+            behind,
+        })
+    }
+}
+
 impl Source for MysqlLogSource {
     fn open(&mut self, from: Option<Position>) -> BoxFuture<'_, Result<Opened, StageError>> {
         Box::pin(async move {
