@@ -575,7 +575,7 @@ async fn misconfigured_servers_and_users_get_errors_that_say_what_to_change() {
             .to_string(),
     };
     assert!(
-        err.contains("no longer has the binlog") && err.contains("tidesync drop"),
+        err.contains("cannot send the binlog from") && err.contains("tidesync drop"),
         "{err}"
     );
 }
@@ -646,5 +646,125 @@ async fn the_direct_copy_hands_out_copy_text_and_poll_takes_over_after_an_abando
     assert_eq!(
         String::from_utf8(next.data).unwrap(),
         "1\t1\t0\n4\t1\t0\n7\t1\t0\n"
+    );
+}
+
+/// Positions carry the server and the MariaDB GTIDs of their place: a restart against a
+/// replica that took over (a failover: its own binlog file names and offsets) resumes right
+/// after the last transaction handed out, found by GTID, with nothing doubled or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_replica_resumes_at_the_positions_gtids() {
+    let mut primary = MariaDb::builder().arg("--binlog-row-metadata=FULL").start();
+    let replica = MariaDb::builder()
+        .args([
+            "--server-id=2",
+            "--log-slave-updates",
+            "--binlog-row-metadata=FULL",
+        ])
+        .start();
+    // The replica's binlog is its own: other file numbers, and writes of its own (in another
+    // GTID domain) before it follows the primary, so no offset matches the primary's.
+    replica
+        .sql(
+            "",
+            &format!(
+                "SET SESSION gtid_domain_id = 1; CREATE DATABASE local_only; \
+                 CREATE TABLE local_only.t (id INT PRIMARY KEY); \
+                 INSERT INTO local_only.t VALUES (1), (2), (3); \
+                 FLUSH BINARY LOGS; FLUSH BINARY LOGS; \
+                 CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='root', \
+                 MASTER_USE_GTID=slave_pos; START SLAVE;",
+                primary.port()
+            ),
+        )
+        .unwrap();
+    primary.create_database(DB).unwrap();
+    primary
+        .sql(
+            DB,
+            "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(50)); \
+             INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_100;",
+        )
+        .unwrap();
+    let replicated = |n: i64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = replica.sql(DB, "SELECT COUNT(*) FROM items").ok();
+            if got.as_deref().map(str::trim) == Some(n.to_string().as_str()) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "replica has {got:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    replicated(100);
+    let opts = |url: String| MysqlLogOptions::new(url, "p1", vec!["items".into()]);
+    let mut source = MysqlLogSource::new(opts(primary.url(DB)));
+    source.open(None).await.unwrap();
+    poll_until(&mut source, |b| {
+        b.last()
+            .is_some_and(|b| matches!(b.position, Position::Binlog { .. }))
+    })
+    .await;
+    primary
+        .sql(
+            DB,
+            "INSERT INTO items SELECT seq, 'streamed' FROM seq_101_to_110",
+        )
+        .unwrap();
+    let got = poll_until(&mut source, |b| changes(b).len() >= 10).await;
+    let stored = got.last().unwrap().position.clone();
+    match &stored {
+        Position::Binlog { gtid, server, .. } => {
+            assert_eq!(*server, Some(1));
+            assert!(
+                gtid.as_deref().is_some_and(|g| g.starts_with("0-1-")),
+                "{stored:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(source);
+
+    // Written on the primary after the stored position and replicated; then the primary is
+    // gone, and the replica takes writes.
+    primary
+        .sql(
+            DB,
+            "INSERT INTO items SELECT seq, 'late' FROM seq_111_to_120",
+        )
+        .unwrap();
+    replicated(120);
+    primary.stop().unwrap();
+    replica.sql("", "STOP SLAVE; RESET SLAVE ALL;").unwrap();
+    replica
+        .sql(
+            DB,
+            "INSERT INTO items SELECT seq, 'on the replica' FROM seq_121_to_125",
+        )
+        .unwrap();
+
+    let mut source = MysqlLogSource::new(opts(replica.url(DB)));
+    source.open(Some(stored)).await.unwrap();
+    let got = poll_until(&mut source, |b| changes(b).len() >= 15).await;
+    let ids: Vec<i64> = changes(&got).iter().map(|c| id_of(c)).collect();
+    assert_eq!(ids, (111..=125).collect::<Vec<_>>());
+    match &got.last().unwrap().position {
+        Position::Binlog { server, gtid, .. } => {
+            assert_eq!(*server, Some(2));
+            assert!(
+                gtid.as_deref().is_some_and(|g| g.starts_with("0-2-")),
+                "{gtid:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing more arrives: no transaction was doubled.
+    assert!(
+        source
+            .poll(100, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_none_or(|b| b.changes.is_empty())
     );
 }

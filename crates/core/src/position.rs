@@ -13,8 +13,18 @@ use crate::Key;
 pub enum Position {
     /// A PostgreSQL log sequence number.
     Lsn(u64),
-    /// A MySQL/MariaDB binlog file and byte offset.
-    Binlog { file: String, offset: u64 },
+    /// A MySQL/MariaDB binlog file and byte offset, on the server with id `server` (file
+    /// names and offsets are that server's own), and the same place as a GTID position
+    /// (MariaDB's `domain-server-seq` list), which other servers of a replication topology
+    /// understand: a restart on another server (a failover) resumes there.
+    Binlog {
+        file: String,
+        offset: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gtid: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server: Option<u32>,
+    },
     /// A GTID set (MySQL) or domain-server-seq list (MariaDB).
     Gtid(String),
     /// The id of the last drained row of a trigger change table.
@@ -43,12 +53,22 @@ impl Position {
                 Binlog {
                     file: fa,
                     offset: oa,
+                    server: sa,
+                    ..
                 },
                 Binlog {
                     file: fb,
                     offset: ob,
+                    server: sb,
+                    ..
                 },
-            ) => Some(binlog_file_cmp(fa, fb).then(oa.cmp(ob))),
+            ) => {
+                // Another server's file names and offsets say nothing about this one's.
+                if sa.is_some() && sb.is_some() && sa != sb {
+                    return None;
+                }
+                Some(binlog_file_cmp(fa, fb).then(oa.cmp(ob)))
+            }
             (Watermark { time_us: a, .. }, Watermark { time_us: b, .. }) if a != b => {
                 Some(a.cmp(b))
             }
@@ -84,7 +104,15 @@ impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Position::Lsn(lsn) => write!(f, "lsn {:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF),
-            Position::Binlog { file, offset } => write!(f, "binlog {file}:{offset}"),
+            Position::Binlog {
+                file, offset, gtid, ..
+            } => {
+                write!(f, "binlog {file}:{offset}")?;
+                match gtid {
+                    Some(gtid) if !gtid.is_empty() => write!(f, " (gtid {gtid})"),
+                    _ => Ok(()),
+                }
+            }
             Position::Gtid(set) => write!(f, "gtid {set}"),
             Position::RowId(id) => write!(f, "row id {id}"),
             Position::Watermark { time_us, key } => write!(
@@ -118,6 +146,14 @@ mod tests {
             Position::Binlog {
                 file: "binlog.000003".into(),
                 offset: 4,
+                gtid: None,
+                server: None,
+            },
+            Position::Binlog {
+                file: "binlog.000003".into(),
+                offset: 4,
+                gtid: Some("0-1-42,1-2-7".into()),
+                server: Some(1),
             },
             Position::Gtid("0-1-42".into()),
             Position::RowId(9),
@@ -133,6 +169,31 @@ mod tests {
         ] {
             assert_eq!(Position::from_json(&p.to_json()).unwrap(), p);
         }
+    }
+
+    #[test]
+    fn binlog_positions_without_gtid_read_back_and_servers_do_not_compare() {
+        // As stored before positions had a GTID and a server.
+        let old = Position::from_json(r#"{"binlog":{"file":"binlog.000002","offset":9}}"#).unwrap();
+        let on = |server, offset| Position::Binlog {
+            file: "binlog.000002".into(),
+            offset,
+            gtid: None,
+            server,
+        };
+        assert_eq!(old, on(None, 9));
+        assert_eq!(
+            on(Some(1), 9).partial_cmp_same_source(&on(Some(1), 10)),
+            Some(Ordering::Less)
+        );
+        assert_eq!(
+            on(None, 9).partial_cmp_same_source(&on(Some(1), 10)),
+            Some(Ordering::Less)
+        );
+        assert_eq!(
+            on(Some(1), 9).partial_cmp_same_source(&on(Some(2), 10)),
+            None
+        );
     }
 
     #[test]

@@ -126,15 +126,6 @@ pub(crate) struct BinlogPos {
     offset: u64,
 }
 
-impl BinlogPos {
-    fn position(&self) -> Position {
-        Position::Binlog {
-            file: self.file.clone(),
-            offset: self.offset,
-        }
-    }
-}
-
 impl Ord for BinlogPos {
     fn cmp(&self, other: &Self) -> Ordering {
         tidesync_core::position::binlog_file_cmp(&self.file, &other.file)
@@ -158,6 +149,8 @@ enum Flavor {
 #[derive(Debug)]
 struct Snap {
     at: BinlogPos,
+    /// MariaDB: the same position as a GTID position.
+    gtid: Option<String>,
     opened: Instant,
 }
 
@@ -168,6 +161,8 @@ type Cursor = (usize, Option<Key>);
 #[derive(Debug)]
 struct Txn {
     id: String,
+    /// MariaDB: the transaction's GTID domain.
+    domain: Option<u32>,
     changes: Vec<Change>,
     /// Begun by a GTID event with no `BEGIN` after it yet: a statement (DDL) ends it.
     standalone: bool,
@@ -180,6 +175,8 @@ struct Txn {
 struct Ready {
     changes: Vec<Change>,
     end: BinlogPos,
+    /// MariaDB: the GTID position at `end`.
+    gtid: Option<String>,
     kind: BatchKind,
     /// Rows read from a table: handed out alone.
     read: bool,
@@ -274,6 +271,15 @@ pub struct MysqlLogSource {
     seen: BinlogPos,
     /// The end of what was handed out.
     handed: BinlogPos,
+    /// The server's `@@server_id`: positions name the server their file and offset are of.
+    server_number: u32,
+    /// MariaDB: the GTID position (`domain-server-seq` per domain) as of `handed`, and as of
+    /// `seen` per domain.
+    handed_gtid: Option<String>,
+    seen_gtid: std::collections::BTreeMap<u32, String>,
+    /// MariaDB: the stream starts at this GTID position (a resume on another server than the
+    /// stored position's) until a transaction of this server is handed out.
+    start_gtid: Option<String>,
     /// Where the fresh start's stream begins (its first snapshot's position).
     fresh_at: Option<BinlogPos>,
     txn: Option<Txn>,
@@ -344,6 +350,10 @@ impl MysqlLogSource {
             checksums: true,
             seen: start.clone(),
             handed: start,
+            server_number: 0,
+            handed_gtid: None,
+            seen_gtid: std::collections::BTreeMap::new(),
+            start_gtid: None,
             fresh_at: None,
             txn: None,
             ready: VecDeque::new(),
@@ -414,14 +424,14 @@ impl MysqlLogSource {
         let target = self.target.clone();
         let err = self.error("checking the server's binlog settings");
         let conn = self.conn().await?;
-        let row: Option<(String, i64, String, String, Option<String>)> = conn
+        let row: Option<(String, i64, String, String, Option<String>, u32)> = conn
             .query_first(
                 "SELECT VERSION(), @@log_bin, CAST(@@binlog_format AS CHAR), \
-                 CAST(@@binlog_row_image AS CHAR), CAST(DATABASE() AS CHAR)",
+                 CAST(@@binlog_row_image AS CHAR), CAST(DATABASE() AS CHAR), @@server_id",
             )
             .await
             .map_err(&err)?;
-        let Some((version, log_bin, format, image, db)) = row else {
+        let Some((version, log_bin, format, image, db, server_number)) = row else {
             return Err(definite(format!(
                 "source {target}: no answer to a settings query"
             )));
@@ -432,6 +442,7 @@ impl MysqlLogSource {
             Flavor::MySql
         };
         self.default_db = db.unwrap_or_default();
+        self.server_number = server_number;
         if log_bin == 0 {
             return Err(definite(format!(
                 "source {target}: the binary log is off; start the server with `log_bin` \
@@ -532,13 +543,20 @@ impl MysqlLogSource {
                 }
                 1236 => {
                     return definite(format!(
-                        "source {}: the server no longer has the binlog at {}:{} ({}). It was \
+                        "source {}: the server cannot send the binlog from {} ({}). Its file was \
                          purged (binlog_expire_logs_seconds / expire_logs_days) while the \
-                         pipeline was stopped, so changes since then are lost to capture: a \
-                         new snapshot is needed. Run `tidesync drop CONFIG {}` and start the \
+                         pipeline was stopped, or the position is of another server and has \
+                         no GTIDs this one knows: changes since are lost to capture, a new \
+                         snapshot is needed. Run `tidesync drop CONFIG {}` and start the \
                          pipeline again (it copies the tables anew), and keep binlogs longer \
                          than the pipeline may be down",
-                        self.target, at.file, at.offset, s.message, self.opts.pipeline
+                        self.target,
+                        match (&self.start_gtid, at.file.is_empty()) {
+                            (Some(gtid), true) => format!("GTID position {gtid}"),
+                            _ => format!("{}:{}", at.file, at.offset),
+                        },
+                        s.message,
+                        self.opts.pipeline
                     ));
                 }
                 _ => {}
@@ -651,11 +669,96 @@ impl MysqlLogSource {
                 at?
             }
         };
+        let gtid = match flavor {
+            Flavor::MariaDb => self.gtid_at(&at).await?,
+            Flavor::MySql => None,
+        };
         self.snap = Some(Snap {
             at,
+            gtid,
             opened: Instant::now(),
         });
         Ok(())
+    }
+
+    /// Resumes at a stored position: on the same server by file and offset; on another one
+    /// (a failover: its file names and offsets are its own) by the position's GTIDs.
+    async fn resume_from(
+        &mut self,
+        file: String,
+        offset: u64,
+        gtid: Option<String>,
+        server: Option<u32>,
+    ) -> Result<(), StageError> {
+        self.start_gtid = None;
+        if server.is_none_or(|s| s == self.server_number) {
+            self.handed = BinlogPos { file, offset };
+            self.seen = self.handed.clone();
+            let gtid = match gtid {
+                Some(g) => Some(g),
+                None if self.flavor == Flavor::MariaDb => {
+                    let at = self.handed.clone();
+                    self.gtid_at(&at).await.ok().flatten()
+                }
+                None => None,
+            };
+            self.set_gtid(gtid);
+            let at = self.handed.clone();
+            return self.check_replication(&at).await;
+        }
+        let stored = server.unwrap_or_default();
+        match (self.flavor, gtid.filter(|g| !g.is_empty())) {
+            (Flavor::MariaDb, Some(gtid)) => {
+                tracing::warn!(source = %self.target, stored_server_id = stored, server_id = self.server_number, gtid = %gtid, "the source is another server than the stored position's (a failover?); resuming at the position's GTIDs");
+                self.handed = BinlogPos {
+                    file: String::new(),
+                    offset: 0,
+                };
+                self.seen = self.handed.clone();
+                self.set_gtid(Some(gtid.clone()));
+                self.start_gtid = Some(gtid);
+                Ok(())
+            }
+            _ => Err(definite(format!(
+                "source {}: the stored position {file}:{offset} is of the server with server_id \
+                 {stored}, this one has server_id {}, and the position has no MariaDB GTIDs to \
+                 resume at on it (MySQL GTIDs are not used yet): run `tidesync drop` for the \
+                 pipeline and start it again for a new snapshot",
+                self.target, self.server_number
+            ))),
+        }
+    }
+
+    /// The GTID position as of `seen` (`None` before any GTID is known).
+    fn seen_gtid_text(&self) -> Option<String> {
+        (!self.seen_gtid.is_empty()).then(|| {
+            self.seen_gtid
+                .values()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+
+    /// MariaDB: the GTID position of a binlog file and offset (`BINLOG_GTID_POS`); `None`
+    /// when the server cannot say (the file is gone).
+    async fn gtid_at(&mut self, at: &BinlogPos) -> Result<Option<String>, StageError> {
+        let err = self.error("reading the GTID position of a binlog position");
+        let conn = self.conn().await?;
+        let gtid: Option<Option<String>> = conn
+            .exec_first(
+                "SELECT CAST(BINLOG_GTID_POS(?, ?) AS CHAR)",
+                (at.file.as_str(), at.offset),
+            )
+            .await
+            .map_err(err)?;
+        Ok(gtid.flatten())
+    }
+
+    /// Sets the GTID state (handed out and seen) to `gtid`.
+    fn set_gtid(&mut self, gtid: Option<String>) {
+        self.seen_gtid = gtid_domains(gtid.as_deref());
+        self.handed_gtid = gtid.filter(|g| !g.is_empty());
     }
 
     /// A snapshot that may serve the next chunk: one at or after what was handed out (rows
@@ -898,8 +1001,13 @@ impl MysqlLogSource {
         if let Some((t, after)) = self.copy.clone() {
             if t >= self.tables.len() {
                 // Nothing left: the end of the copy is handed out at the current position.
-                let at = self.handed.clone().max(self.seen.clone());
+                let (at, gtid) = if self.seen > self.handed {
+                    (self.seen.clone(), self.seen_gtid_text())
+                } else {
+                    (self.handed.clone(), self.handed_gtid.clone())
+                };
                 self.pending = Some(Ready {
+                    gtid,
                     changes: Vec::new(),
                     end: at,
                     kind: BatchKind::Incremental,
@@ -928,6 +1036,7 @@ impl MysqlLogSource {
                 BatchKind::Incremental
             };
             self.pending = Some(Ready {
+                gtid: self.snap.as_ref().and_then(|s| s.gtid.clone()),
                 changes,
                 end: at,
                 kind,
@@ -989,6 +1098,7 @@ impl MysqlLogSource {
             asked.finished = done;
         }
         self.pending = Some(Ready {
+            gtid: self.snap.as_ref().and_then(|s| s.gtid.clone()),
             changes,
             end: at,
             kind: BatchKind::Full,
@@ -1131,9 +1241,23 @@ impl MysqlLogSource {
         conn.query_drop("SET @master_heartbeat_period = 5000000000")
             .await
             .map_err(&err)?;
-        let request = BinlogStreamRequest::new(self.server_id)
-            .with_filename(from.file.as_bytes())
-            .with_pos(from.offset);
+        let by_gtid = self.start_gtid.clone().filter(|_| from.file.is_empty());
+        if let Some(gtid) = &by_gtid {
+            conn.exec_drop("SET @slave_connect_state = ?", (gtid.as_str(),))
+                .await
+                .map_err(&err)?;
+            conn.query_drop("SET @slave_gtid_strict_mode = 1")
+                .await
+                .map_err(&err)?;
+        }
+        let request = match &by_gtid {
+            Some(_) => BinlogStreamRequest::new(self.server_id)
+                .with_filename(b"")
+                .with_pos(4),
+            None => BinlogStreamRequest::new(self.server_id)
+                .with_filename(from.file.as_bytes())
+                .with_pos(from.offset),
+        };
         let stream = conn
             .get_binlog_stream(request)
             .await
@@ -1153,6 +1277,8 @@ impl MysqlLogSource {
     fn reset_stream(&mut self) {
         self.stream = None;
         self.txn = None;
+        // What was received but not handed out is received again.
+        self.seen_gtid = gtid_domains(self.handed_gtid.as_deref());
         self.ready.retain(|r| r.read);
         self.ready_changes = self.ready.iter().map(|r| r.changes.len()).sum();
         self.seen = self.handed.clone();
@@ -1246,6 +1372,7 @@ impl MysqlLogSource {
                 ))
             })?;
             self.txn = Some(Txn {
+                domain: Some(domain),
                 id: format!("{domain}-{}-{seq}", header.server_id()),
                 changes: Vec::new(),
                 standalone: flags & FL_STANDALONE != 0,
@@ -1297,6 +1424,7 @@ impl MysqlLogSource {
             }
             Some(EventData::GtidEvent(g)) => {
                 self.txn = Some(Txn {
+                    domain: None,
                     id: format!("{}:{}", uuid_text(&g.sid()), g.gno()),
                     changes: Vec::new(),
                     standalone: true,
@@ -1305,6 +1433,7 @@ impl MysqlLogSource {
             }
             Some(EventData::AnonymousGtidEvent(_)) => {
                 self.txn = Some(Txn {
+                    domain: None,
                     id: String::new(),
                     changes: Vec::new(),
                     standalone: true,
@@ -1322,6 +1451,7 @@ impl MysqlLogSource {
                         }
                         None => {
                             self.txn = Some(Txn {
+                                domain: None,
                                 id: String::new(),
                                 changes: Vec::new(),
                                 standalone: false,
@@ -1377,6 +1507,14 @@ impl MysqlLogSource {
         if end > self.seen {
             self.seen = end.clone();
         }
+        if let Some(Txn {
+            domain: Some(domain),
+            id,
+            ..
+        }) = &txn
+        {
+            self.seen_gtid.insert(*domain, id.clone());
+        }
         if let Some(mut txn) = txn
             && !txn.changes.is_empty()
         {
@@ -1386,6 +1524,7 @@ impl MysqlLogSource {
             }
             self.ready_changes += txn.changes.len();
             self.ready.push_back(Ready {
+                gtid: self.seen_gtid_text(),
                 changes: txn.changes,
                 end,
                 kind: BatchKind::Incremental,
@@ -1414,6 +1553,7 @@ impl MysqlLogSource {
             Ddl::Truncate => {
                 let stream = self.tables[t].stream.clone();
                 let txn = self.txn.get_or_insert_with(|| Txn {
+                    domain: None,
                     id: String::new(),
                     changes: Vec::new(),
                     standalone: true,
@@ -1600,6 +1740,7 @@ impl MysqlLogSource {
             }
         }
         let txn = self.txn.get_or_insert_with(|| Txn {
+            domain: None,
             id: String::new(),
             changes: Vec::new(),
             standalone: false,
@@ -1732,7 +1873,12 @@ impl MysqlLogSource {
 
     /// The position that stands for everything handed out so far.
     fn position(&self) -> Position {
-        let stream = self.handed.position();
+        let stream = Position::Binlog {
+            file: self.handed.file.clone(),
+            offset: self.handed.offset,
+            gtid: self.handed_gtid.clone(),
+            server: Some(self.server_number),
+        };
         match &self.handed_cursor {
             Some((t, after)) if *t < self.tables.len() => Position::Snapshot {
                 stream: Box::new(stream),
@@ -1784,6 +1930,9 @@ impl MysqlLogSource {
                 break;
             };
             self.ready_changes -= ready.changes.len();
+            if ready.gtid.is_some() {
+                self.handed_gtid = ready.gtid;
+            }
             if changes.is_empty() {
                 changes = ready.changes;
             } else {
@@ -1808,6 +1957,9 @@ impl MysqlLogSource {
             && self.pending.is_none()
             && self.seen > self.handed
             && self.last_handed_at.elapsed() >= IDLE_POSITION_EVERY;
+        if idle && let Some(gtid) = self.seen_gtid_text() {
+            self.handed_gtid = Some(gtid);
+        }
         if let Some(end) = end.or(idle.then(|| self.seen.clone())) {
             if end > self.handed {
                 self.handed = end;
@@ -1950,6 +2102,22 @@ fn normalize_key(column: &super::schema::Column, value: &Value) -> Result<Value,
     })
 }
 
+/// A MariaDB GTID position (`d-s-n,d-s-n`, one per domain) by domain.
+fn gtid_domains(gtid: Option<&str>) -> std::collections::BTreeMap<u32, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for one in gtid
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+    {
+        if let Some(domain) = one.split('-').next().and_then(|d| d.parse().ok()) {
+            out.insert(domain, one.to_owned());
+        }
+    }
+    out
+}
+
 /// `seq_no` (u64), `domain_id` (u32) and flags of a MariaDB GTID event's body.
 fn parse_mariadb_gtid(data: &[u8]) -> Option<(u64, u32, u8)> {
     let seq = u64::from_le_bytes(data.get(0..8)?.try_into().ok()?);
@@ -2007,9 +2175,9 @@ impl MysqlLogSource {
             })
             .collect();
         let at = match position {
-            Some(Position::Binlog { file, offset }) => Some((file.clone(), *offset)),
+            Some(Position::Binlog { file, offset, .. }) => Some((file.clone(), *offset)),
             Some(Position::Snapshot { stream, .. }) => match stream.as_ref() {
-                Position::Binlog { file, offset } => Some((file.clone(), *offset)),
+                Position::Binlog { file, offset, .. } => Some((file.clone(), *offset)),
                 _ => None,
             },
             _ => None,
@@ -2074,16 +2242,21 @@ impl Source for MysqlLogSource {
                     tracing::info!(source = %self.target, at = %format!("{}:{}", at.file, at.offset), "copying the tables under a consistent snapshot");
                     self.handed = at.clone();
                     self.seen = at.clone();
+                    let gtid = self.snap.as_ref().and_then(|s| s.gtid.clone());
+                    self.set_gtid(gtid);
+                    self.start_gtid = None;
                     self.fresh_at = Some(at);
                     self.copy = Some((0, None));
                     self.handed_cursor = Some((0, None));
                     Some(self.position())
                 }
-                Some(Position::Binlog { file, offset }) => {
-                    self.handed = BinlogPos { file, offset };
-                    self.seen = self.handed.clone();
-                    let at = self.handed.clone();
-                    self.check_replication(&at).await?;
+                Some(Position::Binlog {
+                    file,
+                    offset,
+                    gtid,
+                    server,
+                }) => {
+                    self.resume_from(file, offset, gtid, server).await?;
                     None
                 }
                 Some(Position::Snapshot {
@@ -2091,7 +2264,13 @@ impl Source for MysqlLogSource {
                     table,
                     after,
                 }) => {
-                    let Position::Binlog { file, offset } = *stream else {
+                    let Position::Binlog {
+                        file,
+                        offset,
+                        gtid,
+                        server,
+                    } = *stream
+                    else {
                         return Err(not_ours(&stream));
                     };
                     let Some(t) = self.tables.iter().position(|x| x.stream == table) else {
@@ -2101,10 +2280,7 @@ impl Source for MysqlLogSource {
                              pipeline and start again"
                         )));
                     };
-                    self.handed = BinlogPos { file, offset };
-                    self.seen = self.handed.clone();
-                    let at = self.handed.clone();
-                    self.check_replication(&at).await?;
+                    self.resume_from(file, offset, gtid, server).await?;
                     tracing::info!(source = %self.target, table = %table, "resuming the interrupted initial copy while streaming");
                     self.copy = Some((t, after.clone()));
                     self.handed_cursor = Some((t, after));
@@ -2218,6 +2394,15 @@ mod tests {
         assert!(p("binlog.000002", 4) > p("binlog.000001", 900));
         assert!(p("binlog.1000000", 4) > p("binlog.999999", 900));
         assert!(p("binlog.000001", 900) > p("binlog.000001", 4));
+    }
+
+    #[test]
+    fn gtid_positions_split_by_domain() {
+        let d = gtid_domains(Some("0-1-42, 3-2-7"));
+        assert_eq!(d.get(&0).map(String::as_str), Some("0-1-42"));
+        assert_eq!(d.get(&3).map(String::as_str), Some("3-2-7"));
+        assert!(gtid_domains(None).is_empty());
+        assert!(gtid_domains(Some("")).is_empty());
     }
 
     #[test]

@@ -128,7 +128,12 @@ impl MysqlSide {
                 .ok_or_else(|| fail("the binary log offset is not a number"))?,
             _ => return Err(fail("no binary log offset in the status")),
         };
-        Ok(Some(Position::Binlog { file, offset }))
+        Ok(Some(Position::Binlog {
+            file,
+            offset,
+            gtid: None,
+            server: None,
+        }))
     }
 
     pub(crate) fn db(&self) -> &str {
