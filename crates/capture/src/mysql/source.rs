@@ -729,6 +729,15 @@ impl MysqlLogSource {
         }
     }
 
+    /// Streaming from a GTID position on another server, before its first transaction: the
+    /// server skips what came before the GTIDs without sending it, so an offset of an event
+    /// outside a transaction (the file's start) is not a place everything before which was
+    /// received, and must not become a position (a restart there would send again what the
+    /// other server already gave).
+    fn gtid_starting(&self) -> bool {
+        self.start_gtid.is_some() && self.handed.file.is_empty() && self.seen.file.is_empty()
+    }
+
     /// The GTID position as of `seen` (`None` before any GTID is known).
     fn seen_gtid_text(&self) -> Option<String> {
         (!self.seen_gtid.is_empty()).then(|| {
@@ -1411,7 +1420,7 @@ impl MysqlLogSource {
                     )));
                 }
                 self.file = name;
-                if self.txn.is_none() {
+                if self.txn.is_none() && !self.gtid_starting() {
                     let at = BinlogPos {
                         file: self.file.clone(),
                         offset: r.position(),
@@ -1483,7 +1492,7 @@ impl MysqlLogSource {
             }
             Some(EventData::RowsEvent(rows)) => self.rows(rows).await?,
             _ => {
-                if self.txn.is_none() && log_pos > 0 {
+                if self.txn.is_none() && log_pos > 0 && !self.gtid_starting() {
                     let at = BinlogPos {
                         file: self.file.clone(),
                         offset: log_pos,
