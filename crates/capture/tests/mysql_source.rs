@@ -785,3 +785,57 @@ async fn a_failover_to_a_replica_resumes_at_the_positions_gtids() {
             .is_none_or(|b| b.changes.is_empty())
     );
 }
+
+/// A connection that dies without saying so (here: the server frozen with SIGSTOP, so no
+/// heartbeat comes) is noticed and retried, and capture goes on once the server answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_dead_connection_is_noticed_by_its_missing_heartbeats() {
+    let db = server();
+    db.sql(
+        DB,
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(50))",
+    )
+    .unwrap();
+    let mut source =
+        MysqlLogSource::new(MysqlLogOptions::new(db.url(DB), "p1", vec!["items".into()]));
+    source.open(None).await.unwrap();
+    poll_until(&mut source, |b| {
+        b.last()
+            .is_some_and(|b| matches!(b.position, Position::Binlog { .. }))
+    })
+    .await;
+    db.sql(DB, "INSERT INTO items VALUES (1, 'a')").unwrap();
+    poll_until(&mut source, |b| changes(b).len() == 1).await;
+    let pid = db.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let started = std::time::Instant::now();
+    let err = loop {
+        match source.poll(10, Duration::from_millis(500)).await {
+            Err(e) => break e,
+            Ok(b) => assert!(b.is_none_or(|b| b.changes.is_empty())),
+        }
+        if started.elapsed() > Duration::from_secs(40) {
+            signal("-CONT");
+            panic!("the frozen server went unnoticed");
+        }
+    };
+    signal("-CONT");
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        err.to_string().contains("no binlog event or heartbeat"),
+        "{err}"
+    );
+    db.sql(DB, "INSERT INTO items VALUES (2, 'b')").unwrap();
+    let got = poll_until(&mut source, |b| !changes(b).is_empty()).await;
+    assert_eq!(
+        changes(&got).iter().map(|c| id_of(c)).collect::<Vec<_>>(),
+        vec![2]
+    );
+}

@@ -68,6 +68,10 @@ const IDLE_POSITION_EVERY: Duration = Duration::from_secs(1);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The server sends a heartbeat after this long without events; three missed ones mean the
+/// connection is dead.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
 /// Keys read per statement of a key re-read.
 const KEYS_PER_READ: usize = 200;
 
@@ -301,6 +305,8 @@ pub struct MysqlLogSource {
     estimate: Option<(usize, Option<u64>)>,
     snapshot_time_us: i64,
     last_handed_at: Instant,
+    /// When the stream last delivered an event (heartbeats included).
+    last_event: Instant,
 }
 
 impl std::fmt::Debug for MysqlLogSource {
@@ -368,6 +374,7 @@ impl MysqlLogSource {
             estimate: None,
             snapshot_time_us: 0,
             last_handed_at: Instant::now(),
+            last_event: Instant::now(),
             opts,
         }
     }
@@ -1247,9 +1254,12 @@ impl MysqlLogSource {
             .map_err(&err)?;
         self.checksums = checksum.is_none_or(|c| !c.eq_ignore_ascii_case("NONE"));
         // A heartbeat every 5 s when idle: a dead connection shows.
-        conn.query_drop("SET @master_heartbeat_period = 5000000000")
-            .await
-            .map_err(&err)?;
+        conn.query_drop(format!(
+            "SET @master_heartbeat_period = {}",
+            HEARTBEAT.as_nanos()
+        ))
+        .await
+        .map_err(&err)?;
         let by_gtid = self.start_gtid.clone().filter(|_| from.file.is_empty());
         if let Some(gtid) = &by_gtid {
             conn.exec_drop("SET @slave_connect_state = ?", (gtid.as_str(),))
@@ -1273,6 +1283,7 @@ impl MysqlLogSource {
             .map_err(|e| self.stream_error(e, &from))?;
         tracing::info!(source = %self.target, server_id = self.server_id, from = %format!("{}:{}", from.file, from.offset), "streaming the binlog");
         self.stream = Some(stream);
+        self.last_event = Instant::now();
         self.file = from.file.clone();
         self.described = false;
         self.seen = from;
@@ -1339,6 +1350,20 @@ impl MysqlLogSource {
             };
             let event = match tokio::time::timeout(left, stream.next()).await {
                 Err(_) => {
+                    if self.last_event.elapsed() > HEARTBEAT * 3 {
+                        // Not even a heartbeat: the connection is dead without having said so
+                        // (a network partition, a frozen server).
+                        let at = self.handed.clone();
+                        self.reset_stream();
+                        return Err(StageError::transient(format!(
+                            "source {}: no binlog event or heartbeat for {} s (at {}:{}); \
+                             reconnecting",
+                            self.target,
+                            (HEARTBEAT * 3).as_secs(),
+                            at.file,
+                            at.offset
+                        )));
+                    }
                     if self.txn.is_none() {
                         break;
                     }
@@ -1357,7 +1382,10 @@ impl MysqlLogSource {
                     self.reset_stream();
                     return Err(self.stream_error(e, &at));
                 }
-                Ok(Some(Ok(event))) => event,
+                Ok(Some(Ok(event))) => {
+                    self.last_event = Instant::now();
+                    event
+                }
             };
             if let Err(e) = self.handle(event).await {
                 self.reset_stream();
