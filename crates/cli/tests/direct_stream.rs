@@ -81,15 +81,7 @@ fn a_direct_stream_applies_nothing_twice_across_a_crash_and_switches_back_to_the
         .unwrap();
         std::thread::sleep(Duration::from_millis(100));
     }
-    let status = wait_for("the failpoint", Duration::from_secs(60), || {
-        child.try_wait().unwrap()
-    });
-    assert!(!status.success(), "{}", log_text(&run1));
-    assert!(
-        log_text(&run1).contains("streaming directly into the sink"),
-        "{}",
-        log_text(&run1)
-    );
+    wait_for_direct_stream_failpoint(&mut child, &run1);
 
     // 2. Restart: the target's record is ahead of the store's and wins; more changes, among
     //    them a TOASTed value left unchanged by an update, a delete and a key update.

@@ -433,3 +433,85 @@ fn repair_and_backfill_put_a_drifted_postgres_target_right() {
     );
     stop_cleanly(&mut child, &log);
 }
+
+/// Direct streaming into MariaDB: a crash right after the target committed a batch (before
+/// the store heard of it) applies nothing twice after the restart (a trigger in the target
+/// records every write), and the store's log stays empty.
+#[test]
+fn a_direct_stream_into_mariadb_applies_nothing_twice_across_a_crash() {
+    let db = MariaDb::builder().arg("--binlog-row-metadata=FULL").start();
+    db.create_database("shop").unwrap();
+    db.sql(
+        "shop",
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, ver INT NOT NULL); \
+         INSERT INTO items SELECT seq, 1 FROM seq_1_to_2000;",
+    )
+    .unwrap();
+    let target = MariaDb::start();
+    target.create_database("replica").unwrap();
+    target
+        .sql(
+            "replica",
+            "CREATE TABLE items (id BIGINT PRIMARY KEY, ver INT NOT NULL); \
+             CREATE TABLE audit (id BIGINT, ver INT); \
+             CREATE TRIGGER items_ins AFTER INSERT ON items FOR EACH ROW \
+               INSERT INTO audit VALUES (NEW.id, NEW.ver); \
+             CREATE TRIGGER items_upd AFTER UPDATE ON items FOR EACH ROW \
+               INSERT INTO audit VALUES (NEW.id, NEW.ver);",
+        )
+        .unwrap();
+    let run_env = Run::new(db.url("shop"), target.url("replica"));
+    let mut env = run_env.env().to_vec();
+    env.push(("TIDESYNC_LOG", Path::new("info")));
+    let config = example("mysql-to-mysql.toml");
+    let args = ["run", config.to_str().unwrap()];
+    let rows = |m: &MariaDb, d: &str| m.sql(d, "SELECT id, ver FROM items ORDER BY id").ok();
+    let mut armed = env.clone();
+    armed.push(("TIDESYNC_FAILPOINTS", Path::new("after-apply:3")));
+    let run1 = run_env.dir.path().join("run1.log");
+    let mut child = spawn(&args, &armed, &run1);
+    wait_for("the copy", Duration::from_secs(60), || {
+        (rows(&target, "replica") == rows(&db, "shop")).then_some(())
+    });
+    for k in 0..10 {
+        db.sql(
+            "shop",
+            &format!("UPDATE items SET ver = ver + 1 WHERE id % 10 = {k}"),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for_direct_stream_failpoint(&mut child, &run1);
+    let run2 = run_env.dir.path().join("run2.log");
+    let mut child = spawn(&args, &env, &run2);
+    wait_for("the remaining updates", Duration::from_secs(60), || {
+        (rows(&target, "replica") == rows(&db, "shop")).then_some(())
+    });
+    stop_cleanly(&mut child, &run2);
+    assert!(
+        log_text(&run2).contains("the target has applied a direct stream past the store's record"),
+        "{}",
+        log_text(&run2)
+    );
+    // Every version was written once: the copy's 2,000 rows and the 2,000 updates.
+    let twice = target
+        .sql(
+            "replica",
+            "SELECT COUNT(*) FROM (SELECT id, ver FROM audit GROUP BY id, ver \
+             HAVING COUNT(*) > 1) d",
+        )
+        .unwrap();
+    assert_eq!(twice.trim(), "0");
+    assert_eq!(
+        target
+            .sql("replica", "SELECT COUNT(*) FROM audit")
+            .unwrap()
+            .trim(),
+        "4000"
+    );
+    let logged: i64 = rusqlite::Connection::open(run_env.state.join("tidesync.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM changes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(logged, 0, "the direct stream wrote to the log");
+}

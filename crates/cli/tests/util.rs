@@ -375,3 +375,17 @@ pub fn sqlite_master_survives_kill_9(
     stop_cleanly(&mut child, &log);
     dir
 }
+
+/// Waits for a run armed with a failpoint to abort (non-zero exit) after it said it streams
+/// directly into its sink.
+pub fn wait_for_direct_stream_failpoint(child: &mut Child, log: &Path) {
+    let status = wait_for("the failpoint", Duration::from_secs(60), || {
+        child.try_wait().unwrap()
+    });
+    assert!(!status.success(), "{}", log_text(log));
+    assert!(
+        log_text(log).contains("streaming directly into the sink"),
+        "{}",
+        log_text(log)
+    );
+}

@@ -55,6 +55,7 @@ const ISOLATION: &str = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
 
 const CREATE_APPLIED: &str = "CREATE TABLE IF NOT EXISTS _tidesync_applied (
     pipeline VARCHAR(255) NOT NULL, sink VARCHAR(255) NOT NULL, seq BIGINT NOT NULL,
+    position LONGTEXT NULL,
     updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     PRIMARY KEY (pipeline, sink)) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4";
 
@@ -207,6 +208,20 @@ impl MysqlSink {
         conn.query_drop(CREATE_APPLIED)
             .await
             .map_err(self.query_error("creating _tidesync_applied"))?;
+        // The source position of the last applied batch (direct streaming); tables made
+        // before it existed get it.
+        let has_position: Option<i64> = conn
+            .query_first(
+                "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+                 AND TABLE_NAME = '_tidesync_applied' AND COLUMN_NAME = 'position'",
+            )
+            .await
+            .map_err(self.query_error("reading _tidesync_applied's columns"))?;
+        if has_position.unwrap_or(0) == 0 {
+            conn.query_drop("ALTER TABLE _tidesync_applied ADD COLUMN position LONGTEXT NULL")
+                .await
+                .map_err(self.query_error("adding _tidesync_applied.position"))?;
+        }
         conn.exec_drop(
             "INSERT IGNORE INTO _tidesync_applied (pipeline, sink, seq) VALUES (?, ?, 0)",
             (&self.pipeline, &self.sink),
@@ -478,9 +493,17 @@ impl MysqlSink {
             .map_or(batch.last_seq, |e| e.seq.max(batch.last_seq));
         if last > applied {
             tx.exec_drop(
-                "UPDATE _tidesync_applied SET seq = ?, updated_at = CURRENT_TIMESTAMP(6) \
-                 WHERE pipeline = ? AND sink = ?",
-                (last.0 as i64, pipeline, sink),
+                "UPDATE _tidesync_applied SET seq = ?, position = ?, \
+                 updated_at = CURRENT_TIMESTAMP(6) WHERE pipeline = ? AND sink = ?",
+                (
+                    last.0 as i64,
+                    batch
+                        .position
+                        .as_ref()
+                        .map(tidesync_core::Position::to_json),
+                    pipeline,
+                    sink,
+                ),
             )
             .await
             .map_err(|e| query_error("recording the applied seq", e))?;
@@ -799,6 +822,38 @@ impl Sink for MysqlSink {
 
     fn apply(&mut self, batch: Arc<Batch>) -> BoxFuture<'_, Result<(), StageError>> {
         Box::pin(async move { self.apply_inner(&batch).await.map_err(StageError::from) })
+    }
+
+    fn records_positions(&self) -> bool {
+        true
+    }
+
+    fn applied_position(
+        &mut self,
+    ) -> BoxFuture<'_, Result<Option<(Seq, tidesync_core::Position)>, StageError>> {
+        Box::pin(async move {
+            let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
+            let err = self.query_error("reading the applied position");
+            let target = self.target.clone();
+            let conn = self.conn().await.map_err(StageError::from)?;
+            let row: Option<(i64, Option<String>)> = conn
+                .exec_first(
+                    "SELECT seq, position FROM _tidesync_applied WHERE pipeline = ? AND sink = ?",
+                    (&pipeline, &sink),
+                )
+                .await
+                .map_err(|e| StageError::from(err(e)))?;
+            let Some((seq, Some(text))) = row else {
+                return Ok(None);
+            };
+            let position = tidesync_core::Position::from_json(&text).map_err(|e| {
+                StageError::definite(format!(
+                    "target {target}: _tidesync_applied.position of {pipeline}/{sink} is not a \
+                     position: {e}"
+                ))
+            })?;
+            Ok(Some((Seq(seq.max(0) as u64), position)))
+        })
     }
 
     fn forget(&mut self) -> BoxFuture<'_, Result<Vec<String>, StageError>> {

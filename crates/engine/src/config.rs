@@ -1023,20 +1023,22 @@ impl Resolver<'_> {
             &format!("{at}.max_lag"),
         )?;
 
-        let one_postgres_sink = matches!(
+        let records_positions =
+            |spec: &SinkSpec| matches!(spec, SinkSpec::Postgres { .. } | SinkSpec::Mysql { .. });
+        let one_database_sink = matches!(
             sink_names.as_slice(),
-            [one] if matches!(sinks[one].spec, SinkSpec::Postgres { .. })
+            [one] if records_positions(&sinks[one].spec)
         );
         let direct_stream = raw
             .direct_stream
             .as_ref()
-            .map_or(one_postgres_sink, |d| *d.get_ref());
+            .map_or(one_database_sink, |d| *d.get_ref());
         if let Some(spanned) = raw.direct_stream.as_ref().filter(|_| direct_stream) {
             let problem = match sink_names.as_slice() {
-                [one] if matches!(sinks[one].spec, SinkSpec::Postgres { .. }) => None,
+                [one] if records_positions(&sinks[one].spec) => None,
                 [one] => Some(format!(
-                    "sink \"{one}\" is not PostgreSQL; only a PostgreSQL sink records the source \
-                     position with each batch"
+                    "sink \"{one}\" is not PostgreSQL or MySQL; only those sinks record the \
+                     source position with each batch"
                 )),
                 _ => Some(format!(
                     "the pipeline has {} sinks; streaming without the log needs exactly one",
@@ -1578,8 +1580,8 @@ max_lag = 1
         assert_at(&err, 14, 17);
         assert_eq!(
             err.message,
-            "pipelines.items.direct_stream: sink \"replica\" is not PostgreSQL; only a PostgreSQL \
-             sink records the source position with each batch (remove direct_stream or set it to false)"
+            "pipelines.items.direct_stream: sink \"replica\" is not PostgreSQL or MySQL; only those \
+             sinks record the source position with each batch (remove direct_stream or set it to false)"
         );
         let postgres = VALID.replace("${TARGET_URL}", "postgres://u@localhost/shop");
         let two = postgres.replace(
@@ -2031,7 +2033,7 @@ sinks = ["target"]
     }
 
     #[test]
-    fn mysql_and_mariadb_sinks_keep_their_urls_and_stream_through_the_log() {
+    fn mysql_and_mariadb_sinks_keep_their_urls_and_stream_directly() {
         for url in ["mariadb://app@localhost/shop", "mysql://app@db:3306/shop"] {
             let config = parse(&with("${TARGET_URL}", url)).unwrap();
             assert_eq!(
@@ -2041,18 +2043,14 @@ sinks = ["target"]
                     create_tables: true
                 }
             );
-            assert!(!config.pipeline("items").unwrap().direct_stream);
+            assert!(config.pipeline("items").unwrap().direct_stream);
         }
-        let err = parse_err(&format!(
-            "{}direct_stream = true\n",
+        let config = parse(&format!(
+            "{}direct_stream = false\n",
             with("${TARGET_URL}", "mysql://app@db/shop")
-        ));
-        assert!(
-            err.message
-                .starts_with("pipelines.items.direct_stream: sink \"replica\" is not PostgreSQL"),
-            "{}",
-            err.message
-        );
+        ))
+        .unwrap();
+        assert!(!config.pipeline("items").unwrap().direct_stream);
     }
 
     #[test]
