@@ -175,7 +175,11 @@ async fn wait_for_row(
             child.log().display()
         );
         child.check_running()?;
-        let _ = child.sample();
+        if let Err(e) = child.sample() {
+            // Most likely the child just exited: say so if it did.
+            child.check_running()?;
+            return Err(e);
+        }
         if client.is_none() {
             client = setup.target_conn().await.ok();
         }
@@ -398,7 +402,8 @@ pub fn snapshot(options: &Options) -> anyhow::Result<()> {
             .context("SELECT .. INTO OUTFILE")?;
         let outfile_time = t.elapsed();
         let dump_bytes = std::fs::metadata(&outfile).map(|m| m.len()).unwrap_or(0);
-        let _ = std::fs::remove_file(&outfile);
+        std::fs::remove_file(&outfile)
+            .with_context(|| format!("removing {}", outfile.display()))?;
         let t = Instant::now();
         let client = Command::new("mariadb")
             .args([

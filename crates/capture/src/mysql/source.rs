@@ -532,7 +532,10 @@ impl MysqlLogSource {
         if let Some(Err(e)) = stream.next().await {
             return Err(self.stream_error(e, at));
         }
-        let _ = stream.close().await;
+        if let Err(e) = stream.close().await {
+            // The probe's answer is in; a connection that does not close cleanly is dropped.
+            tracing::debug!(source = %self.target, error = %e, "closing the replication probe");
+        }
         Ok(())
     }
 
@@ -2010,8 +2013,13 @@ impl MysqlLogSource {
                 self.handed_cursor = None;
                 self.fresh_at = None;
                 self.snap = None;
-                if let Some(conn) = self.conn.as_mut() {
-                    let _ = conn.query_drop("ROLLBACK").await;
+                // End the snapshot's read-only transaction; a connection that cannot is
+                // dropped (the next query connects anew).
+                if let Some(conn) = self.conn.as_mut()
+                    && let Err(e) = conn.query_drop("ROLLBACK").await
+                {
+                    tracing::debug!(source = %self.target, error = %e, "ending the snapshot transaction");
+                    self.conn = None;
                 }
                 tracing::info!(source = %self.target, "initial copy done; streaming");
             }

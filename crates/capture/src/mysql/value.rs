@@ -259,7 +259,6 @@ pub(crate) fn key_param(column: &Column, value: &Value) -> Result<M, String> {
 /// refuses (a negative TIME, a year past 9999) fails that chunk, and the copy goes on through
 /// the log, which names the row.
 pub(crate) fn put_copy_value(out: &mut Vec<u8>, value: &Value) {
-    use std::io::Write as _;
     let escaped = |out: &mut Vec<u8>, text: &str| {
         for b in text.bytes() {
             match b {
@@ -273,10 +272,7 @@ pub(crate) fn put_copy_value(out: &mut Vec<u8>, value: &Value) {
     };
     match value {
         Value::Null => out.extend_from_slice(b"\\N"),
-        // Writing into a Vec cannot fail.
-        Value::Int(i) => {
-            let _ = write!(out, "{i}");
-        }
+        Value::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
         Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
         Value::Decimal(d) => out.extend_from_slice(d.as_str().as_bytes()),
         Value::Text(t) | Value::Json(t) => escaped(out, t),
