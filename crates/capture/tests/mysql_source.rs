@@ -480,8 +480,7 @@ async fn re_reads_keys_and_tables_on_request() {
     assert_eq!(ids, (1..=30).collect::<Vec<_>>());
 }
 
-async fn open_error(db: &MariaDb, url: String) -> String {
-    let _ = db;
+async fn open_error(url: String) -> String {
     let mut source = MysqlLogSource::new(MysqlLogOptions::new(url, "p1", vec!["items".into()]));
     source.open(None).await.unwrap_err().to_string()
 }
@@ -503,7 +502,7 @@ async fn misconfigured_servers_and_users_get_errors_that_say_what_to_change() {
         db.create_database(DB).unwrap();
         db.sql(DB, "CREATE TABLE items (id INT PRIMARY KEY)")
             .unwrap();
-        let err = open_error(&db, db.url(DB)).await;
+        let err = open_error(db.url(DB)).await;
         assert!(err.contains(want), "{arg}: {err}");
     }
     let db = server();
@@ -516,9 +515,9 @@ async fn misconfigured_servers_and_users_get_errors_that_say_what_to_change() {
     )
     .unwrap();
     let url = |user: &str| format!("mysql://{user}@127.0.0.1:{}/{DB}", db.port());
-    let err = open_error(&db, url("plain")).await;
+    let err = open_error(url("plain")).await;
     assert!(err.contains("grant it REPLICATION CLIENT"), "{err}");
-    let err = open_error(&db, url("client")).await;
+    let err = open_error(url("client")).await;
     assert!(err.contains("grant it REPLICATION SLAVE"), "{err}");
     let mut source =
         MysqlLogSource::new(MysqlLogOptions::new(db.url(DB), "p1", vec!["nokey".into()]));

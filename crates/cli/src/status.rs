@@ -1,21 +1,12 @@
 //! `tidesync status`: where each pipeline stands, read from the store (works beside a running
 //! `tidesync run`: the store is opened read-only and WAL lets it read while `run` writes).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::Context;
 use serde_json::json;
 use tidesync_core::RequestKind;
 use tidesync_core::time::format_timestamp;
 use tidesync_engine::Config;
 use tidesync_store::{RequestState, SqliteStore};
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
 
 pub(crate) fn print(config: &Config, as_json: bool) -> anyhow::Result<()> {
     let store = SqliteStore::open_read_only(&config.store.path)?;
@@ -103,7 +94,7 @@ pub(crate) fn print(config: &Config, as_json: bool) -> anyhow::Result<()> {
                 format!(
                     ", last change committed {} ({:.1} s ago)",
                     format_timestamp(t),
-                    (now_us() - t) as f64 / 1e6
+                    (tidesync_core::time::now_us() - t) as f64 / 1e6
                 )
             })
             .unwrap_or_default();

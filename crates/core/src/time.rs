@@ -85,6 +85,13 @@ pub fn format_time(micros: i64) -> String {
     )
 }
 
+/// Now, in microseconds since 1970-01-01T00:00:00Z (0 on a clock set before 1970).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
 /// RFC 3339 in UTC with six fractional digits: `2026-11-23T14:21:00.000000Z`.
 pub fn format_timestamp(micros: i64) -> String {
     let days = micros.div_euclid(MICROS_PER_DAY);

@@ -459,32 +459,19 @@ impl MysqlSink {
         for step in plan(&todo, max_rows, keys) {
             let first = step.entries[0];
             let key_columns = &keys[step.stream];
-            let (sql, params) = step_sql(&step, key_columns).map_err(|problem| {
-                (
-                    MysqlSinkError::BadChange {
-                        target: target.clone(),
-                        table: step.stream.to_owned(),
-                        seq: first.seq,
-                        key: first.change.key.to_string(),
-                        problem,
-                        transient: false,
-                    },
-                    false,
-                )
-            })?;
+            let bad_change = |problem, transient| MysqlSinkError::BadChange {
+                target: target.clone(),
+                table: step.stream.to_owned(),
+                seq: first.seq,
+                key: first.change.key.to_string(),
+                problem,
+                transient,
+            };
+            let (sql, params) = step_sql(&step, key_columns)
+                .map_err(|problem| (bad_change(problem, false), false))?;
             tx.exec_drop(sql, params).await.map_err(|e| {
                 let (problem, transient) = describe(&e);
-                (
-                    MysqlSinkError::BadChange {
-                        target: target.clone(),
-                        table: step.stream.to_owned(),
-                        seq: first.seq,
-                        key: first.change.key.to_string(),
-                        problem,
-                        transient,
-                    },
-                    step.entries.len() > 1,
-                )
+                (bad_change(problem, transient), step.entries.len() > 1)
             })?;
         }
         let last = batch

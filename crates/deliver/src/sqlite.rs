@@ -394,7 +394,7 @@ impl Inner {
             tx.execute(
                 "INSERT INTO _tidesync_applied (pipeline, sink, seq, updated_us) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (pipeline, sink) DO UPDATE SET seq = excluded.seq, updated_us = excluded.updated_us",
-                params![pipeline, sink, last.0 as i64, now_us()],
+                params![pipeline, sink, last.0 as i64, tidesync_core::time::now_us()],
             )
             .map_err(&err)?;
         }
@@ -441,13 +441,6 @@ fn find_statement<'a>(
         .iter()
         .find(|(cols, _)| cols.iter().map(String::as_str).eq(row.columns()))
         .map(|(_, sql)| sql.as_str())
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 fn create_table_sql(schema: &TableSchema) -> String {

@@ -659,6 +659,37 @@ impl Resolver<'_> {
                 format!("{at}.server_id: only MySQL/MariaDB sources have a server_id"),
             ));
         }
+        // What every log source shares: it is streamed, not polled, and copies in chunks.
+        let log_settings = || -> Result<(usize, Duration, bool), ConfigError> {
+            if let Some(p) = &raw.poll_interval_ms {
+                return Err(self.doc.error(
+                    p.span(),
+                    format!(
+                        "{at}.poll_interval_ms: a log source is not polled (the server \
+                         streams its changes); remove it"
+                    ),
+                ));
+            }
+            let chunk_rows = self.int(
+                raw.chunk_rows.as_ref(),
+                DEFAULT_CHUNK_ROWS,
+                CHUNK_ROWS_RANGE.0,
+                Some(CHUNK_ROWS_RANGE.1),
+                &format!("{at}.chunk_rows"),
+            )?;
+            let linger_ms = self.int(
+                raw.linger_ms.as_ref(),
+                DEFAULT_LINGER_MS,
+                LINGER_MS_RANGE.0,
+                Some(LINGER_MS_RANGE.1),
+                &format!("{at}.linger_ms"),
+            )?;
+            Ok((
+                chunk_rows.unsigned_abs() as usize,
+                Duration::from_millis(linger_ms.unsigned_abs()),
+                raw.direct_copy.as_ref().is_none_or(|d| *d.get_ref()),
+            ))
+        };
         let spec = match (kind, mode) {
             (DbKind::Sqlite { path }, Mode::Trigger) => SourceSpec::SqliteTrigger {
                 path,
@@ -666,15 +697,6 @@ impl Resolver<'_> {
                 poll_interval,
             },
             (DbKind::Postgres, Mode::Log) => {
-                if let Some(p) = &raw.poll_interval_ms {
-                    return Err(self.doc.error(
-                        p.span(),
-                        format!(
-                            "{at}.poll_interval_ms: a log source is not polled (the server \
-                             streams its changes); remove it"
-                        ),
-                    ));
-                }
                 let publication = raw
                     .publication
                     .as_ref()
@@ -709,62 +731,18 @@ impl Resolver<'_> {
                         ));
                     }
                 }
-                let chunk_rows = self.int(
-                    raw.chunk_rows.as_ref(),
-                    DEFAULT_CHUNK_ROWS,
-                    CHUNK_ROWS_RANGE.0,
-                    Some(CHUNK_ROWS_RANGE.1),
-                    &format!("{at}.chunk_rows"),
-                )?;
-                let linger_ms = self.int(
-                    raw.linger_ms.as_ref(),
-                    DEFAULT_LINGER_MS,
-                    LINGER_MS_RANGE.0,
-                    Some(LINGER_MS_RANGE.1),
-                    &format!("{at}.linger_ms"),
-                )?;
+                let (chunk_rows, linger, direct_copy) = log_settings()?;
                 SourceSpec::PostgresLog {
                     url: self.string(&raw.url, &format!("{at}.url"))?,
                     tables,
                     publication,
                     slot,
-                    chunk_rows: chunk_rows.unsigned_abs() as usize,
-                    linger: Duration::from_millis(linger_ms.unsigned_abs()),
-                    direct_copy: raw.direct_copy.as_ref().is_none_or(|d| *d.get_ref()),
+                    chunk_rows,
+                    linger,
+                    direct_copy,
                 }
-            }
-            (DbKind::Postgres, mode) => {
-                let span = raw.mode.as_ref().map_or(raw.url.span(), Spanned::span);
-                return Err(self.doc.error(
-                    span,
-                    format!(
-                        "{at}.mode: mode \"{}\" is not supported for postgres sources yet \
-                         (supported: log)",
-                        mode.name()
-                    ),
-                ));
-            }
-            (DbKind::Sqlite { .. }, mode) => {
-                let span = raw.mode.as_ref().map_or(raw.url.span(), Spanned::span);
-                return Err(self.doc.error(
-                    span,
-                    format!(
-                        "{at}.mode: mode \"{}\" is not supported for sqlite sources yet \
-                         (supported: trigger)",
-                        mode.name()
-                    ),
-                ));
             }
             (DbKind::Mysql, Mode::Log) => {
-                if let Some(p) = &raw.poll_interval_ms {
-                    return Err(self.doc.error(
-                        p.span(),
-                        format!(
-                            "{at}.poll_interval_ms: a log source is not polled (the server \
-                             streams its changes); remove it"
-                        ),
-                    ));
-                }
                 let server_id = match &raw.server_id {
                     None => None,
                     Some(_) => Some(self.int(
@@ -775,36 +753,28 @@ impl Resolver<'_> {
                         &format!("{at}.server_id"),
                     )? as u32),
                 };
-                let chunk_rows = self.int(
-                    raw.chunk_rows.as_ref(),
-                    DEFAULT_CHUNK_ROWS,
-                    CHUNK_ROWS_RANGE.0,
-                    Some(CHUNK_ROWS_RANGE.1),
-                    &format!("{at}.chunk_rows"),
-                )?;
-                let linger_ms = self.int(
-                    raw.linger_ms.as_ref(),
-                    DEFAULT_LINGER_MS,
-                    LINGER_MS_RANGE.0,
-                    Some(LINGER_MS_RANGE.1),
-                    &format!("{at}.linger_ms"),
-                )?;
+                let (chunk_rows, linger, direct_copy) = log_settings()?;
                 SourceSpec::MysqlLog {
                     url: self.string(&raw.url, &format!("{at}.url"))?,
                     tables,
                     server_id,
-                    chunk_rows: chunk_rows.unsigned_abs() as usize,
-                    linger: Duration::from_millis(linger_ms.unsigned_abs()),
-                    direct_copy: raw.direct_copy.as_ref().is_none_or(|d| *d.get_ref()),
+                    chunk_rows,
+                    linger,
+                    direct_copy,
                 }
             }
-            (DbKind::Mysql, mode) => {
+            (kind, mode) => {
+                let (name, supported) = match kind {
+                    DbKind::Sqlite { .. } => ("sqlite", "trigger"),
+                    DbKind::Postgres => ("postgres", "log"),
+                    DbKind::Mysql => ("mysql", "log"),
+                };
                 let span = raw.mode.as_ref().map_or(raw.url.span(), Spanned::span);
                 return Err(self.doc.error(
                     span,
                     format!(
-                        "{at}.mode: mode \"{}\" is not supported for mysql sources yet \
-                         (supported: log)",
+                        "{at}.mode: mode \"{}\" is not supported for {name} sources yet \
+                         (supported: {supported})",
                         mode.name()
                     ),
                 ));

@@ -33,7 +33,6 @@ pub use requests::{RequestInfo, RequestState};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tidesync_core::codec::DecodeError;
@@ -95,13 +94,6 @@ impl From<StoreError> for StageError {
 
 /// Statements each writer connection keeps prepared (see [`SqliteStore::open`]).
 const WRITER_STATEMENTS_CACHED: usize = 32;
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
 
 pub(crate) fn op_code(op: Op) -> i64 {
     match op {
@@ -515,7 +507,7 @@ fn append(
            head_commit_us = coalesce(excluded.head_commit_us, head_commit_us), updated_us = excluded.updated_us",
     )
     .and_then(|mut st| {
-        st.execute(params![pipeline, captured.position.to_json(), seq, last_commit_us, now_us()])
+        st.execute(params![pipeline, captured.position.to_json(), seq, last_commit_us, tidesync_core::time::now_us()])
     })
     .map_err(e("storing the source position"))?;
     if let Some(progress) = &captured.progress {
@@ -545,10 +537,10 @@ fn advance(
          ON CONFLICT (pipeline) DO UPDATE SET position = excluded.position, head = max(head, excluded.head),
            head_commit_us = coalesce(excluded.head_commit_us, head_commit_us), updated_us = excluded.updated_us",
     )
-    .and_then(|mut st| st.execute(params![pipeline, position.to_json(), head, head_commit_us, now_us()]))
+    .and_then(|mut st| st.execute(params![pipeline, position.to_json(), head, head_commit_us, tidesync_core::time::now_us()]))
     .map_err(e("storing the source position"))?;
     tx.prepare_cached("UPDATE cursors SET seq = max(seq, ?2), updated_us = ?3 WHERE pipeline = ?1")
-        .and_then(|mut st| st.execute(params![pipeline, head, now_us()]))
+        .and_then(|mut st| st.execute(params![pipeline, head, tidesync_core::time::now_us()]))
         .map_err(e("moving the cursors"))?;
     if let Some(progress) = progress {
         requests::record_progress(&tx, pipeline, progress, head)?;
@@ -739,7 +731,7 @@ fn set_cursor(
         "INSERT INTO cursors (pipeline, consumer, seq, updated_us) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (pipeline, consumer) DO UPDATE SET seq = max(seq, excluded.seq), updated_us = excluded.updated_us",
     )
-    .and_then(|mut st| st.execute(params![pipeline, consumer, seq.0 as i64, now_us()]))
+    .and_then(|mut st| st.execute(params![pipeline, consumer, seq.0 as i64, tidesync_core::time::now_us()]))
     .map_err(StoreError::sqlite("moving a cursor"))?;
     Ok(())
 }
@@ -800,7 +792,12 @@ fn trim(conn: &Connection, pipeline: &str, retain_us: i64) -> Result<u64, StoreE
                AND seq <= (SELECT min(seq) FROM cursors WHERE pipeline = ?1)
                AND commit_us < ?2",
         )
-        .and_then(|mut st| st.execute(params![pipeline, now_us().saturating_sub(retain_us)]))
+        .and_then(|mut st| {
+            st.execute(params![
+                pipeline,
+                tidesync_core::time::now_us().saturating_sub(retain_us)
+            ])
+        })
         .map_err(StoreError::sqlite("trimming the log"))?;
     Ok(n as u64)
 }

@@ -14,7 +14,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tidesync_core::codec::binary;
 use tidesync_core::{Key, Request, RequestKind, RequestProgress, Seq};
 
-use crate::{StoreError, now_us};
+use crate::StoreError;
+use tidesync_core::time::now_us;
 
 pub(crate) const CREATE: &str = "CREATE TABLE IF NOT EXISTS requests (
     pipeline TEXT NOT NULL, id INTEGER NOT NULL, stream TEXT NOT NULL, keys BLOB,

@@ -111,34 +111,39 @@ pub(crate) fn split_name(stream: &str, default_db: &str) -> (String, String) {
     }
 }
 
-/// Reads one table's columns and primary key. `Ok(None)`: there is no such table. `Err`: a
-/// problem that names the table and column.
+/// Why a table could not be read.
+#[derive(Debug)]
+pub(crate) enum LoadError {
+    /// A query failed (classified by the caller: a lost connection is worth retrying).
+    Query(mysql_async::Error),
+    /// The table cannot be captured as it is; names the table and column.
+    Table(String),
+}
+
+impl From<mysql_async::Error> for LoadError {
+    fn from(e: mysql_async::Error) -> Self {
+        LoadError::Query(e)
+    }
+}
+
+/// Reads one table's columns and primary key. `Ok(None)`: there is no such table.
 pub(crate) async fn load_table(
     conn: &mut Conn,
     stream: &str,
     database: &str,
     name: &str,
     mariadb: bool,
-) -> Result<Option<Table>, String> {
-    let q = |e: mysql_async::Error| tidesync_core::mysql::describe(&e).0;
-    type ColumnRow = (
-        String,
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-    );
+) -> Result<Option<Table>, LoadError> {
+    type ColumnRow = (String, String, String, String, Option<String>);
     let rows: Vec<ColumnRow> = conn
         .exec(
             "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR), CAST(COLUMN_TYPE AS CHAR), \
-             CAST(IS_NULLABLE AS CHAR), CAST(CHARACTER_SET_NAME AS CHAR), CAST(COLLATION_NAME AS CHAR) \
+             CAST(IS_NULLABLE AS CHAR), CAST(CHARACTER_SET_NAME AS CHAR) \
              FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
              ORDER BY ORDINAL_POSITION",
             (database, name),
         )
-        .await
-        .map_err(q)?;
+        .await?;
     if rows.is_empty() {
         return Ok(None);
     }
@@ -149,14 +154,13 @@ pub(crate) async fn load_table(
              ORDER BY ORDINAL_POSITION",
             (database, name),
         )
-        .await
-        .map_err(q)?;
+        .await?;
     if key.is_empty() {
-        return Err(format!(
+        return Err(LoadError::Table(format!(
             "table {stream} has no primary key, which capture needs to know which row a change \
              is of (add one: ALTER TABLE {} ADD PRIMARY KEY (...))",
             tidesync_core::mysql::quote_ident(name)
-        ));
+        )));
     }
     // MariaDB's JSON is LONGTEXT with a `json_valid(col)` check.
     let json_checked: Vec<String> = if mariadb {
@@ -165,13 +169,12 @@ pub(crate) async fn load_table(
              WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
             (database, name),
         )
-        .await
-        .map_err(q)?
+        .await?
     } else {
         Vec::new()
     };
     let mut columns = Vec::with_capacity(rows.len());
-    for (column, data_type, column_type, nullable, charset, _collation) in rows {
+    for (column, data_type, column_type, nullable, charset) in rows {
         let data_type = data_type.to_ascii_lowercase();
         let column_type = column_type.to_ascii_lowercase();
         let is_json = data_type == "json"
@@ -183,7 +186,9 @@ pub(crate) async fn load_table(
             Kind::Json
         } else {
             kind_of(&data_type, &column_type, charset.as_deref()).map_err(|problem| {
-                format!("table {stream} column {column} ({column_type}): {problem}")
+                LoadError::Table(format!(
+                    "table {stream} column {column} ({column_type}): {problem}"
+                ))
             })?
         };
         let type_name = if is_json {

@@ -55,7 +55,7 @@ use tidesync_core::{
 };
 
 use super::ddl::{Ddl, ddl_target, first_word};
-use super::schema::{Table, binlog_type_fits, load_table, split_name};
+use super::schema::{LoadError, Table, binlog_type_fits, load_table, split_name};
 use super::value::{Origin, convert, from_binlog, key_param, put_copy_value};
 
 /// How long one consistent snapshot serves chunks while the stream waits; then the next
@@ -322,12 +322,6 @@ impl std::fmt::Debug for MysqlLogSource {
 
 fn definite(e: impl Into<tidesync_core::BoxError>) -> StageError {
     StageError::definite(e)
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 impl MysqlLogSource {
@@ -610,11 +604,8 @@ impl MysqlLogSource {
             Ok(None) => Err(definite(format!(
                 "source {target}: table {stream} does not exist (database {db})"
             ))),
-            Err(problem) if problem.contains("(error ") => {
-                // A query error: classify it like any other.
-                Err(err(mysql_async::Error::Other(problem.into())))
-            }
-            Err(problem) => Err(definite(format!("source {target}: {problem}"))),
+            Err(LoadError::Query(e)) => Err(err(e)),
+            Err(LoadError::Table(problem)) => Err(definite(format!("source {target}: {problem}"))),
         }
     }
 
@@ -917,10 +908,14 @@ impl MysqlLogSource {
             return Err(definite("no connection"));
         };
         let table = &self.tables[t];
-        let key_at = table.key_positions();
+        // For each column, its place in the key (key order), if it is a key column.
+        let mut key_slot: Vec<Option<usize>> = vec![None; table.columns.len()];
+        for (slot, &i) in table.key_positions().iter().enumerate() {
+            key_slot[i] = Some(slot);
+        }
         let mut data = Vec::with_capacity(limit * 64);
         let mut rows = 0_u64;
-        let mut key: Vec<Value> = Vec::with_capacity(key_at.len());
+        let mut key: Vec<Value> = vec![Value::Null; table.key.len()];
         let mut failure: Option<String> = None;
         let read = async {
             let mut result = conn.exec_iter(sql, params).await?;
@@ -938,7 +933,6 @@ impl MysqlLogSource {
                         ));
                         return;
                     }
-                    key.clear();
                     for (i, (column, value)) in table.columns.iter().zip(values).enumerate() {
                         if i > 0 {
                             data.push(b'\t');
@@ -946,8 +940,8 @@ impl MysqlLogSource {
                         match convert(column, value, Origin::Query) {
                             Ok(v) => {
                                 put_copy_value(&mut data, &v);
-                                if key_at.contains(&i) {
-                                    key.push(v);
+                                if let Some(slot) = key_slot[i] {
+                                    key[slot] = v;
                                 }
                             }
                             Err(e) => {
@@ -970,15 +964,7 @@ impl MysqlLogSource {
                 self.target, self.tables[t].stream
             )));
         }
-        // Key values in key order (`key_at` is in key order, the row in column order).
-        let mut ordered = Vec::with_capacity(key_at.len());
-        let mut by_column: Vec<usize> = key_at.clone();
-        by_column.sort_unstable();
-        for &i in &key_at {
-            let at = by_column.iter().position(|&c| c == i).unwrap_or(0);
-            ordered.push(key.get(at).cloned().unwrap_or(Value::Null));
-        }
-        Ok((data, rows, (rows > 0).then_some(Key(ordered))))
+        Ok((data, rows, (rows > 0).then_some(Key(key))))
     }
 
     /// Reads up to `limit` rows of table `t` after `after` under the open snapshot.
@@ -2266,7 +2252,7 @@ impl Source for MysqlLogSource {
             self.estimate = None;
             self.check_server().await?;
             self.load_tables().await?;
-            self.snapshot_time_us = now_us();
+            self.snapshot_time_us = tidesync_core::time::now_us();
             let target = self.target.clone();
             let not_ours = |p: &Position| {
                 definite(format!(

@@ -347,13 +347,6 @@ fn from_replication(e: ReplicationError) -> StageError {
     }
 }
 
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 impl PgLogSource {
     pub fn new(opts: PgLogOptions) -> Self {
         PgLogSource {
@@ -382,7 +375,7 @@ impl PgLogSource {
             seen: Lsn(0),
             last_handed_at: Instant::now(),
             next_window: 1,
-            run: now_us(),
+            run: tidesync_core::time::now_us(),
             snapshot_time_us: 0,
         }
     }
@@ -2038,10 +2031,10 @@ impl Source for PgLogSource {
             self.ready_changes = 0;
             self.copy = None;
             self.handed_cursor = None;
-            self.run = now_us().max(self.run + 1);
+            self.run = tidesync_core::time::now_us().max(self.run + 1);
             self.load_tables().await?;
             self.ensure_publication().await?;
-            self.snapshot_time_us = now_us();
+            self.snapshot_time_us = tidesync_core::time::now_us();
             let start = match from {
                 None => Some(self.start_fresh().await?),
                 Some(Position::Lsn(lsn)) => {
