@@ -5,6 +5,7 @@
 //! - [`pg`]: PostgreSQL log capture (logical replication, `pgoutput`).
 //! - [`mysql`]: MySQL/MariaDB log capture (the row-based binary log).
 
+pub mod diff;
 pub mod mysql;
 pub mod pg;
 pub mod sqlite;

@@ -23,7 +23,8 @@ pub mod value;
 pub use change::{Batch, BatchKind, Change, Key, LogEntry, Op, Row, Seq};
 pub use position::Position;
 pub use stage::{
-    BoxError, BoxFuture, Captured, ColumnSchema, CopyChunk, CopyWriter, Dialect, Log, LogStatus,
-    Opened, Request, RequestKind, RequestProgress, Sink, Source, StageError, TableSchema,
+    BoxError, BoxFuture, Captured, ColumnSchema, CopyChunk, CopyWriter, Dialect, Fingerprint, Log,
+    LogStatus, Opened, Request, RequestKind, RequestProgress, Sink, Source, StageError,
+    TableSchema,
 };
 pub use value::{Decimal, Value, ValueError};

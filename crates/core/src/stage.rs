@@ -103,6 +103,22 @@ pub struct Captured {
     /// Set on the batch that carries (part of) a requested re-read: the store records the
     /// request's progress in the same transaction as the batch.
     pub progress: Option<RequestProgress>,
+    /// Empty, or one per change (same order): the row fingerprint a query-and-compare source
+    /// (`diff`) keeps for the change's key. The store writes them in the batch's transaction
+    /// and skips a change whose fingerprint it already holds (a version already logged), so
+    /// a comparison repeated after a crash or a retry never logs a version twice.
+    pub fingerprints: Vec<Fingerprint>,
+}
+
+/// The fingerprint of one row of a `diff` stream, as the store keeps it next to the log:
+/// per (pipeline, stream, `ord`), the row's key and a hash of its values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// The key in an order-preserving byte form: rows of a stream are compared in this order.
+    pub ord: Vec<u8>,
+    /// The hash of the row's values (`row_hash` of its binary encoding); `None`: the row is
+    /// gone (a delete).
+    pub hash: Option<i64>,
 }
 
 /// A re-read of rows asked of a running source (`tidesync verify --repair`,

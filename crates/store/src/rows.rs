@@ -317,6 +317,7 @@ mod tests {
         let s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
         let changes = mixed_batch();
         let captured = Captured {
+            fingerprints: Vec::new(),
             kind: BatchKind::Incremental,
             changes: changes.clone(),
             position: Position::Lsn(1),
@@ -352,6 +353,7 @@ mod tests {
     #[test]
     fn reads_of_the_current_state_during_an_append_turn_collection_off() {
         let batch = |kind, changes| Captured {
+            fingerprints: Vec::new(),
             kind,
             changes,
             position: Position::Lsn(1),

@@ -929,6 +929,7 @@ impl PgLogSource {
         }
         self.handed_cursor = self.copy.as_ref().map(|c| (c.table, c.after.clone()));
         Ok(Captured {
+            fingerprints: Vec::new(),
             kind: BatchKind::Full,
             changes,
             position: self.position(),
@@ -1314,6 +1315,7 @@ impl PgLogSource {
                 BatchKind::Incremental
             };
             return Ok(Some(Captured {
+                fingerprints: Vec::new(),
                 kind,
                 changes,
                 position: self.position(),

@@ -611,6 +611,7 @@ impl Inner {
             // A request this source cannot serve fails alone; capture goes on.
             Err(e @ TriggerError::BadRequest { .. }) => {
                 return Ok(Some(Captured {
+                    fingerprints: Vec::new(),
                     kind: BatchKind::Full,
                     changes: Vec::new(),
                     position: Position::RowId(self.last_polled),
@@ -628,6 +629,7 @@ impl Inner {
             if last == 0 {
                 // Nothing to read (an empty table): done with no rows.
                 return Ok(Some(Captured {
+                    fingerprints: Vec::new(),
                     kind: BatchKind::Full,
                     changes: Vec::new(),
                     position: Position::RowId(self.last_polled),
@@ -787,6 +789,7 @@ impl Inner {
             BatchKind::Incremental
         };
         Ok(Some(Captured {
+            fingerprints: Vec::new(),
             kind,
             changes,
             position: Position::RowId(last),

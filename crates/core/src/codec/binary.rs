@@ -102,6 +102,17 @@ pub fn encode_row(out: &mut Vec<u8>, row: &Row) {
     }
 }
 
+/// Appends the form of [`encode_row`] of the row with columns `names` and `values` (same
+/// length), without building a [`Row`]: `row_hash` of it equals the store's hash of that row.
+pub fn encode_row_parts(out: &mut Vec<u8>, names: &[String], values: &[Value]) {
+    debug_assert_eq!(names.len(), values.len());
+    put_varint(out, names.len() as u64);
+    for (c, v) in names.iter().zip(values) {
+        put_bytes(out, c.as_bytes());
+        encode_value(out, v);
+    }
+}
+
 pub fn key_to_vec(key: &Key) -> Vec<u8> {
     let mut out = Vec::with_capacity(16);
     encode_key(&mut out, key);

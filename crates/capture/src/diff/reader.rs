@@ -1,0 +1,66 @@
+//! What the `diff` capture mode needs from a database: describe a query's columns, find a
+//! table's primary key, and read a query's rows in key order as model values. One
+//! implementation per database ([`super::pg`], [`super::mysql`], [`super::sqlite`]).
+
+use tidesync_core::{BoxFuture, Dialect, StageError, Value};
+use tokio::sync::mpsc;
+
+/// A column of a stream's query result, as the database describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryColumn {
+    pub name: String,
+    /// The database's own type name (`int4`, `numeric(12,2)`, `varchar(40)`, `INTEGER`, ...),
+    /// used to create target tables. Empty when the database does not say (a SQLite
+    /// expression).
+    pub type_name: String,
+    /// `false` only when the database guarantees no nulls; `true` when unknown.
+    pub nullable: bool,
+}
+
+/// Rows of a query: each row has one value per described column, in column order.
+pub type Page = Vec<Vec<Value>>;
+
+/// Reads the rows of the queries of one `diff` source's database.
+///
+/// Errors are classified as everywhere else: a lost connection or a restarting server is
+/// transient (the run is retried), bad SQL, a missing table or a value that cannot be read is
+/// definite and names the query or table and the column.
+pub trait QueryReader: Send {
+    /// Whose type names [`QueryColumn::type_name`] holds.
+    fn dialect(&self) -> Dialect;
+
+    /// The database, for messages (without a password).
+    fn describe_db(&self) -> String;
+
+    /// The columns `query` returns, in order, without reading its rows. Two columns with the
+    /// same name are a definite error naming them.
+    fn columns<'a>(
+        &'a mut self,
+        query: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<QueryColumn>, StageError>>;
+
+    /// The primary-key columns of `table` (`table` or `schema.table`, as the log sources take
+    /// it), in key order. A definite error names the table when it does not exist or has no
+    /// primary key.
+    fn primary_key<'a>(
+        &'a mut self,
+        table: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StageError>>;
+
+    /// Runs `query` (whose columns are `columns`, as [`Self::columns`] returned them) as one
+    /// consistent read, ordered by the columns at positions `order`, and sends its rows on
+    /// `out` in pages of at most `page_rows` rows. The order must be the one
+    /// [`super::ord`] encodes: integers, decimals, dates and times numerically, text and
+    /// bytes by their bytes (UTF-8 byte order, whatever the column's collation). Each value
+    /// is converted to the model [`Value`] the database's type maps to (the same mapping as
+    /// that database's log or trigger capture). Returns once every row is sent, or early
+    /// (`Ok`) when `out` is closed.
+    fn read<'a>(
+        &'a mut self,
+        query: &'a str,
+        columns: &'a [QueryColumn],
+        order: &'a [usize],
+        page_rows: usize,
+        out: mpsc::Sender<Page>,
+    ) -> BoxFuture<'a, Result<(), StageError>>;
+}
