@@ -6,6 +6,7 @@
 //! benchmark that silently measures a broken run is worthless. See README.md and RESULTS.md.
 
 mod child;
+mod diff;
 mod mysql;
 mod pg;
 mod report;
@@ -48,6 +49,9 @@ enum Command {
     MysqlStreaming(mysql::Options),
     /// MariaDB -> PostgreSQL initial copy of a table, beside `SELECT * INTO OUTFILE`.
     MysqlSnapshot(mysql::Options),
+    /// Query-and-compare (`diff`) of a PostgreSQL table with 1% of its rows changed and with
+    /// none, beside the server's own `COPY (SELECT ..) TO '/dev/null'`.
+    PgDiff(diff::Options),
 }
 
 /// Options every benchmark takes.
@@ -171,6 +175,7 @@ fn main() -> ExitCode {
         Command::PgVerify(options) => pg::verify::run(options),
         Command::MysqlStreaming(options) => mysql::streaming(options),
         Command::MysqlSnapshot(options) => mysql::snapshot(options),
+        Command::PgDiff(options) => diff::run(options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

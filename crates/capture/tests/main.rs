@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod diff_readers;
+mod diff_source;
 mod mysql_source;
 mod pg_replication;
 mod pg_source;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod diff;
 mod direct;
 mod direct_stream;
 mod mysql;

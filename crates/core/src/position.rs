@@ -31,6 +31,10 @@ pub enum Position {
     RowId(i64),
     /// A poll watermark: the last seen timestamp and, among rows sharing it, the last key.
     Watermark { time_us: i64, key: Key },
+    /// A query-and-compare (`diff`) source: the start of its last complete run (microseconds
+    /// since the epoch; 0: no run completed yet). Batches of a run in progress carry the
+    /// previous run's position; the run's last batch carries its own.
+    DiffRun { started_us: i64 },
     /// An initial snapshot in progress: the change stream resumes at `stream` once it is
     /// done; the tables the source lists before `table` are copied, and of `table` the rows
     /// up to and including key `after` (in the source's own text form and key order; `None`:
@@ -49,6 +53,7 @@ impl Position {
         match (self, other) {
             (Lsn(a), Lsn(b)) => Some(a.cmp(b)),
             (RowId(a), RowId(b)) => Some(a.cmp(b)),
+            (DiffRun { started_us: a }, DiffRun { started_us: b }) => Some(a.cmp(b)),
             (
                 Binlog {
                     file: fa,
@@ -115,6 +120,12 @@ impl fmt::Display for Position {
             }
             Position::Gtid(set) => write!(f, "gtid {set}"),
             Position::RowId(id) => write!(f, "row id {id}"),
+            Position::DiffRun { started_us: 0 } => f.write_str("no diff run completed yet"),
+            Position::DiffRun { started_us } => write!(
+                f,
+                "diff run started {}",
+                crate::time::format_timestamp(*started_us)
+            ),
             Position::Watermark { time_us, key } => write!(
                 f,
                 "watermark {} {key}",

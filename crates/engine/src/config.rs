@@ -54,6 +54,7 @@ const MAX_PIPELINE_NAME_LEN: usize = 48;
 const DEFAULT_CHUNK_ROWS: i64 = 10_000;
 const CHUNK_ROWS_RANGE: (i64, i64) = (1, 1_000_000);
 const DEFAULT_LINGER_MS: i64 = 5;
+const DEFAULT_DIFF_INTERVAL_SECS: i64 = 60;
 const LINGER_MS_RANGE: (i64, i64) = (0, 10_000);
 
 // ---------------------------------------------------------------------------------------------
@@ -61,7 +62,7 @@ const LINGER_MS_RANGE: (i64, i64) = (0, 10_000);
 // ---------------------------------------------------------------------------------------------
 
 /// A validated configuration. See the module docs for its invariants.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file it was read from (as given; used in messages).
     pub file: PathBuf,
@@ -84,7 +85,7 @@ pub struct StoreConfig {
 }
 
 /// `[sources.NAME]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub name: String,
     pub spec: SourceSpec,
@@ -92,7 +93,7 @@ pub struct SourceConfig {
 
 /// What a source is and how changes are captured from it: one variant per (kind, mode) this
 /// build supports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SourceSpec {
     /// A SQLite database captured by triggers that write into a change table, polled.
     SqliteTrigger {
@@ -139,6 +140,34 @@ pub enum SourceSpec {
         /// into it as `COPY` text (`direct_copy`, default true).
         direct_copy: bool,
     },
+    /// Any of the SQL databases, read by query and compared with the rows last logged
+    /// (`mode = "diff"`, see `tidesync_capture::diff`).
+    Diff {
+        db: DiffDb,
+        /// The streams' names, in order (`tables`).
+        tables: Vec<String>,
+        /// One per table, in the same order.
+        streams: Vec<tidesync_capture::diff::StreamSpec>,
+        /// From the start of one run to the start of the next (`interval_secs`).
+        interval: Duration,
+        /// Rows per page of the comparison (`chunk_rows`).
+        chunk_rows: usize,
+    },
+}
+
+/// The database a `diff` source reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiffDb {
+    /// The connection URL, secrets substituted.
+    Postgres {
+        url: String,
+    },
+    Mysql {
+        url: String,
+    },
+    Sqlite {
+        path: PathBuf,
+    },
 }
 
 impl SourceSpec {
@@ -147,7 +176,8 @@ impl SourceSpec {
         match self {
             SourceSpec::SqliteTrigger { tables, .. }
             | SourceSpec::PostgresLog { tables, .. }
-            | SourceSpec::MysqlLog { tables, .. } => tables,
+            | SourceSpec::MysqlLog { tables, .. }
+            | SourceSpec::Diff { tables, .. } => tables,
         }
     }
 }
@@ -408,6 +438,30 @@ struct RawSource {
     linger_ms: Option<Spanned<i64>>,
     direct_copy: Option<Spanned<bool>>,
     server_id: Option<Spanned<i64>>,
+    interval_secs: Option<Spanned<i64>>,
+    /// Stream (one of `tables`) -> its query and model (`diff` sources).
+    #[serde(default)]
+    streams: Names<RawStream>,
+}
+
+/// `[sources.NAME.streams.STREAM]` of a `diff` source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStream {
+    query: Option<Spanned<String>>,
+    key: Option<Spanned<Vec<Spanned<String>>>>,
+    fields: Option<Spanned<Vec<Spanned<RawField>>>>,
+}
+
+/// One model field: `{ name = "price", column = "unit_price", cast = "decimal" }` or
+/// `{ name = "origin", value = "erp-a" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    name: Spanned<String>,
+    column: Option<Spanned<String>>,
+    value: Option<toml::Value>,
+    cast: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -648,7 +702,21 @@ impl Resolver<'_> {
             )),
             _ => Ok(()),
         };
-        only_log("chunk_rows", raw.chunk_rows.as_ref().map(Spanned::span))?;
+        if mode != Mode::Diff {
+            only_log("chunk_rows", raw.chunk_rows.as_ref().map(Spanned::span))?;
+            let only_diff = |key: &str, span: Option<std::ops::Range<usize>>| match span {
+                Some(span) => Err(self.doc.error(
+                    span,
+                    format!("{at}.{key}: only diff sources (mode = \"diff\") have {key}"),
+                )),
+                None => Ok(()),
+            };
+            only_diff(
+                "interval_secs",
+                raw.interval_secs.as_ref().map(Spanned::span),
+            )?;
+            only_diff("streams", raw.streams.keys().next().map(|k| k.span()))?;
+        }
         only_log("linger_ms", raw.linger_ms.as_ref().map(Spanned::span))?;
         only_log("direct_copy", raw.direct_copy.as_ref().map(Spanned::span))?;
         if let Some(span) = raw.server_id.as_ref().map(Spanned::span)
@@ -763,11 +831,12 @@ impl Resolver<'_> {
                     direct_copy,
                 }
             }
+            (kind, Mode::Diff) => self.diff_source(&at, kind, &raw, tables)?,
             (kind, mode) => {
                 let (name, supported) = match kind {
-                    DbKind::Sqlite { .. } => ("sqlite", "trigger"),
-                    DbKind::Postgres => ("postgres", "log"),
-                    DbKind::Mysql => ("mysql", "log"),
+                    DbKind::Sqlite { .. } => ("sqlite", "trigger, diff"),
+                    DbKind::Postgres => ("postgres", "log, diff"),
+                    DbKind::Mysql => ("mysql", "log, diff"),
                 };
                 let span = raw.mode.as_ref().map_or(raw.url.span(), Spanned::span);
                 return Err(self.doc.error(
@@ -995,16 +1064,25 @@ impl Resolver<'_> {
 
         let records_positions =
             |spec: &SinkSpec| matches!(spec, SinkSpec::Postgres { .. } | SinkSpec::Mysql { .. });
-        let one_database_sink = matches!(
-            sink_names.as_slice(),
-            [one] if records_positions(&sinks[one].spec)
-        );
+        // A diff source compares with the fingerprints the store writes with each batch, so
+        // its batches always go through the log.
+        let diff_source = matches!(sources[&source].spec, SourceSpec::Diff { .. });
+        let one_database_sink = !diff_source
+            && matches!(
+                sink_names.as_slice(),
+                [one] if records_positions(&sinks[one].spec)
+            );
         let direct_stream = raw
             .direct_stream
             .as_ref()
             .map_or(one_database_sink, |d| *d.get_ref());
         if let Some(spanned) = raw.direct_stream.as_ref().filter(|_| direct_stream) {
             let problem = match sink_names.as_slice() {
+                _ if diff_source => Some(
+                    "a diff source compares with what the store logged, so its changes go \
+                     through the log"
+                        .to_owned(),
+                ),
                 [one] if records_positions(&sinks[one].spec) => None,
                 [one] => Some(format!(
                     "sink \"{one}\" is not PostgreSQL or MySQL; only those sinks record the \
@@ -1040,6 +1118,208 @@ impl Resolver<'_> {
     fn kind(&self, url: &Spanned<String>, at: &str) -> Result<DbKind, ConfigError> {
         let text = self.string(url, at)?;
         DbKind::from_url(&text).map_err(|why| self.doc.error(url.span(), format!("{at}: {why}")))
+    }
+
+    /// The `diff` arm of [`Self::source`].
+    fn diff_source(
+        &self,
+        at: &str,
+        kind: DbKind,
+        raw: &RawSource,
+        tables: Vec<String>,
+    ) -> Result<SourceSpec, ConfigError> {
+        use tidesync_capture::diff::StreamSpec;
+        use tidesync_capture::diff::map::{Cast, FieldFrom, FieldSpec};
+        for (key, span) in [
+            (
+                "poll_interval_ms",
+                raw.poll_interval_ms.as_ref().map(Spanned::span),
+            ),
+            ("linger_ms", raw.linger_ms.as_ref().map(Spanned::span)),
+            ("direct_copy", raw.direct_copy.as_ref().map(Spanned::span)),
+            ("publication", raw.publication.as_ref().map(Spanned::span)),
+            ("slot", raw.slot.as_ref().map(Spanned::span)),
+            ("server_id", raw.server_id.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(span) = span {
+                return Err(self.doc.error(
+                    span,
+                    format!("{at}.{key}: a diff source has no {key} (it runs every interval_secs)"),
+                ));
+            }
+        }
+        let interval = self.int(
+            raw.interval_secs.as_ref(),
+            DEFAULT_DIFF_INTERVAL_SECS,
+            1,
+            Some(7 * 86_400),
+            &format!("{at}.interval_secs"),
+        )?;
+        let chunk_rows = self.int(
+            raw.chunk_rows.as_ref(),
+            DEFAULT_CHUNK_ROWS,
+            CHUNK_ROWS_RANGE.0,
+            Some(CHUNK_ROWS_RANGE.1),
+            &format!("{at}.chunk_rows"),
+        )?;
+        let db = match kind {
+            DbKind::Postgres => DiffDb::Postgres {
+                url: self.string(&raw.url, &format!("{at}.url"))?,
+            },
+            DbKind::Mysql => DiffDb::Mysql {
+                url: self.string(&raw.url, &format!("{at}.url"))?,
+            },
+            DbKind::Sqlite { path } => DiffDb::Sqlite { path },
+        };
+        for name in raw.streams.keys() {
+            if !tables.contains(name.get_ref()) {
+                return Err(self.doc.error(
+                    name.span(),
+                    format!(
+                        "{at}.streams.{}: not one of the source's tables ({})",
+                        name.get_ref(),
+                        tables.join(", ")
+                    ),
+                ));
+            }
+        }
+        let mut streams = Vec::with_capacity(tables.len());
+        for table in &tables {
+            let Some((_, raw_stream)) = raw.streams.iter().find(|(k, _)| k.get_ref() == table)
+            else {
+                streams.push(StreamSpec {
+                    name: table.clone(),
+                    query: None,
+                    key: Vec::new(),
+                    fields: Vec::new(),
+                });
+                continue;
+            };
+            let sat = format!("{at}.streams.{table}");
+            let raw_stream = raw_stream.get_ref();
+            let query = match &raw_stream.query {
+                None => None,
+                Some(q) => {
+                    let text = self.string(q, &format!("{sat}.query"))?;
+                    if text.trim().is_empty() {
+                        return Err(self.doc.error(q.span(), format!("{sat}.query: is empty")));
+                    }
+                    Some(text.trim().trim_end_matches(';').to_owned())
+                }
+            };
+            let mut fields = Vec::new();
+            if let Some(raw_fields) = &raw_stream.fields {
+                if raw_fields.get_ref().is_empty() {
+                    return Err(self.doc.error(
+                        raw_fields.span(),
+                        format!(
+                            "{sat}.fields: is empty (leave it out to keep the query's columns)"
+                        ),
+                    ));
+                }
+                for f in raw_fields.get_ref() {
+                    let f = f.get_ref();
+                    let fat = format!("{sat}.fields");
+                    let name = self.string(&f.name, &format!("{fat}.name"))?;
+                    if name.is_empty() || fields.iter().any(|o: &FieldSpec| o.name == name) {
+                        return Err(self.doc.error(
+                            f.name.span(),
+                            format!("{fat}: field name \"{name}\" is empty or given twice"),
+                        ));
+                    }
+                    let cast = match &f.cast {
+                        None => None,
+                        Some(c) => Some(Cast::parse(c.get_ref()).ok_or_else(|| {
+                            let known: Vec<_> = Cast::ALL.iter().map(|c| c.name()).collect();
+                            self.doc.error(
+                                c.span(),
+                                format!(
+                                    "{fat}.cast: unknown cast \"{}\" (known: {})",
+                                    c.get_ref(),
+                                    known.join(", ")
+                                ),
+                            )
+                        })?),
+                    };
+                    let from = match (&f.column, &f.value) {
+                        (Some(c), None) => {
+                            FieldFrom::Column(self.string(c, &format!("{fat}.column"))?)
+                        }
+                        (None, Some(v)) => FieldFrom::Value(match v {
+                            toml::Value::String(t) => tidesync_core::Value::Text(t.clone()),
+                            toml::Value::Integer(i) => tidesync_core::Value::Int(*i),
+                            toml::Value::Float(x) => tidesync_core::Value::Float(*x),
+                            toml::Value::Boolean(b) => tidesync_core::Value::Bool(*b),
+                            _ => {
+                                return Err(self.doc.error(
+                                    f.name.span(),
+                                    format!(
+                                        "{fat}: field {name}: a constant value must be a string, \
+                                         integer, float or boolean"
+                                    ),
+                                ));
+                            }
+                        }),
+                        _ => {
+                            return Err(self.doc.error(
+                                f.name.span(),
+                                format!(
+                                    "{fat}: field {name} needs exactly one of `column` (a column \
+                                     of the query) or `value` (a constant)"
+                                ),
+                            ));
+                        }
+                    };
+                    fields.push(FieldSpec { name, from, cast });
+                }
+            }
+            let key = match &raw_stream.key {
+                None if query.is_some() => {
+                    let span = raw_stream
+                        .query
+                        .as_ref()
+                        .map_or(raw.url.span(), Spanned::span);
+                    return Err(self.doc.error(
+                        span,
+                        format!(
+                            "{sat}: a stream with a query needs `key` (the fields that identify \
+                             a row)"
+                        ),
+                    ));
+                }
+                None => Vec::new(),
+                Some(k) => {
+                    if k.get_ref().is_empty() {
+                        return Err(self.doc.error(k.span(), format!("{sat}.key: is empty")));
+                    }
+                    let mut key = Vec::new();
+                    for name in k.get_ref() {
+                        let text = self.string(name, &format!("{sat}.key"))?;
+                        if !fields.is_empty() && !fields.iter().any(|f| f.name == text) {
+                            return Err(self.doc.error(
+                                name.span(),
+                                format!("{sat}.key: \"{text}\" is not one of the stream's fields"),
+                            ));
+                        }
+                        key.push(text);
+                    }
+                    key
+                }
+            };
+            streams.push(StreamSpec {
+                name: table.clone(),
+                query,
+                key,
+                fields,
+            });
+        }
+        Ok(SourceSpec::Diff {
+            db,
+            tables,
+            streams,
+            interval: Duration::from_secs(interval.unsigned_abs()),
+            chunk_rows: chunk_rows.unsigned_abs() as usize,
+        })
     }
 
     fn tables(
@@ -2042,13 +2322,128 @@ sinks = ["target"]
 
     #[test]
     fn unsupported_mode_for_sqlite_points_at_the_mode() {
-        // line 6: mode = "diff"
-        let err = parse_err(&with("tables = ", "mode = \"diff\"\ntables = "));
+        // line 6: mode = "incremental"
+        let err = parse_err(&with("tables = ", "mode = \"incremental\"\ntables = "));
         assert_at(&err, 6, 8);
         assert_eq!(
             err.message,
-            "sources.shop.mode: mode \"diff\" is not supported for sqlite sources yet \
-             (supported: trigger)"
+            "sources.shop.mode: mode \"incremental\" is not supported for sqlite sources yet \
+             (supported: trigger, diff)"
+        );
+    }
+
+    #[test]
+    fn diff_sources_take_streams_with_queries_and_fields() {
+        let text = with(
+            "tables = [\"items\"]",
+            "mode = \"diff\"\ntables = [\"items\", \"stock\"]\ninterval_secs = 300\n\
+             chunk_rows = 500\n\
+             [sources.shop.streams.items]\n\
+             query = \"SELECT item_no, descr, price FROM art;\"\n\
+             key = [\"id\"]\n\
+             fields = [\n\
+               { name = \"id\", column = \"item_no\" },\n\
+               { name = \"price\", column = \"price\", cast = \"decimal\" },\n\
+               { name = \"origin\", value = \"erp-a\" },\n\
+               { name = \"weight\", value = 2 },\n\
+             ]\n",
+        );
+        let config = parse(&text).unwrap();
+        let SourceSpec::Diff {
+            db,
+            tables,
+            streams,
+            interval,
+            chunk_rows,
+        } = &config.sources["shop"].spec
+        else {
+            panic!("not a diff source: {:?}", config.sources["shop"].spec);
+        };
+        assert!(matches!(db, DiffDb::Sqlite { .. }));
+        assert_eq!(tables, &["items".to_owned(), "stock".to_owned()]);
+        assert_eq!((*interval, *chunk_rows), (Duration::from_secs(300), 500));
+        use tidesync_capture::diff::map::{Cast, FieldFrom};
+        let items = &streams[0];
+        assert_eq!(
+            items.query.as_deref(),
+            Some("SELECT item_no, descr, price FROM art")
+        );
+        assert_eq!(items.key, ["id"]);
+        assert_eq!(items.fields[1].cast, Some(Cast::Decimal));
+        assert_eq!(
+            items.fields[2].from,
+            FieldFrom::Value(tidesync_core::Value::Text("erp-a".into()))
+        );
+        assert_eq!(
+            items.fields[3].from,
+            FieldFrom::Value(tidesync_core::Value::Int(2))
+        );
+        // A stream without a section reads its table whole, keyed by its primary key.
+        assert_eq!(streams[1].query, None);
+        assert!(streams[1].key.is_empty() && streams[1].fields.is_empty());
+        // Its changes go through the log, whatever the sink.
+        assert!(!config.pipeline("items").unwrap().direct_stream);
+    }
+
+    #[test]
+    fn diff_source_mistakes_are_named() {
+        let diff = |extra: &str| {
+            parse_err(&with(
+                "tables = [\"items\"]",
+                &format!("mode = \"diff\"\ntables = [\"items\"]\n{extra}"),
+            ))
+            .message
+        };
+        assert_eq!(
+            diff("[sources.shop.streams.items]\nquery = \"SELECT 1 AS a\"\n"),
+            "sources.shop.streams.items: a stream with a query needs `key` (the fields that \
+             identify a row)"
+        );
+        assert_eq!(
+            diff("[sources.shop.streams.other]\nkey = [\"a\"]\n"),
+            "sources.shop.streams.other: not one of the source's tables (items)"
+        );
+        assert_eq!(
+            diff(
+                "[sources.shop.streams.items]\nfields = [{ name = \"a\", column = \"a\", cast = \"money\" }]\n"
+            ),
+            "sources.shop.streams.items.fields.cast: unknown cast \"money\" (known: int, float, \
+             decimal, text, bool, timestamp, date, time, json, bytes)"
+        );
+        assert_eq!(
+            diff(
+                "[sources.shop.streams.items]\nfields = [{ name = \"a\", column = \"a\", value = 1 }]\n"
+            ),
+            "sources.shop.streams.items.fields: field a needs exactly one of `column` (a column \
+             of the query) or `value` (a constant)"
+        );
+        assert_eq!(
+            diff(
+                "[sources.shop.streams.items]\nkey = [\"b\"]\nfields = [{ name = \"a\", column = \"a\" }]\n"
+            ),
+            "sources.shop.streams.items.key: \"b\" is not one of the stream's fields"
+        );
+        assert_eq!(
+            diff("poll_interval_ms = 5\n"),
+            "sources.shop.poll_interval_ms: a diff source has no poll_interval_ms (it runs every \
+             interval_secs)"
+        );
+        assert_eq!(
+            parse_err(&with("tables = ", "interval_secs = 5\ntables = ")).message,
+            "sources.shop.interval_secs: only diff sources (mode = \"diff\") have interval_secs"
+        );
+        let direct = format!(
+            "{}direct_stream = true\n",
+            with(
+                "url = \"${SOURCE_URL}\"",
+                "url = \"postgres://u@h/db\"\nmode = \"diff\""
+            )
+            .replace("url = \"${TARGET_URL}\"", "url = \"postgres://u@h/t\"")
+        );
+        assert_eq!(
+            parse_err(&direct).message,
+            "pipelines.items.direct_stream: a diff source compares with what the store logged, so \
+             its changes go through the log (remove direct_stream or set it to false)"
         );
     }
 

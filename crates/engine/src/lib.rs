@@ -26,7 +26,7 @@ pub use config::{Config, ConfigError};
 pub use runtime::{Pipeline, PipelineError, PipelineOptions, PipelineStats};
 
 pub use config::PipelineConfig;
-use config::{SinkSpec, SourceSpec};
+use config::{DiffDb, SinkSpec, SourceSpec};
 use rename::Renamer;
 
 /// Every pipeline of a configuration, built and ready to run.
@@ -37,7 +37,11 @@ pub struct Engine {
 }
 
 /// Builds the source a configuration names.
-fn build_source(config: &Config, pipeline: &PipelineConfig) -> Box<dyn Source> {
+fn build_source(
+    config: &Config,
+    pipeline: &PipelineConfig,
+    store: &SqliteStore,
+) -> Box<dyn Source> {
     match &config.sources[&pipeline.source].spec {
         SourceSpec::SqliteTrigger {
             path,
@@ -66,6 +70,30 @@ fn build_source(config: &Config, pipeline: &PipelineConfig) -> Box<dyn Source> {
             linger: *linger,
             ..MysqlLogOptions::new(url, &pipeline.name, tables.clone())
         })),
+        SourceSpec::Diff {
+            db,
+            tables: _,
+            streams,
+            interval,
+            chunk_rows,
+        } => {
+            use tidesync_capture::diff::{self, DiffOptions, DiffSource};
+            let reader: Box<dyn diff::reader::QueryReader> = match db {
+                DiffDb::Postgres { url } => Box::new(diff::pg::PgQueryReader::new(url)),
+                DiffDb::Mysql { url } => Box::new(diff::mysql::MysqlQueryReader::new(url)),
+                DiffDb::Sqlite { path } => Box::new(diff::sqlite::SqliteQueryReader::new(path)),
+            };
+            Box::new(DiffSource::new(
+                DiffOptions {
+                    pipeline: pipeline.name.clone(),
+                    streams: streams.clone(),
+                    interval: *interval,
+                    chunk_rows: *chunk_rows,
+                },
+                reader,
+                store.clone(),
+            ))
+        }
     }
 }
 
@@ -88,7 +116,9 @@ fn pg_log_source(spec: &SourceSpec, pipeline: &str) -> Option<PgLogSource> {
             linger: *linger,
             ..PgLogOptions::new(url, pipeline, tables.clone())
         })),
-        SourceSpec::SqliteTrigger { .. } | SourceSpec::MysqlLog { .. } => None,
+        SourceSpec::SqliteTrigger { .. }
+        | SourceSpec::MysqlLog { .. }
+        | SourceSpec::Diff { .. } => None,
     }
 }
 
@@ -194,7 +224,9 @@ pub async fn drop_pipeline(config: &Config, name: &str) -> Result<Vec<String>, P
             source,
         }
     };
-    let mut done = build_source(config, pipeline)
+    let store =
+        SqliteStore::open(&config.store.path).map_err(|e| failed("store".into())(e.into()))?;
+    let mut done = build_source(config, pipeline, &store)
         .remove()
         .await
         .map_err(failed(format!("source {}", pipeline.source)))?;
@@ -206,8 +238,6 @@ pub async fn drop_pipeline(config: &Config, name: &str) -> Result<Vec<String>, P
                 .map_err(failed(format!("sink {sink}")))?,
         );
     }
-    let store =
-        SqliteStore::open(&config.store.path).map_err(|e| failed("store".into())(e.into()))?;
     let entries = store
         .drop_pipeline(name)
         .map_err(|e| failed("store".into())(e.into()))?;
@@ -236,7 +266,7 @@ impl Engine {
                 let mut pipeline = Pipeline::new(
                     &p.name,
                     &p.source,
-                    build_source(config, p),
+                    build_source(config, p, &store),
                     sinks,
                     log.clone(),
                     PipelineOptions {

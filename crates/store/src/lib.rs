@@ -4,7 +4,10 @@
 //! - `current`: (stream, key) -> latest row, the seq that wrote it and a row hash, keyed by
 //!   the order-preserving `key_to_sortable_vec` so sequential ids stay together in the B-tree;
 //! - `cursors`: consumer -> last durably delivered seq;
-//! - `positions`: the source's last committed position and the log head.
+//! - `positions`: the source's last committed position and the log head;
+//! - `fingerprints`: per (stream, order-preserving key) of a `diff` source, the row's key and
+//!   hash, written with the batch that logged the row's change (see
+//!   [`tidesync_core::Fingerprint`]).
 //!
 //! Rules (DESIGN.md, "Log and state"):
 //! - [`SqliteStore::append`] writes a captured batch, the current state it implies, the new head
@@ -68,6 +71,8 @@ pub enum StoreError {
     },
     #[error("store: request {id} of pipeline {pipeline} is unreadable (corrupt keys)")]
     BadRequest { pipeline: String, id: i64 },
+    #[error("store: a batch of pipeline {pipeline} is malformed: {problem}")]
+    BadBatch { pipeline: String, problem: String },
     #[error(
         "store was written by a newer tidesync (schema version {found}, this build knows {known})"
     )]
@@ -83,9 +88,10 @@ impl StoreError {
 impl From<StoreError> for StageError {
     fn from(e: StoreError) -> Self {
         match &e {
-            StoreError::Corrupt { .. } | StoreError::Version { .. } | StoreError::Missing(_) => {
-                StageError::definite(e)
-            }
+            StoreError::Corrupt { .. }
+            | StoreError::Version { .. }
+            | StoreError::Missing(_)
+            | StoreError::BadBatch { .. } => StageError::definite(e),
             // Busy, locked, I/O, disk full: worth another try.
             _ => StageError::transient(e),
         }
@@ -286,7 +292,14 @@ impl SqliteStore {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(StoreError::sqlite("beginning a pipeline drop"))?;
         let mut entries = 0;
-        for table in ["changes", "current", "cursors", "positions", "requests"] {
+        for table in [
+            "changes",
+            "current",
+            "cursors",
+            "positions",
+            "requests",
+            "fingerprints",
+        ] {
             let n = tx
                 .execute(
                     &format!("DELETE FROM {table} WHERE pipeline = ?1"),
@@ -337,6 +350,60 @@ impl SqliteStore {
         requests::state(&lock(&self.inner.writer), pipeline, id)
     }
 
+    /// Up to `limit` fingerprints of `stream` (a `diff` source's rows) after `after` (an
+    /// order-preserving key, exclusive; `None`: from the start), in that order.
+    pub fn fingerprints(
+        &self,
+        pipeline: &str,
+        stream: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<StoredFingerprint>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        let e = StoreError::sqlite("reading fingerprints");
+        let mut st = conn
+            .prepare_cached(
+                "SELECT ord, key, hash FROM fingerprints WHERE pipeline = ?1 AND stream = ?2
+                 AND ord > ?3 ORDER BY ord LIMIT ?4",
+            )
+            .map_err(e)?;
+        let after: &[u8] = after.unwrap_or(&[]);
+        let mut rows = st
+            .query(params![pipeline, stream, after, limit as i64])
+            .map_err(StoreError::sqlite("reading fingerprints"))?;
+        let mut out = Vec::with_capacity(limit.min(16_384));
+        while let Some(r) = rows
+            .next()
+            .map_err(StoreError::sqlite("reading fingerprints"))?
+        {
+            let ord: Vec<u8> = r
+                .get(0)
+                .map_err(StoreError::sqlite("reading fingerprints"))?;
+            let key: Vec<u8> = r
+                .get(1)
+                .map_err(StoreError::sqlite("reading fingerprints"))?;
+            let hash: i64 = r
+                .get(2)
+                .map_err(StoreError::sqlite("reading fingerprints"))?;
+            let key = decode_key(&key).map_err(|source| StoreError::Corrupt {
+                pipeline: pipeline.to_owned(),
+                seq: 0,
+                source,
+            })?;
+            out.push(StoredFingerprint { ord, key, hash });
+        }
+        Ok(out)
+    }
+
+    /// How many fingerprints `stream` of `pipeline` has (the rows its `diff` source knows).
+    pub fn fingerprint_count(&self, pipeline: &str, stream: &str) -> Result<u64, StoreError> {
+        lock(&self.inner.reader)
+            .prepare_cached("SELECT count(*) FROM fingerprints WHERE pipeline = ?1 AND stream = ?2")
+            .and_then(|mut st| st.query_row(params![pipeline, stream], |r| r.get::<_, i64>(0)))
+            .map(|n| n as u64)
+            .map_err(StoreError::sqlite("counting fingerprints"))
+    }
+
     /// The pipelines this store has seen.
     pub fn pipelines(&self) -> Result<Vec<String>, StoreError> {
         let conn = lock(&self.inner.reader);
@@ -349,12 +416,80 @@ impl SqliteStore {
     }
 }
 
+/// A row fingerprint as the store holds it (see [`SqliteStore::fingerprints`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFingerprint {
+    pub ord: Vec<u8>,
+    pub key: Key,
+    pub hash: i64,
+}
+
+/// Whether `change` repeats what `fingerprint` says the store already has (a version already
+/// logged: skipped), else records the new fingerprint, in the append's transaction.
+fn fingerprint_is_new(
+    tx: &rusqlite::Transaction<'_>,
+    pipeline: &str,
+    change: &Change,
+    fingerprint: &tidesync_core::Fingerprint,
+) -> Result<bool, StoreError> {
+    let e = StoreError::sqlite;
+    let stored: Option<i64> = tx
+        .prepare_cached(
+            "SELECT hash FROM fingerprints WHERE pipeline = ?1 AND stream = ?2 AND ord = ?3",
+        )
+        .and_then(|mut st| {
+            st.query_row(params![pipeline, change.stream, fingerprint.ord], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+        .map_err(e("reading a fingerprint"))?;
+    if stored == fingerprint.hash {
+        return Ok(false);
+    }
+    match fingerprint.hash {
+        Some(hash) => tx
+            .prepare_cached(
+                "INSERT INTO fingerprints (pipeline, stream, ord, key, hash) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (pipeline, stream, ord) DO UPDATE SET key = excluded.key, hash = excluded.hash",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    pipeline,
+                    change.stream,
+                    fingerprint.ord,
+                    binary::key_to_vec(&change.key),
+                    hash
+                ])
+            })
+            .map_err(e("writing a fingerprint"))?,
+        None => tx
+            .prepare_cached(
+                "DELETE FROM fingerprints WHERE pipeline = ?1 AND stream = ?2 AND ord = ?3",
+            )
+            .and_then(|mut st| st.execute(params![pipeline, change.stream, fingerprint.ord]))
+            .map_err(e("deleting a fingerprint"))?,
+    };
+    Ok(true)
+}
+
 fn append(
     conn: &mut Connection,
     pipeline: &str,
     captured: &Captured,
 ) -> Result<Option<(Seq, Seq)>, StoreError> {
     let e = StoreError::sqlite;
+    let fingerprints = &captured.fingerprints;
+    if !fingerprints.is_empty() && fingerprints.len() != captured.changes.len() {
+        return Err(StoreError::BadBatch {
+            pipeline: pipeline.to_owned(),
+            problem: format!(
+                "{} fingerprints for {} changes",
+                fingerprints.len(),
+                captured.changes.len()
+            ),
+        });
+    }
     // IMMEDIATE: take the write lock up front so the head we read stays ours.
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -388,6 +523,11 @@ fn append(
         let mut patches = 0_usize;
         for (i, change) in captured.changes.iter().enumerate() {
             if std::mem::take(&mut skip_next) {
+                continue;
+            }
+            if let Some(fingerprint) = fingerprints.get(i)
+                && !fingerprint_is_new(&tx, pipeline, change, fingerprint)?
+            {
                 continue;
             }
             let made;

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// Bumped whenever the tables change; a store from a newer build is refused.
-const VERSION: i64 = 1;
+const VERSION: i64 = 2;
 
 pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -22,6 +22,8 @@ pub(crate) fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Version 2 added `fingerprints` (the `diff` capture mode's row hashes); a version 1 store
+/// gets the table, nothing else changes.
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let e = StoreError::sqlite;
     let found: i64 = conn
@@ -54,7 +56,11 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
          CREATE TABLE IF NOT EXISTS positions (
              pipeline TEXT PRIMARY KEY, position TEXT, head INTEGER NOT NULL,
              head_commit_us INTEGER, updated_us INTEGER NOT NULL) WITHOUT ROWID;
-         PRAGMA user_version = 1;
+         CREATE TABLE IF NOT EXISTS fingerprints (
+             pipeline TEXT NOT NULL, stream TEXT NOT NULL, ord BLOB NOT NULL, key BLOB NOT NULL,
+             hash INTEGER NOT NULL,
+             PRIMARY KEY (pipeline, stream, ord)) WITHOUT ROWID;
+         PRAGMA user_version = 2;
          COMMIT;",
     )
     .map_err(e("creating tables"))

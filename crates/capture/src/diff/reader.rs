@@ -64,3 +64,22 @@ pub trait QueryReader: Send {
         out: mpsc::Sender<Page>,
     ) -> BoxFuture<'a, Result<(), StageError>>;
 }
+
+/// `query` for messages: on one line, cut after 120 characters.
+pub(crate) fn short_query(query: &str) -> String {
+    const MAX_CHARS: usize = 120;
+    let line = query.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(MAX_CHARS) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line,
+    }
+}
+
+/// `SELECT * FROM (query) AS q`: the query as a derived table `q`, without the `;` it may end
+/// with, on lines of its own (so that a trailing `--` comment does not swallow the rest).
+pub(crate) fn derived(query: &str) -> String {
+    let body = query
+        .trim_end()
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace());
+    format!("SELECT * FROM (\n{body}\n) AS q")
+}

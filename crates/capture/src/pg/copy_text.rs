@@ -56,7 +56,7 @@ pub fn last_row_values(
 }
 
 /// The bytes a text-format value stands for.
-fn unescape(field: &[u8]) -> Vec<u8> {
+pub(crate) fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {

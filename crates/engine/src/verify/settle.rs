@@ -41,6 +41,9 @@ pub(crate) struct Settle {
     timeout: Duration,
     /// Why the last wait gave up; once set, no more waits.
     lag: Option<String>,
+    /// The source is a `diff` source: its position is the start of a comparison run, and
+    /// the pipeline has caught up with "now" once a run started after now is complete.
+    diff: bool,
 }
 
 impl Settle {
@@ -59,7 +62,14 @@ impl Settle {
             mysql: None,
             timeout,
             lag: None,
+            diff: false,
         }
+    }
+
+    /// For a `diff` source (see the field).
+    pub(crate) fn for_diff_source(mut self, diff: bool) -> Self {
+        self.diff = diff;
+        self
     }
 
     /// Why the pipeline was found not caught up, if it was.
@@ -69,6 +79,11 @@ impl Settle {
 
     /// The source's position now; `None` when capture was never set up there.
     pub(crate) async fn position(&mut self) -> Result<Option<Position>, VerifyError> {
+        if self.diff {
+            return Ok(Some(Position::DiffRun {
+                started_us: tidesync_core::time::now_us(),
+            }));
+        }
         match &self.source {
             Endpoint::Sqlite { path } => {
                 super::sqlite::trigger_position(path, &self.pipeline).await

@@ -1,0 +1,271 @@
+//! Benchmark `pg-diff`: the `diff` capture mode (query and compare) on an N-row PostgreSQL
+//! table, beside `COPY (SELECT * FROM items) TO '/dev/null'` run by the server itself: the
+//! floor of any comparison that reads every row of the query.
+//!
+//! Steps:
+//! 1. The source gets `items` with N generated rows (VACUUM ANALYZE, CHECKPOINT).
+//! 2. Floor: the server-side COPY to /dev/null, three times; the fastest counts.
+//! 3. `tidesync run` of a diff source (interval `--interval-secs`) into a SQLite sink. The
+//!    first run logs N inserts (the initial load, reported but not the target). The second run
+//!    finds nothing changed: its time is the "unchanged" result. Right after it, `--changed`
+//!    percent of the rows (spread over the table) get a new price; the third run must find
+//!    exactly that many updates: its time is the "1% changed" result. Run times are the
+//!    source's own ("diff run complete ... ms=") from its log.
+//! 4. Peak RSS of the tidesync process over the whole run. The floor again at the end, so
+//!    drift of the machine shows; the faster floor is the one compared.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+use crate::Common;
+use crate::child::{Tidesync, log_tail};
+use crate::pg::client::Db;
+use crate::pg::items::{CREATE_TABLE, load, settle};
+use crate::pg::server::{DB, SETTINGS};
+use crate::pg::{mb, runtime};
+use crate::report::{
+    add_result_row, command_line, git_commit, load_avg, machine, now_utc, thousands,
+};
+
+const BENCH: &str = "pg-diff";
+
+/// Options of `tidesync-bench pg-diff`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Rows in the table.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// Percent of the rows changed before the measured changed run.
+    #[arg(long, default_value_t = 1.0)]
+    changed: f64,
+    /// The diff source's interval_secs (must exceed one run's time).
+    #[arg(long, default_value_t = 20)]
+    interval_secs: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout_secs: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// One completed run from the log: (rows, inserts, updates, deletes, ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RunLine {
+    rows: u64,
+    inserts: u64,
+    updates: u64,
+    deletes: u64,
+    ms: u64,
+}
+
+fn field(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn runs(log: &Path) -> Vec<RunLine> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("diff run complete"))
+        .filter_map(|l| {
+            Some(RunLine {
+                rows: field(l, "rows")?,
+                inserts: field(l, "inserts")?,
+                updates: field(l, "updates")?,
+                deletes: field(l, "deletes")?,
+                ms: field(l, "ms")?,
+            })
+        })
+        .collect()
+}
+
+async fn floor(db: &Db) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    db.batch_execute("COPY (SELECT * FROM items) TO '/dev/null'")
+        .await
+        .context("COPY (SELECT * FROM items) TO '/dev/null'")?;
+    Ok(t.elapsed())
+}
+
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    options.common.require_release_harness()?;
+    ensure!(options.rows > 0, "--rows must be positive");
+    ensure!(
+        options.changed > 0.0 && options.changed <= 100.0,
+        "--changed must be in (0, 100]"
+    );
+    let binary = options.common.tidesync_binary()?;
+    let (dir, _guard) = options.common.work_dir()?;
+    eprintln!(
+        "tidesync-bench {BENCH}: diff of {} rows, {}% changed; work dir {}",
+        thousands(options.rows as f64),
+        options.changed,
+        dir.display()
+    );
+    let mut builder = tidesync_testkit::Postgres::builder();
+    for (name, value) in SETTINGS {
+        builder = builder.setting(*name, *value);
+    }
+    let pg = builder.try_start().context("starting PostgreSQL")?;
+    pg.create_database(DB).context("creating the database")?;
+    let url = pg.url(DB);
+    let date = now_utc();
+    let load_before = load_avg();
+    let deadline = Instant::now() + Duration::from_secs(options.timeout_secs);
+    let rt = runtime()?;
+    let db = rt.block_on(async {
+        let db = Db::connect(&url, "source").await?;
+        db.batch_execute(CREATE_TABLE).await?;
+        load(&db, options.rows, "source").await?;
+        settle(&db).await?;
+        anyhow::Ok(db)
+    })?;
+    let mut floors = Vec::new();
+    for _ in 0..3 {
+        floors.push(rt.block_on(floor(&db))?);
+    }
+    let config = dir.join("diff.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{state}\"\n\n[sources.erp]\nurl = \"{url}\"\nmode = \"diff\"\n\
+             tables = [\"items\"]\ninterval_secs = {interval}\n\n[sinks.shop]\nurl = \"{target}\"\n\n\
+             [pipelines.items]\nsource = \"erp\"\nsinks = [\"shop\"]\n",
+            state = dir.join("state/tidesync.db").display(),
+            interval = options.interval_secs,
+            target = dir.join("shop.db").display(),
+        ),
+    )?;
+    let log = dir.join("tidesync.log");
+    // The run lines the results come from are logged at info level: `env` sets it for the
+    // child alone.
+    let mut child = Tidesync::spawn(
+        Path::new("/usr/bin/env"),
+        &[
+            std::ffi::OsStr::new("TIDESYNC_LOG=info"),
+            binary.as_os_str(),
+            std::ffi::OsStr::new("run"),
+            config.as_os_str(),
+        ],
+        &log,
+    )?;
+    let wait_runs = |child: &mut Tidesync, n: usize| -> anyhow::Result<Vec<RunLine>> {
+        loop {
+            child.sample()?;
+            child.check_running().with_context(|| log_tail(&log, 30))?;
+            let done = runs(&log);
+            if done.len() >= n {
+                return Ok(done);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for diff run {n}\n{}", log_tail(&log, 30));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let first = wait_runs(&mut child, 1)?[0];
+    ensure!(
+        first.inserts == options.rows,
+        "the first run logged {} inserts, not {}",
+        first.inserts,
+        options.rows
+    );
+    let unchanged = wait_runs(&mut child, 2)?[1];
+    ensure!(
+        unchanged.inserts + unchanged.updates + unchanged.deletes == 0,
+        "the unchanged run found changes: {unchanged:?}"
+    );
+    let every = (100.0 / options.changed).round().max(1.0) as u64;
+    let changed_rows = rt.block_on(async {
+        db.execute(
+            &format!("UPDATE items SET price = price + 1 WHERE id % {every} = 0"),
+            &[],
+        )
+        .await
+        .context("changing rows")
+    })?;
+    let changed = wait_runs(&mut child, 3)?[2];
+    ensure!(
+        changed.updates == changed_rows && changed.inserts + changed.deletes == 0,
+        "the changed run found {changed:?}, expected {changed_rows} updates (was the update \
+         committed before the run started? raise --interval-secs)"
+    );
+    let peak = child.peak_bytes();
+    child.stop(Duration::from_secs(30))?;
+    for _ in 0..2 {
+        floors.push(rt.block_on(floor(&db))?);
+    }
+    let floor_s = floors
+        .iter()
+        .min()
+        .copied()
+        .unwrap_or_default()
+        .as_secs_f64();
+    let secs = |r: RunLine| r.ms as f64 / 1000.0;
+    let ratio_changed = secs(changed) / floor_s;
+    let ratio_unchanged = secs(unchanged) / floor_s;
+    println!("| | |\n|---|---|");
+    println!("| rows | {} |", thousands(options.rows as f64));
+    println!("| floor: COPY TO '/dev/null' | {floor_s:.3} s |");
+    println!("| first run (all inserts) | {:.3} s |", secs(first));
+    println!(
+        "| unchanged run | {:.3} s = {ratio_unchanged:.2}x floor |",
+        secs(unchanged)
+    );
+    println!(
+        "| {}% changed run ({} updates) | {:.3} s = {ratio_changed:.2}x floor |",
+        options.changed,
+        thousands(changed_rows as f64),
+        secs(changed)
+    );
+    println!("| tidesync peak RSS | {} MB |", mb(peak));
+    if options.common.write_results {
+        add_result_row(
+            &options.common.results,
+            BENCH,
+            "### pg-diff: query-and-compare of a PostgreSQL table\n\n\
+             A `diff` source reads `items` in key order and compares it with the store's \
+             fingerprints; the floor is `COPY (SELECT * FROM items) TO '/dev/null'` run by the \
+             server (fastest of 5). Targets (issue 6): the changed run at most 3x the floor, \
+             the unchanged run at most 1.5x, peak memory under 200 MB.",
+            &[
+                "date (UTC)",
+                "commit",
+                "rows",
+                "floor s",
+                "first run s",
+                "unchanged s",
+                "unchanged / floor",
+                "changed s",
+                "changed / floor",
+                "peak RSS MB",
+                "load",
+                "machine",
+                "command",
+            ],
+            &[
+                date,
+                git_commit(),
+                thousands(options.rows as f64),
+                format!("{floor_s:.3}"),
+                format!("{:.3}", secs(first)),
+                format!("{:.3}", secs(unchanged)),
+                format!("{ratio_unchanged:.2}"),
+                format!("{:.3}", secs(changed)),
+                format!("{ratio_changed:.2}"),
+                mb(peak),
+                format!("{load_before:.2}"),
+                machine(),
+                format!("`{}`", command_line()),
+            ],
+        )?;
+    }
+    Ok(())
+}

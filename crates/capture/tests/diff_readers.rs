@@ -1,0 +1,604 @@
+//! The `diff` mode's query readers (`diff::mysql`, `diff::sqlite`) against a real MariaDB and
+//! real SQLite files: described columns and types, primary keys, every type's values, key
+//! order by bytes whatever the collation, pages, an early stop, and the errors.
+
+use std::path::Path;
+
+use tidesync_capture::diff::mysql::MysqlQueryReader;
+use tidesync_capture::diff::reader::{Page, QueryColumn, QueryReader};
+use tidesync_capture::diff::sqlite::SqliteQueryReader;
+use tidesync_core::{Decimal, StageError, Value};
+use tidesync_testkit::MariaDb;
+use tokio::sync::mpsc;
+
+const DB: &str = "shop";
+
+fn mariadb() -> MariaDb {
+    let db = MariaDb::start();
+    db.create_database(DB).unwrap();
+    db
+}
+
+/// Describes `query`, then reads it ordered by `order` in pages of `page_rows`.
+async fn read_pages(
+    reader: &mut impl QueryReader,
+    query: &str,
+    order: &[usize],
+    page_rows: usize,
+) -> (Vec<QueryColumn>, Vec<Page>) {
+    let columns = reader.columns(query).await.unwrap();
+    let (tx, mut rx) = mpsc::channel(2);
+    let collect = async {
+        let mut pages = Vec::new();
+        while let Some(page) = rx.recv().await {
+            pages.push(page);
+        }
+        pages
+    };
+    let (read, pages) = tokio::join!(reader.read(query, &columns, order, page_rows, tx), collect);
+    read.unwrap();
+    (columns, pages)
+}
+
+async fn read_rows(reader: &mut impl QueryReader, query: &str, order: &[usize]) -> Vec<Vec<Value>> {
+    read_pages(reader, query, order, 1000)
+        .await
+        .1
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.into())
+}
+
+fn definite(e: &StageError) -> String {
+    assert!(!e.is_transient(), "expected a definite error, got {e}");
+    e.to_string()
+}
+
+// --- MySQL/MariaDB ---
+
+const TYPED: &str = "SET NAMES utf8mb4; SET time_zone = '+00:00';
+CREATE TABLE typed (
+    id INT NOT NULL PRIMARY KEY,
+    ti TINYINT, tiu TINYINT UNSIGNED, si SMALLINT, mi MEDIUMINT, i INT, iu INT UNSIGNED,
+    bi BIGINT, biu BIGINT UNSIGNED, biu_small BIGINT UNSIGNED,
+    d DECIMAL(12,2), f FLOAT, db DOUBLE,
+    c CHAR(5), vc VARCHAR(40), t TEXT, l1 VARCHAR(20) CHARACTER SET latin1,
+    bn BINARY(4), vb VARBINARY(10), bl BLOB,
+    dt DATE, tm TIME(6), dtm DATETIME(6), ts TIMESTAMP(6) NULL, y YEAR,
+    b1 BIT(1), b12 BIT(12), e ENUM('a','b c'), st SET('x','y','z'), j JSON, n INT NULL
+) DEFAULT CHARSET = utf8mb4;
+INSERT INTO typed VALUES (1, -128, 255, -32768, -8388608, -2147483648, 4294967295,
+    -9223372036854775808, 18446744073709551615, 7, '-1234567890.25', 1.5, 0.1,
+    'ab', 'héllo 😀', 'long text', 'café €', 'ab', x'00ff', x'deadbeef',
+    '2024-02-29', '-838:59:59.000001', '2024-02-29 23:59:59.123456',
+    '2024-02-29 23:59:59.654321', 2024, b'1', b'101010101010', 'b c', 'x,z',
+    '{\"a\": [1, 2.5]}', NULL);";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_columns_give_names_types_and_nullability() {
+    let db = mariadb();
+    db.sql(DB, TYPED).unwrap();
+    let mut reader = MysqlQueryReader::new(db.url(DB));
+    let columns = reader.columns("SELECT * FROM typed").await.unwrap();
+    let got: Vec<(&str, &str, bool)> = columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_name.as_str(), c.nullable))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("id", "int", false),
+            ("ti", "tinyint", true),
+            ("tiu", "tinyint unsigned", true),
+            ("si", "smallint", true),
+            ("mi", "mediumint", true),
+            ("i", "int", true),
+            ("iu", "int unsigned", true),
+            ("bi", "bigint", true),
+            ("biu", "bigint unsigned", true),
+            ("biu_small", "bigint unsigned", true),
+            ("d", "decimal(12,2)", true),
+            ("f", "float", true),
+            ("db", "double", true),
+            ("c", "char(5)", true),
+            ("vc", "varchar(40)", true),
+            ("t", "text", true),
+            ("l1", "varchar(20)", true),
+            ("bn", "binary(4)", true),
+            ("vb", "varbinary(10)", true),
+            ("bl", "blob", true),
+            ("dt", "date", true),
+            ("tm", "time(6)", true),
+            ("dtm", "datetime(6)", true),
+            ("ts", "timestamp(6)", true),
+            ("y", "year", true),
+            ("b1", "bit(1)", true),
+            ("b12", "bit(12)", true),
+            ("e", "varchar(3)", true),
+            ("st", "varchar(5)", true),
+            // MariaDB's JSON is LONGTEXT.
+            ("j", "longtext", true),
+            ("n", "int", true),
+        ]
+    );
+    let expr = reader
+        .columns("SELECT id * 2 AS twice, CONCAT(c, 'x') AS cx FROM typed")
+        .await
+        .unwrap();
+    assert_eq!(expr[0].name, "twice");
+    assert_eq!(expr[1].name, "cx");
+    assert_eq!(
+        reader.describe_db(),
+        format!("mysql://root@127.0.0.1:{}/{DB}", db.port())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_read_gives_every_type_as_the_log_source_does() {
+    let db = mariadb();
+    db.sql(DB, TYPED).unwrap();
+    let mut reader = MysqlQueryReader::new(db.url(DB));
+    let rows = read_rows(&mut reader, "SELECT * FROM typed", &[0]).await;
+    let dec = |s: &str| Value::Decimal(Decimal::parse(s).unwrap());
+    let day = tidesync_core::time::days_from_civil(2024, 2, 29);
+    let at = |micros_in_day: i64| Value::Timestamp(day * 86_400_000_000 + micros_in_day);
+    assert_eq!(
+        rows,
+        vec![vec![
+            Value::Int(1),
+            Value::Int(-128),
+            Value::Int(255),
+            Value::Int(-32768),
+            Value::Int(-8_388_608),
+            Value::Int(-2_147_483_648),
+            Value::Int(4_294_967_295),
+            Value::Int(i64::MIN),
+            dec("18446744073709551615"),
+            Value::Int(7),
+            dec("-1234567890.25"),
+            Value::Float(1.5),
+            Value::Float(0.1),
+            text("ab"),
+            text("héllo 😀"),
+            text("long text"),
+            text("café €"),
+            Value::Bytes(b"ab\0\0".to_vec()),
+            Value::Bytes(vec![0x00, 0xff]),
+            Value::Bytes(vec![0xde, 0xad, 0xbe, 0xef]),
+            Value::Date(day as i32),
+            Value::Time(-(838 * 3600 + 59 * 60 + 59) * 1_000_000 - 1),
+            at(86_399_123_456),
+            at(86_399_654_321),
+            Value::Int(2024),
+            Value::Bool(true),
+            Value::Bytes(vec![0x0a, 0xaa]),
+            text("b c"),
+            text("x,z"),
+            text("{\"a\": [1, 2.5]}"),
+            Value::Null,
+        ]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_text_keys_order_by_bytes_not_by_collation() {
+    let db = mariadb();
+    db.sql(
+        DB,
+        "SET NAMES utf8mb4;
+         CREATE TABLE words (id INT PRIMARY KEY, w VARCHAR(10) COLLATE utf8mb4_general_ci)
+             DEFAULT CHARSET = utf8mb4;
+         INSERT INTO words VALUES (1, 'b'), (2, 'B'), (3, 'a '), (4, 'é'), (5, 'z'), (6, 'a');
+         CREATE TABLE pairs (g VARCHAR(10) CHARACTER SET latin1, k INT, v INT,
+             PRIMARY KEY (g, k));
+         INSERT INTO pairs VALUES ('€', 1, 0), ('a', 10, 0), ('a', 2, 0), ('ÿ', 1, 0),
+             ('A', 5, 0);",
+    )
+    .unwrap();
+    // The collation (case-insensitive, PAD SPACE) puts a and 'a ' first, then b and B, é
+    // with e; bytes say B < a < 'a ' < b < z < é.
+    let by_collation = db
+        .sql(DB, "SELECT w FROM words ORDER BY w LIMIT 1")
+        .unwrap();
+    assert!(by_collation.starts_with('a'), "{by_collation}");
+    let mut reader = MysqlQueryReader::new(db.url(DB));
+    let rows = read_rows(&mut reader, "SELECT id, w FROM words", &[1]).await;
+    let keys: Vec<&Value> = rows.iter().map(|r| &r[1]).collect();
+    assert_eq!(
+        keys,
+        [
+            &text("B"),
+            &text("a"),
+            &text("a "),
+            &text("b"),
+            &text("z"),
+            &text("é")
+        ]
+    );
+
+    // Composite key, latin1 text: UTF-8 byte order (ÿ is C3 BF, € is E2 82 AC), then the
+    // integer numerically.
+    let rows = read_rows(&mut reader, "SELECT g, k FROM pairs", &[0, 1]).await;
+    assert_eq!(
+        rows,
+        vec![
+            vec![text("A"), Value::Int(5)],
+            vec![text("a"), Value::Int(2)],
+            vec![text("a"), Value::Int(10)],
+            vec![text("ÿ"), Value::Int(1)],
+            vec![text("€"), Value::Int(1)],
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_primary_keys_in_key_order_and_their_errors() {
+    let db = mariadb();
+    db.create_database("other").unwrap();
+    db.sql(
+        DB,
+        "CREATE TABLE pairs (a INT, b INT, c INT, PRIMARY KEY (b, a));
+         CREATE TABLE loose (a INT);
+         CREATE TABLE other.things (id INT PRIMARY KEY);",
+    )
+    .unwrap();
+    let mut reader = MysqlQueryReader::new(db.url(DB));
+    assert_eq!(reader.primary_key("pairs").await.unwrap(), ["b", "a"]);
+    assert_eq!(reader.primary_key("other.things").await.unwrap(), ["id"]);
+    let e = reader.primary_key("missing").await.unwrap_err();
+    let msg = definite(&e);
+    assert!(msg.contains("table missing does not exist"), "{msg}");
+    let e = reader.primary_key("loose").await.unwrap_err();
+    let msg = definite(&e);
+    assert!(msg.contains("table loose has no primary key"), "{msg}");
+    assert!(msg.contains("`key`"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_pages_hold_at_most_page_rows_in_order() {
+    let db = mariadb();
+    db.sql(
+        DB,
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(20));
+         INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_2500;",
+    )
+    .unwrap();
+    let mut reader = MysqlQueryReader::new(db.url(DB));
+    let (_, pages) = read_pages(&mut reader, "SELECT id, name FROM items", &[0], 1000).await;
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        [1000, 1000, 500]
+    );
+    let ids: Vec<Value> = pages.into_iter().flatten().map(|r| r[0].clone()).collect();
+    assert_eq!(ids, (1..=2500).map(Value::Int).collect::<Vec<_>>());
+    let (_, pages) = read_pages(
+        &mut reader,
+        "SELECT id FROM items WHERE id > 9999",
+        &[0],
+        10,
+    )
+    .await;
+    assert!(pages.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_closed_receiver_stops_the_read_and_the_reader_goes_on() {
+    let db = mariadb();
+    db.sql(
+        DB,
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, pad VARCHAR(200));
+         INSERT INTO items SELECT seq, REPEAT('x', 200) FROM seq_1_to_200000;",
+    )
+    .unwrap();
+    let mut reader = MysqlQueryReader::new(db.url(DB));
+    let query = "SELECT id, pad FROM items";
+    let columns = reader.columns(query).await.unwrap();
+    let (tx, mut rx) = mpsc::channel(1);
+    let first = async move {
+        let page = rx.recv().await;
+        drop(rx);
+        page
+    };
+    let started = std::time::Instant::now();
+    let (read, page) = tokio::join!(reader.read(query, &columns, &[0], 100, tx), first);
+    read.unwrap();
+    assert_eq!(page.map(|p| p.len()), Some(100));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // The next call works (on a new connection).
+    let rows = read_rows(&mut reader, "SELECT id FROM items WHERE id <= 3", &[0]).await;
+    assert_eq!(
+        rows,
+        vec![
+            vec![Value::Int(1)],
+            vec![Value::Int(2)],
+            vec![Value::Int(3)]
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_bad_queries_and_values_are_definite_errors_naming_them() {
+    let db = mariadb();
+    db.sql(
+        DB,
+        "SET SESSION sql_mode = '';
+         CREATE TABLE items (id INT PRIMARY KEY, at DATETIME);
+         INSERT INTO items VALUES (1, '2024-01-01 00:00:00'), (2, '0000-00-00 00:00:00');",
+    )
+    .unwrap();
+    let mut reader = MysqlQueryReader::new(db.url(DB));
+    let e = reader.columns("SELEC id FROM items").await.unwrap_err();
+    let msg = definite(&e);
+    assert!(msg.contains("query `SELEC id FROM items`"), "{msg}");
+    assert!(msg.contains("error 1064"), "{msg}");
+    let e = reader.columns("SELECT nope FROM items").await.unwrap_err();
+    let msg = definite(&e);
+    assert!(msg.contains("nope"), "{msg}");
+    let e = reader
+        .columns("SELECT id, id FROM items")
+        .await
+        .unwrap_err();
+    let msg = definite(&e);
+    assert!(msg.to_lowercase().contains("duplicate column"), "{msg}");
+    assert!(msg.contains("id"), "{msg}");
+    assert!(!msg.contains("root@127.0.0.1:0"), "{msg}");
+
+    let query = "SELECT id, at FROM items";
+    let columns = reader.columns(query).await.unwrap();
+    let (tx, _rx) = mpsc::channel(4);
+    let e = reader
+        .read(query, &columns, &[0], 10, tx)
+        .await
+        .unwrap_err();
+    let msg = definite(&e);
+    assert!(msg.contains("column at"), "{msg}");
+    assert!(msg.contains("zero date"), "{msg}");
+    // The reader is still usable.
+    let rows = read_rows(&mut reader, "SELECT id FROM items WHERE id = 1", &[0]).await;
+    assert_eq!(rows, vec![vec![Value::Int(1)]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_server_restart_is_transient_then_reconnects() {
+    let mut db = mariadb();
+    db.sql(
+        DB,
+        "CREATE TABLE items (id INT PRIMARY KEY); INSERT INTO items VALUES (1);",
+    )
+    .unwrap();
+    let mut reader = MysqlQueryReader::new(db.url(DB));
+    assert_eq!(reader.primary_key("items").await.unwrap(), ["id"]);
+    db.stop().unwrap();
+    let e = reader.columns("SELECT id FROM items").await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    db.start_again().unwrap();
+    let rows = read_rows(&mut reader, "SELECT id FROM items", &[0]).await;
+    assert_eq!(rows, vec![vec![Value::Int(1)]]);
+}
+
+// --- SQLite ---
+
+fn sqlite(dir: &Path, sql: &str) -> std::path::PathBuf {
+    let path = dir.join("source.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(sql).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_columns_give_declared_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sqlite(
+        dir.path(),
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price NUMERIC(12,2),
+             data BLOB, at);",
+    );
+    let mut reader = SqliteQueryReader::new(&path);
+    let columns = reader
+        .columns("SELECT id, name, price, data, at, id + 1 AS next FROM items")
+        .await
+        .unwrap();
+    let got: Vec<(&str, &str)> = columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_name.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("id", "INTEGER"),
+            ("name", "TEXT"),
+            ("price", "NUMERIC(12,2)"),
+            ("data", "BLOB"),
+            ("at", ""),
+            ("next", ""),
+        ]
+    );
+    assert!(columns.iter().all(|c| c.nullable));
+    assert_eq!(reader.describe_db(), path.display().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_read_gives_values_by_storage_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sqlite(
+        dir.path(),
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, i INTEGER, r REAL, t TEXT, b BLOB,
+             n NUMERIC, any);
+         INSERT INTO items VALUES (1, -9223372036854775808, 0.1, 'héllo 😀', x'00ff', 12.5, NULL);
+         INSERT INTO items VALUES (2, 9223372036854775807, -1e300, '', x'', 7, 'text');
+         INSERT INTO items VALUES (3, NULL, NULL, NULL, NULL, '12', x'01');",
+    );
+    let mut reader = SqliteQueryReader::new(&path);
+    let rows = read_rows(&mut reader, "SELECT * FROM items", &[0]).await;
+    assert_eq!(
+        rows,
+        vec![
+            vec![
+                Value::Int(1),
+                Value::Int(i64::MIN),
+                Value::Float(0.1),
+                text("héllo 😀"),
+                Value::Bytes(vec![0, 255]),
+                Value::Float(12.5),
+                Value::Null,
+            ],
+            vec![
+                Value::Int(2),
+                Value::Int(i64::MAX),
+                Value::Float(-1e300),
+                text(""),
+                Value::Bytes(vec![]),
+                Value::Int(7),
+                text("text"),
+            ],
+            vec![
+                Value::Int(3),
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                // NUMERIC affinity stored '12' as an integer.
+                Value::Int(12),
+                Value::Bytes(vec![1]),
+            ],
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_text_keys_order_by_bytes_not_by_collation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sqlite(
+        dir.path(),
+        "CREATE TABLE words (w TEXT COLLATE NOCASE PRIMARY KEY, n INTEGER);
+         INSERT INTO words VALUES ('b', 1), ('C', 2), ('a', 3), ('é', 4);
+         CREATE TABLE pairs (g TEXT COLLATE NOCASE, k INTEGER, PRIMARY KEY (g, k));
+         INSERT INTO pairs VALUES ('a', 10), ('a', 2), ('B', 1), ('a', -1);",
+    );
+    let mut reader = SqliteQueryReader::new(&path);
+    let rows = read_rows(&mut reader, "SELECT w FROM words", &[0]).await;
+    assert_eq!(
+        rows,
+        vec![
+            vec![text("C")],
+            vec![text("a")],
+            vec![text("b")],
+            vec![text("é")]
+        ]
+    );
+    let rows = read_rows(&mut reader, "SELECT g, k FROM pairs", &[0, 1]).await;
+    assert_eq!(
+        rows,
+        vec![
+            vec![text("B"), Value::Int(1)],
+            vec![text("a"), Value::Int(-1)],
+            vec![text("a"), Value::Int(2)],
+            vec![text("a"), Value::Int(10)],
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_primary_keys_in_key_order_and_their_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sqlite(
+        dir.path(),
+        "CREATE TABLE pairs (a INTEGER, b TEXT, c, PRIMARY KEY (b, a));
+         CREATE TABLE loose (a INTEGER);
+         CREATE TABLE solo (id INTEGER PRIMARY KEY, x);",
+    );
+    let mut reader = SqliteQueryReader::new(&path);
+    assert_eq!(reader.primary_key("pairs").await.unwrap(), ["b", "a"]);
+    assert_eq!(reader.primary_key("solo").await.unwrap(), ["id"]);
+    assert_eq!(reader.primary_key("main.solo").await.unwrap(), ["id"]);
+    let msg = definite(&reader.primary_key("missing").await.unwrap_err());
+    assert!(msg.contains("table `missing` does not exist"), "{msg}");
+    let msg = definite(&reader.primary_key("loose").await.unwrap_err());
+    assert!(msg.contains("table `loose` has no primary key"), "{msg}");
+    assert!(msg.contains("`key`"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_pages_hold_at_most_page_rows_and_a_closed_receiver_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sqlite(
+        dir.path(),
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);
+         WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 2500)
+         INSERT INTO items SELECT n, 'item ' || n FROM s;",
+    );
+    let mut reader = SqliteQueryReader::new(&path);
+    let (_, pages) = read_pages(&mut reader, "SELECT id, name FROM items", &[0], 1000).await;
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        [1000, 1000, 500]
+    );
+    let ids: Vec<Value> = pages.into_iter().flatten().map(|r| r[0].clone()).collect();
+    assert_eq!(ids, (1..=2500).map(Value::Int).collect::<Vec<_>>());
+
+    let query = "SELECT id FROM items";
+    let columns = reader.columns(query).await.unwrap();
+    let (tx, mut rx) = mpsc::channel(1);
+    let first = async move {
+        let page = rx.recv().await;
+        drop(rx);
+        page
+    };
+    let (read, page) = tokio::join!(reader.read(query, &columns, &[0], 10, tx), first);
+    read.unwrap();
+    assert_eq!(page.map(|p| p.len()), Some(10));
+    // The read transaction ended: the reader goes on.
+    let rows = read_rows(&mut reader, "SELECT id FROM items WHERE id = 7", &[0]).await;
+    assert_eq!(rows, vec![vec![Value::Int(7)]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_bad_queries_are_definite_errors_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sqlite(
+        dir.path(),
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, a, b);",
+    );
+    let mut reader = SqliteQueryReader::new(&path);
+    let msg = definite(&reader.columns("SELEC id FROM items").await.unwrap_err());
+    assert!(msg.contains("query `SELEC id FROM items`"), "{msg}");
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    let msg = definite(&reader.columns("SELECT nope FROM items").await.unwrap_err());
+    assert!(msg.contains("nope"), "{msg}");
+    let msg = definite(
+        &reader
+            .columns("SELECT a AS x, b AS X FROM items")
+            .await
+            .unwrap_err(),
+    );
+    assert!(msg.contains("more than one column named X"), "{msg}");
+    let msg = definite(&reader.columns("DELETE FROM items").await.unwrap_err());
+    assert!(msg.contains("not a read-only query"), "{msg}");
+    let missing = SqliteQueryReader::new(&dir.path().join("missing.db"))
+        .columns("SELECT 1")
+        .await
+        .unwrap_err();
+    assert!(definite(&missing).contains("does not exist"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_locked_database_is_transient() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sqlite(
+        dir.path(),
+        "CREATE TABLE items (id INTEGER PRIMARY KEY); INSERT INTO items VALUES (1);",
+    );
+    // A writer holding an exclusive lock (rollback journal): readers wait, then give up.
+    let writer = rusqlite::Connection::open(&path).unwrap();
+    writer.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let mut reader = SqliteQueryReader::new(&path);
+    let e = reader.columns("SELECT id FROM items").await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    writer.execute_batch("COMMIT").unwrap();
+    let rows = read_rows(&mut reader, "SELECT id FROM items", &[0]).await;
+    assert_eq!(rows, vec![vec![Value::Int(1)]]);
+}

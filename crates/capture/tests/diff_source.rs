@@ -1,0 +1,354 @@
+//! The `diff` source (query and compare) against a real PostgreSQL and a real store, driven
+//! like the runtime drives it (poll, append, ack): inserts, updates and deletes found in key
+//! order across pages, nothing found when nothing changed, a field mapping, a run cut short
+//! and repeated without logging anything twice, and clear errors for bad streams.
+
+use std::time::Duration;
+
+use tidesync_capture::diff::map::{Cast, FieldFrom, FieldSpec};
+use tidesync_capture::diff::pg::PgQueryReader;
+use tidesync_capture::diff::{DiffOptions, DiffSource, StreamSpec};
+use tidesync_core::{Decimal, Key, Op, Position, Seq, Source, Value};
+use tidesync_store::SqliteStore;
+use tidesync_testkit::Postgres;
+
+const DB: &str = "erp";
+const PIPELINE: &str = "p1";
+
+fn server(rows: i64) -> Postgres {
+    let pg = Postgres::start();
+    pg.create_database(DB).unwrap();
+    pg.psql(
+        DB,
+        &format!(
+            "CREATE TABLE items (id bigint PRIMARY KEY, sku text NOT NULL, name text, \
+               price numeric(10,2), changed timestamptz NOT NULL DEFAULT '2024-01-01Z'); \
+             INSERT INTO items (id, sku, name, price) \
+               SELECT g, 'SKU-' || g, 'item ' || g, g * 1.5 FROM generate_series(1, {rows}) g;"
+        ),
+    )
+    .unwrap();
+    pg
+}
+
+fn table_stream(name: &str) -> StreamSpec {
+    StreamSpec {
+        name: name.into(),
+        query: None,
+        key: Vec::new(),
+        fields: Vec::new(),
+    }
+}
+
+fn source(pg: &Postgres, store: &SqliteStore, streams: Vec<StreamSpec>) -> DiffSource {
+    DiffSource::new(
+        DiffOptions {
+            pipeline: PIPELINE.into(),
+            streams,
+            interval: Duration::ZERO,
+            chunk_rows: 100,
+        },
+        Box::new(PgQueryReader::new(&pg.url(DB))),
+        store.clone(),
+    )
+}
+
+/// What one complete run logged: (op, key) in log order.
+async fn run(source: &mut DiffSource, store: &SqliteStore) -> Vec<(Op, Key)> {
+    let head = store.status_blocking(PIPELINE).unwrap().head;
+    loop {
+        let Some(captured) = source.poll(250, Duration::from_millis(50)).await.unwrap() else {
+            continue;
+        };
+        assert!(captured.changes.len() <= 250);
+        assert_eq!(captured.fingerprints.len(), captured.changes.len());
+        store.append_blocking(PIPELINE, &captured).unwrap();
+        source.ack(captured.position.clone()).await.unwrap();
+        if matches!(captured.position, Position::DiffRun { started_us } if started_us > 0)
+            && store.status_blocking(PIPELINE).unwrap().position == Some(captured.position.clone())
+        {
+            // The run's last batch carries its own start; earlier ones the previous run's.
+            let logged = store.read_blocking(PIPELINE, head, 1_000_000).unwrap();
+            return logged
+                .into_iter()
+                .map(|e| (e.change.op, e.change.key))
+                .collect();
+        }
+    }
+}
+
+fn int_keys(changes: &[(Op, Key)], op: Op) -> Vec<i64> {
+    changes
+        .iter()
+        .filter(|(o, _)| *o == op)
+        .map(|(_, k)| match k.0.as_slice() {
+            [Value::Int(i)] => *i,
+            other => panic!("unexpected key {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finds_inserts_updates_and_deletes_across_pages() {
+    let pg = server(2_500);
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+    let mut diff = source(&pg, &store, vec![table_stream("items")]);
+    let opened = diff.open(None).await.unwrap();
+    assert_eq!(opened.start, Some(Position::DiffRun { started_us: 0 }));
+    let schema = &opened.schemas[0];
+    assert_eq!(schema.key, vec!["id".to_owned()]);
+    let types: Vec<&str> = schema
+        .columns
+        .iter()
+        .map(|c| c.type_name.as_str())
+        .collect();
+    assert_eq!(types, ["int8", "text", "text", "numeric", "timestamptz"]);
+
+    let first = run(&mut diff, &store).await;
+    assert_eq!(
+        int_keys(&first, Op::Insert),
+        (1..=2_500).collect::<Vec<_>>()
+    );
+    assert_eq!(first.len(), 2_500);
+    let row = store
+        .current_row(PIPELINE, "items", &Key(vec![Value::Int(7)]))
+        .unwrap()
+        .unwrap()
+        .0;
+    assert_eq!(
+        row.get("price"),
+        Some(&Value::Decimal(Decimal::parse("10.50").unwrap()))
+    );
+    assert_eq!(store.fingerprint_count(PIPELINE, "items").unwrap(), 2_500);
+
+    // Nothing changed: nothing logged, but the run is recorded.
+    assert!(run(&mut diff, &store).await.is_empty());
+
+    // Changes at the start, the middle, page edges and the end; deletes at both ends.
+    pg.psql(
+        DB,
+        "UPDATE items SET price = price + 1 WHERE id IN (1, 100, 101, 1250, 2500); \
+         UPDATE items SET name = NULL WHERE id = 2000; \
+         UPDATE items SET changed = changed WHERE id = 3; \
+         DELETE FROM items WHERE id IN (2, 200, 2499); \
+         INSERT INTO items (id, sku) VALUES (0, 'first'), (1500000, 'last'), (-5, 'neg');",
+    )
+    .unwrap();
+    let changes = run(&mut diff, &store).await;
+    assert_eq!(
+        int_keys(&changes, Op::Update),
+        [1, 100, 101, 1250, 2000, 2500]
+    );
+    assert_eq!(int_keys(&changes, Op::Delete), [2, 200, 2499]);
+    assert_eq!(int_keys(&changes, Op::Insert), [-5, 0, 1_500_000]);
+    // Logged in key order, whatever the op.
+    let all: Vec<i64> = changes
+        .iter()
+        .map(|(_, k)| match k.0[0] {
+            Value::Int(i) => i,
+            _ => unreachable!(),
+        })
+        .collect();
+    let mut sorted = all.clone();
+    sorted.sort_unstable();
+    assert_eq!(all, sorted);
+    assert_eq!(store.fingerprint_count(PIPELINE, "items").unwrap(), 2_500);
+    assert!(
+        store
+            .current_row(PIPELINE, "items", &Key(vec![Value::Int(2)]))
+            .unwrap()
+            .is_none()
+    );
+
+    // A restart resumes from the stored position, and the fingerprints carry over.
+    let position = store.status_blocking(PIPELINE).unwrap().position;
+    let mut again = source(&pg, &store, vec![table_stream("items")]);
+    again.open(position).await.unwrap();
+    assert!(run(&mut again, &store).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cut_short_and_repeated_logs_nothing_twice() {
+    let pg = server(1_000);
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+    let mut diff = source(&pg, &store, vec![table_stream("items")]);
+    diff.open(None).await.unwrap();
+    // Part of the first run is logged, then the process "dies".
+    let part = diff
+        .poll(300, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(part.changes.len(), 300);
+    store.append_blocking(PIPELINE, &part).unwrap();
+    // The same batch appended again (a retried append) logs nothing more.
+    assert_eq!(store.append_blocking(PIPELINE, &part).unwrap(), None);
+    drop(diff);
+    let position = store.status_blocking(PIPELINE).unwrap().position;
+    assert_eq!(position, Some(Position::DiffRun { started_us: 0 }));
+    let mut diff = source(&pg, &store, vec![table_stream("items")]);
+    diff.open(position).await.unwrap();
+    let rest = run(&mut diff, &store).await;
+    assert_eq!(
+        int_keys(&rest, Op::Insert),
+        (301..=1_000).collect::<Vec<_>>()
+    );
+    let logged = store.read_blocking(PIPELINE, Seq(0), 10_000).unwrap();
+    assert_eq!(logged.len(), 1_000, "every row logged exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_mapped_to_the_model() {
+    let pg = server(50);
+    pg.psql(
+        DB,
+        "CREATE TABLE stock (warehouse text, item bigint, qty text, PRIMARY KEY (warehouse, item)); \
+         INSERT INTO stock VALUES ('b', 1, '5'), ('B', 1, '7'), ('a', 2, '0012'), ('a', 10, '1');",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+    let field = |name: &str, from: FieldFrom, cast: Option<Cast>| FieldSpec {
+        name: name.into(),
+        from,
+        cast,
+    };
+    let stream = StreamSpec {
+        name: "stock".into(),
+        query: Some("SELECT warehouse AS wh, item, qty FROM stock WHERE item < 100".into()),
+        key: vec!["warehouse".into(), "item_no".into()],
+        fields: vec![
+            field("warehouse", FieldFrom::Column("wh".into()), None),
+            field("item_no", FieldFrom::Column("item".into()), None),
+            field("quantity", FieldFrom::Column("qty".into()), Some(Cast::Int)),
+            field(
+                "origin",
+                FieldFrom::Value(Value::Text("erp-a".into())),
+                None,
+            ),
+        ],
+    };
+    let mut diff = source(&pg, &store, vec![stream.clone()]);
+    let opened = diff.open(None).await.unwrap();
+    let schema = &opened.schemas[0];
+    let names: Vec<(&str, &str)> = schema
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_name.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("warehouse", "text"),
+            ("item_no", "int8"),
+            ("quantity", "int8"),
+            ("origin", "text")
+        ]
+    );
+    let changes = run(&mut diff, &store).await;
+    // Text keys in byte order ('B' < 'a' < 'b'), then the integer part numerically.
+    let keys: Vec<String> = changes.iter().map(|(_, k)| k.to_string()).collect();
+    assert_eq!(
+        keys,
+        [r#"("B", 1)"#, r#"("a", 2)"#, r#"("a", 10)"#, r#"("b", 1)"#]
+    );
+    let row = store
+        .current_row(
+            PIPELINE,
+            "stock",
+            &Key(vec![Value::Text("a".into()), Value::Int(2)]),
+        )
+        .unwrap()
+        .unwrap()
+        .0;
+    assert_eq!(row.get("quantity"), Some(&Value::Int(12)));
+    assert_eq!(row.get("origin"), Some(&Value::Text("erp-a".into())));
+
+    // '0012' -> '12' is the same model row: nothing to log.
+    pg.psql(DB, "UPDATE stock SET qty = '12' WHERE item = 2")
+        .unwrap();
+    assert!(run(&mut diff, &store).await.is_empty());
+
+    // A value the cast cannot take stops the run with an error naming field and value.
+    pg.psql(DB, "UPDATE stock SET qty = 'lots' WHERE item = 10")
+        .unwrap();
+    let err = loop {
+        match diff.poll(100, Duration::from_millis(50)).await {
+            Ok(Some(c)) => {
+                store.append_blocking(PIPELINE, &c).unwrap();
+            }
+            Ok(None) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(!err.is_transient());
+    assert!(
+        err.to_string()
+            .contains("stream stock: field quantity: cannot cast text \"lots\" to int"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_streams_are_named() {
+    let pg = server(10);
+    pg.psql(DB, "INSERT INTO items (id, sku) VALUES (11, 'SKU-1')")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+    let open_err = |stream: StreamSpec| {
+        let mut diff = source(&pg, &store, vec![stream]);
+        async move { diff.open(None).await.unwrap_err().to_string() }
+    };
+    let err = open_err(table_stream("nope")).await;
+    assert!(err.contains("nope"), "{err}");
+    let err = open_err(StreamSpec {
+        name: "items".into(),
+        query: Some("SELECT id, sku FROM items".into()),
+        key: vec!["id".into()],
+        fields: vec![FieldSpec {
+            name: "id".into(),
+            from: FieldFrom::Column("item_id".into()),
+            cast: None,
+        }],
+    })
+    .await;
+    assert!(
+        err.contains("stream items: the query has no column item_id (it has: id, sku)"),
+        "{err}"
+    );
+    let err = open_err(StreamSpec {
+        name: "items".into(),
+        query: Some("SELECT id, sku, sku FROM items".into()),
+        key: vec!["id".into()],
+        fields: Vec::new(),
+    })
+    .await;
+    assert!(err.contains("returns two columns named sku"), "{err}");
+
+    // A key that is not unique in the query's result.
+    let mut diff = source(
+        &pg,
+        &store,
+        vec![StreamSpec {
+            name: "skus".into(),
+            query: Some("SELECT regexp_replace(sku, '^SKU-', '') AS code FROM items".into()),
+            key: vec!["code".into()],
+            fields: Vec::new(),
+        }],
+    );
+    diff.open(None).await.unwrap();
+    let err = loop {
+        match diff.poll(100, Duration::from_millis(50)).await {
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        err.to_string()
+            .contains("key (\"1\") appears more than once in the query's result"),
+        "{err}"
+    );
+}
