@@ -136,11 +136,13 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         &config,
         format!(
             "[store]\npath = \"{state}\"\n\n[sources.erp]\nurl = \"{url}\"\nmode = \"diff\"\n\
-             tables = [\"items\"]\ninterval_secs = {interval}\n\n[sinks.shop]\nurl = \"{target}\"\n\n\
-             [pipelines.items]\nsource = \"erp\"\nsinks = [\"shop\"]\n",
+             tables = [\"items\"]\ninterval_secs = {interval}\n{source}\n\n[sinks.shop]\nurl = \"{target}\"\n\n\
+             [pipelines.items]\nsource = \"erp\"\nsinks = [\"shop\"]\n{pipeline}\n",
             state = dir.join("state/tidesync.db").display(),
             interval = options.interval_secs,
             target = dir.join("shop.db").display(),
+            source = options.common.source_settings.join("\n"),
+            pipeline = options.common.pipeline_settings.join("\n"),
         ),
     )?;
     let log = dir.join("tidesync.log");

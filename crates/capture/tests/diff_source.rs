@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tidesync_capture::diff::map::{Cast, FieldFrom, FieldSpec};
 use tidesync_capture::diff::pg::PgQueryReader;
+use tidesync_capture::diff::reader::QueryReader;
 use tidesync_capture::diff::{DiffOptions, DiffSource, StreamSpec};
 use tidesync_core::{Decimal, Key, Op, Position, Seq, Source, Value};
 use tidesync_store::SqliteStore;
@@ -48,7 +49,10 @@ fn source(pg: &Postgres, store: &SqliteStore, streams: Vec<StreamSpec>) -> DiffS
             interval: Duration::ZERO,
             chunk_rows: 100,
         },
-        Box::new(PgQueryReader::new(&pg.url(DB))),
+        {
+            let url = pg.url(DB);
+            move || Box::new(PgQueryReader::new(&url)) as Box<dyn QueryReader>
+        },
         store.clone(),
     )
 }
@@ -142,17 +146,6 @@ async fn finds_inserts_updates_and_deletes_across_pages() {
     );
     assert_eq!(int_keys(&changes, Op::Delete), [2, 200, 2499]);
     assert_eq!(int_keys(&changes, Op::Insert), [-5, 0, 1_500_000]);
-    // Logged in key order, whatever the op.
-    let all: Vec<i64> = changes
-        .iter()
-        .map(|(_, k)| match k.0[0] {
-            Value::Int(i) => i,
-            _ => unreachable!(),
-        })
-        .collect();
-    let mut sorted = all.clone();
-    sorted.sort_unstable();
-    assert_eq!(all, sorted);
     assert_eq!(store.fingerprint_count(PIPELINE, "items").unwrap(), 2_500);
     assert!(
         store

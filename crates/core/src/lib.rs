@@ -24,7 +24,7 @@ pub use change::{Batch, BatchKind, Change, Key, LogEntry, Op, Row, Seq};
 pub use position::Position;
 pub use stage::{
     BoxError, BoxFuture, Captured, ColumnSchema, CopyChunk, CopyWriter, Dialect, Fingerprint, Log,
-    LogStatus, Opened, Request, RequestKind, RequestProgress, Sink, Source, StageError,
+    LogStatus, Opened, RawRefresh, Request, RequestKind, RequestProgress, Sink, Source, StageError,
     TableSchema,
 };
 pub use value::{Decimal, Value, ValueError};

@@ -108,6 +108,17 @@ pub struct Captured {
     /// and skips a change whose fingerprint it already holds (a version already logged), so
     /// a comparison repeated after a crash or a retry never logs a version twice.
     pub fingerprints: Vec<Fingerprint>,
+    /// Rows of a `diff` stream found unchanged whose database-side hash the store does not
+    /// hold yet: it records them (no change is logged).
+    pub refreshed: Vec<RawRefresh>,
+}
+
+/// A new database-side hash of a row whose values did not change (see [`Fingerprint::raw`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRefresh {
+    pub stream: String,
+    pub ord: Vec<u8>,
+    pub raw: i64,
 }
 
 /// The fingerprint of one row of a `diff` stream, as the store keeps it next to the log:
@@ -119,6 +130,9 @@ pub struct Fingerprint {
     /// The hash of the row's values (`row_hash` of its binary encoding); `None`: the row is
     /// gone (a delete).
     pub hash: Option<i64>,
+    /// The hash the source database computes of the row's columns, where it can: a later
+    /// run compares that alone and reads no values of an unchanged row.
+    pub raw: Option<i64>,
 }
 
 /// A re-read of rows asked of a running source (`tidesync verify --repair`,

@@ -78,10 +78,15 @@ fn build_source(
             chunk_rows,
         } => {
             use tidesync_capture::diff::{self, DiffOptions, DiffSource};
-            let reader: Box<dyn diff::reader::QueryReader> = match db {
-                DiffDb::Postgres { url } => Box::new(diff::pg::PgQueryReader::new(url)),
-                DiffDb::Mysql { url } => Box::new(diff::mysql::MysqlQueryReader::new(url)),
-                DiffDb::Sqlite { path } => Box::new(diff::sqlite::SqliteQueryReader::new(path)),
+            let db = db.clone();
+            let connect = move || -> Box<dyn diff::reader::QueryReader> {
+                match &db {
+                    DiffDb::Postgres { url } => Box::new(diff::pg::PgQueryReader::new(url)),
+                    DiffDb::Mysql { url } => {
+                        Box::new(diff::mysql::MysqlQueryReader::new(url.clone()))
+                    }
+                    DiffDb::Sqlite { path } => Box::new(diff::sqlite::SqliteQueryReader::new(path)),
+                }
             };
             Box::new(DiffSource::new(
                 DiffOptions {
@@ -90,7 +95,7 @@ fn build_source(
                     interval: *interval,
                     chunk_rows: *chunk_rows,
                 },
-                reader,
+                connect,
                 store.clone(),
             ))
         }

@@ -301,6 +301,7 @@ impl Pipeline {
             // Record where this fresh start begins, so that a restart before the first change
             // resumes here instead of starting (and snapshotting) all over again.
             let first = Arc::new(Captured {
+                refreshed: Vec::new(),
                 fingerprints: Vec::new(),
                 kind: BatchKind::Full,
                 changes: vec![],

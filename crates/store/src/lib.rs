@@ -137,6 +137,12 @@ fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Read-only, and without SQLite's own per-call mutex (each connection is used under our
+/// [`Mutex`] only, one thread at a time), which took a lock for every value read.
+fn reader_flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+}
+
 /// The SQLite change log and current state of one node. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -168,8 +174,7 @@ impl SqliteStore {
         writer
             .execute_batch(requests::CREATE)
             .map_err(StoreError::sqlite("creating the requests table"))?;
-        let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(open_err)?;
+        let reader = Connection::open_with_flags(path, reader_flags()).map_err(open_err)?;
         schema::configure_reader(&reader).map_err(open_err)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -187,12 +192,12 @@ impl SqliteStore {
             return Err(StoreError::Missing(path.to_owned()));
         }
         let open = || {
-            let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
-                |source| StoreError::Open {
+            let c = Connection::open_with_flags(path, reader_flags()).map_err(|source| {
+                StoreError::Open {
                     path: path.to_owned(),
                     source,
-                },
-            )?;
+                }
+            })?;
             schema::configure_reader(&c).map_err(|source| StoreError::Open {
                 path: path.to_owned(),
                 source,
@@ -363,7 +368,7 @@ impl SqliteStore {
         let e = StoreError::sqlite("reading fingerprints");
         let mut st = conn
             .prepare_cached(
-                "SELECT ord, key, hash FROM fingerprints WHERE pipeline = ?1 AND stream = ?2
+                "SELECT ord, hash, raw FROM fingerprints WHERE pipeline = ?1 AND stream = ?2
                  AND ord > ?3 ORDER BY ord LIMIT ?4",
             )
             .map_err(e)?;
@@ -376,23 +381,44 @@ impl SqliteStore {
             .next()
             .map_err(StoreError::sqlite("reading fingerprints"))?
         {
-            let ord: Vec<u8> = r
-                .get(0)
-                .map_err(StoreError::sqlite("reading fingerprints"))?;
-            let key: Vec<u8> = r
-                .get(1)
-                .map_err(StoreError::sqlite("reading fingerprints"))?;
-            let hash: i64 = r
-                .get(2)
-                .map_err(StoreError::sqlite("reading fingerprints"))?;
-            let key = decode_key(&key).map_err(|source| StoreError::Corrupt {
+            let e = || StoreError::sqlite("reading fingerprints");
+            let ord = r
+                .get_ref(0)
+                .and_then(|v| v.as_blob().map_err(Into::into))
+                .map_err(e())?
+                .to_vec();
+            let hash: i64 = r.get(1).map_err(e())?;
+            let raw: Option<i64> = r.get(2).map_err(e())?;
+            out.push(StoredFingerprint { ord, hash, raw });
+        }
+        Ok(out)
+    }
+
+    /// The key of the fingerprinted row `ord` of `stream` (for a delete), if there is one.
+    pub fn fingerprint_key(
+        &self,
+        pipeline: &str,
+        stream: &str,
+        ord: &[u8],
+    ) -> Result<Option<Key>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        let key: Option<Vec<u8>> = conn
+            .prepare_cached(
+                "SELECT key FROM fingerprints WHERE pipeline = ?1 AND stream = ?2 AND ord = ?3",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![pipeline, stream, ord], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(StoreError::sqlite("reading a fingerprint's key"))?;
+        key.map(|k| {
+            decode_key(&k).map_err(|source| StoreError::Corrupt {
                 pipeline: pipeline.to_owned(),
                 seq: 0,
                 source,
-            })?;
-            out.push(StoredFingerprint { ord, key, hash });
-        }
-        Ok(out)
+            })
+        })
+        .transpose()
     }
 
     /// How many fingerprints `stream` of `pipeline` has (the rows its `diff` source knows).
@@ -420,8 +446,9 @@ impl SqliteStore {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredFingerprint {
     pub ord: Vec<u8>,
-    pub key: Key,
     pub hash: i64,
+    /// The source database's own hash of the row, where it computes one.
+    pub raw: Option<i64>,
 }
 
 /// Whether `change` repeats what `fingerprint` says the store already has (a version already
@@ -445,13 +472,16 @@ fn fingerprint_is_new(
         })
         .map_err(e("reading a fingerprint"))?;
     if stored == fingerprint.hash {
+        if let (Some(_), Some(raw)) = (stored, fingerprint.raw) {
+            refresh_raw(tx, pipeline, &change.stream, &fingerprint.ord, raw)?;
+        }
         return Ok(false);
     }
     match fingerprint.hash {
         Some(hash) => tx
             .prepare_cached(
-                "INSERT INTO fingerprints (pipeline, stream, ord, key, hash) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (pipeline, stream, ord) DO UPDATE SET key = excluded.key, hash = excluded.hash",
+                "INSERT INTO fingerprints (pipeline, stream, ord, key, hash, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (pipeline, stream, ord) DO UPDATE SET key = excluded.key, hash = excluded.hash, raw = excluded.raw",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -459,7 +489,8 @@ fn fingerprint_is_new(
                     change.stream,
                     fingerprint.ord,
                     binary::key_to_vec(&change.key),
-                    hash
+                    hash,
+                    fingerprint.raw
                 ])
             })
             .map_err(e("writing a fingerprint"))?,
@@ -471,6 +502,22 @@ fn fingerprint_is_new(
             .map_err(e("deleting a fingerprint"))?,
     };
     Ok(true)
+}
+
+/// Records a row's new database-side hash (see [`tidesync_core::RawRefresh`]).
+fn refresh_raw(
+    tx: &rusqlite::Transaction<'_>,
+    pipeline: &str,
+    stream: &str,
+    ord: &[u8],
+    raw: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE fingerprints SET raw = ?4 WHERE pipeline = ?1 AND stream = ?2 AND ord = ?3",
+    )
+    .and_then(|mut st| st.execute(params![pipeline, stream, ord, raw]))
+    .map_err(StoreError::sqlite("refreshing a fingerprint"))?;
+    Ok(())
 }
 
 fn append(
@@ -652,6 +699,9 @@ fn append(
     .map_err(e("storing the source position"))?;
     if let Some(progress) = &captured.progress {
         requests::record_progress(&tx, pipeline, progress, seq)?;
+    }
+    for r in &captured.refreshed {
+        refresh_raw(&tx, pipeline, &r.stream, &r.ord, r.raw)?;
     }
     tidesync_core::failpoint::hit("store-before-commit");
     tx.commit().map_err(e("committing an append"))?;

@@ -317,6 +317,7 @@ mod tests {
         let s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
         let changes = mixed_batch();
         let captured = Captured {
+            refreshed: Vec::new(),
             fingerprints: Vec::new(),
             kind: BatchKind::Incremental,
             changes: changes.clone(),
@@ -353,6 +354,7 @@ mod tests {
     #[test]
     fn reads_of_the_current_state_during_an_append_turn_collection_off() {
         let batch = |kind, changes| Captured {
+            refreshed: Vec::new(),
             fingerprints: Vec::new(),
             kind,
             changes,

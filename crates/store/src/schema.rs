@@ -58,7 +58,7 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
              head_commit_us INTEGER, updated_us INTEGER NOT NULL) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS fingerprints (
              pipeline TEXT NOT NULL, stream TEXT NOT NULL, ord BLOB NOT NULL, key BLOB NOT NULL,
-             hash INTEGER NOT NULL,
+             hash INTEGER NOT NULL, raw INTEGER,
              PRIMARY KEY (pipeline, stream, ord)) WITHOUT ROWID;
          PRAGMA user_version = 2;
          COMMIT;",

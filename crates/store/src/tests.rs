@@ -43,6 +43,7 @@ fn change(op: Op, id: i64, qty: Option<i64>) -> Change {
 
 fn captured(changes: Vec<Change>, pos: i64) -> Captured {
     Captured {
+        refreshed: Vec::new(),
         fingerprints: Vec::new(),
         kind: BatchKind::Incremental,
         changes,

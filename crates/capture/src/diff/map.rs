@@ -255,6 +255,8 @@ pub(crate) struct Mapping {
     pub(crate) fields: Vec<Resolved>,
     /// Positions (in `names`) of the key fields, in key order.
     pub(crate) key_at: Vec<usize>,
+    /// The key fields' names, in key order.
+    pub(crate) key_names: Vec<String>,
 }
 
 impl Mapping {
@@ -352,6 +354,7 @@ mod tests {
                 Resolved::Constant(Value::Text("erp-a".into())),
             ],
             key_at: vec![0],
+            key_names: vec!["id".into()],
         };
         let mut row = vec![Value::Text("9.90".into()), Value::Int(3)];
         assert_eq!(

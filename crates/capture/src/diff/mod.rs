@@ -38,14 +38,14 @@ use std::time::{Duration, Instant};
 use tidesync_core::codec::binary::{encode_row_parts, row_hash};
 use tidesync_core::{
     BatchKind, BoxFuture, Captured, Change, ColumnSchema, Dialect, Fingerprint, Key, Op, Opened,
-    Position, Row, Source, StageError, TableSchema, Value,
+    Position, RawRefresh, Row, Source, StageError, TableSchema, Value,
 };
 use tidesync_store::{SqliteStore, StoredFingerprint};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
 use self::map::{Cast, FieldFrom, FieldSpec, Mapping, Resolved};
-use self::reader::{Page, QueryColumn, QueryReader};
+use self::reader::{HashedRow, Page, QueryColumn, QueryReader};
 
 /// How often a long run logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -77,13 +77,39 @@ pub struct DiffOptions {
     pub chunk_rows: usize,
 }
 
-/// A query row as the model has it, with its order-preserving key and hash.
+/// A query row as the comparison sees it.
 #[derive(Debug)]
-struct ModelRow {
+struct QueryRow {
+    /// The model key's order-preserving form.
     ord: Vec<u8>,
-    key: Key,
-    values: Vec<Value>,
-    hash: i64,
+    /// The key columns' values as the database gave them (to read the row again by key).
+    key_columns: Vec<Value>,
+    /// The database's hash of the row, where it hashes rows.
+    raw: Option<i64>,
+    /// The model key, row and hash, when its values were read.
+    model: Option<(Key, Vec<Value>, i64)>,
+}
+
+/// A row whose values must be read by key before it can be compared (the database's hash
+/// differs from the stored one, or the row is new).
+#[derive(Debug)]
+struct Pending {
+    ord: Vec<u8>,
+    key_columns: Vec<Value>,
+    /// The stored model hash, if the store has the row.
+    stored: Option<i64>,
+}
+
+/// Rows read by key at most per statement.
+const FETCH_ROWS: usize = 1_000;
+/// Reads by key in flight at most, per stream.
+const FETCHES_IN_FLIGHT: usize = 2;
+
+/// A read of rows by key in flight.
+#[derive(Debug)]
+struct Fetch {
+    pending: Vec<Pending>,
+    task: JoinHandle<Result<Vec<HashedRow>, StageError>>,
 }
 
 /// A stream ready to run: its query, columns, mapping and sort columns.
@@ -107,10 +133,12 @@ struct Counts {
 /// The comparison of one stream in progress.
 #[derive(Debug)]
 struct Scan {
-    rows: mpsc::Receiver<Result<Vec<ModelRow>, StageError>>,
+    rows: mpsc::Receiver<Result<Vec<QueryRow>, StageError>>,
     stored: mpsc::Receiver<Result<Vec<StoredFingerprint>, StageError>>,
     tasks: Vec<JoinHandle<()>>,
-    query_rows: VecDeque<ModelRow>,
+    query_rows: VecDeque<QueryRow>,
+    pending: Vec<Pending>,
+    fetches: VecDeque<Fetch>,
     query_done: bool,
     stored_rows: VecDeque<StoredFingerprint>,
     stored_done: bool,
@@ -119,10 +147,22 @@ struct Scan {
     last_progress: Instant,
 }
 
+impl Counts {
+    /// Adds what `other` found (not its rows read).
+    fn add(&mut self, other: Counts) {
+        self.inserts += other.inserts;
+        self.updates += other.updates;
+        self.deletes += other.deletes;
+    }
+}
+
 impl Drop for Scan {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+        for fetch in &self.fetches {
+            fetch.task.abort();
         }
     }
 }
@@ -140,6 +180,10 @@ struct Run {
 pub struct DiffSource {
     opts: DiffOptions,
     reader: Arc<Mutex<Box<dyn QueryReader>>>,
+    /// A second connection, reading rows by key while `reader` streams the query.
+    fetcher: Arc<Mutex<Box<dyn QueryReader>>>,
+    /// Whether the database hashes rows itself (see [`QueryReader::hashes_rows`]).
+    hashes: bool,
     store: SqliteStore,
     dialect: Dialect,
     target: String,
@@ -165,14 +209,23 @@ fn definite(message: String) -> StageError {
 }
 
 impl DiffSource {
-    /// A source reading through `reader`, comparing with the fingerprints `store` keeps for
-    /// the pipeline.
-    pub fn new(opts: DiffOptions, reader: Box<dyn QueryReader>, store: SqliteStore) -> Self {
+    /// A source reading through readers `connect` makes (two: one streams a query while the
+    /// other reads rows by key), comparing with the fingerprints `store` keeps for the
+    /// pipeline.
+    pub fn new(
+        opts: DiffOptions,
+        connect: impl Fn() -> Box<dyn QueryReader>,
+        store: SqliteStore,
+    ) -> Self {
+        let reader = connect();
         let dialect = reader.dialect();
         let target = reader.describe_db();
+        let hashes = reader.hashes_rows();
         DiffSource {
             opts,
             reader: Arc::new(Mutex::new(reader)),
+            fetcher: Arc::new(Mutex::new(connect())),
+            hashes,
             store,
             dialect,
             target,
@@ -318,11 +371,13 @@ impl DiffSource {
             key,
             dialect: self.dialect,
         };
+        let key_names = key_at.iter().map(|&i| names[i].clone()).collect();
         let mapping = Arc::new(Mapping {
             stream: spec.name.clone(),
             names,
             fields,
             key_at,
+            key_names,
         });
         Ok((
             Prepared {
@@ -336,11 +391,13 @@ impl DiffSource {
     }
 
     /// Starts comparing stream `i`: the query's rows and the stored fingerprints are read by
-    /// tasks of their own, a few pages ahead.
-    fn start_scan(&self, i: usize) -> Scan {
+    /// tasks of their own, a few pages ahead. Where the database hashes rows, only keys and
+    /// hashes are read, unless `values` (the store has no row of the stream yet: every row
+    /// is new, so reading them all at once beats reading them by key).
+    fn start_scan(&self, i: usize, values: bool) -> Scan {
         let prepared = &self.prepared[i];
         let page_rows = self.opts.chunk_rows.max(1);
-        let (raw_tx, mut raw_rx) = mpsc::channel::<Page>(2);
+        let (raw_tx, mut raw_rx) = mpsc::channel::<RawPage>(2);
         let (rows_tx, rows_rx) = mpsc::channel(2);
         let reader = self.reader.clone();
         let (query, columns, order) = (
@@ -349,12 +406,39 @@ impl DiffSource {
             prepared.order.clone(),
         );
         let read_errors = rows_tx.clone();
+        let hashes = self.hashes;
         let read = tokio::spawn(async move {
             let mut reader = reader.lock().await;
-            if let Err(e) = reader
-                .read(&query, &columns, &order, page_rows, raw_tx)
-                .await
-            {
+            let read = if hashes {
+                let (tx, mut rx) = mpsc::channel(1);
+                let forward = async {
+                    while let Some(page) = rx.recv().await {
+                        if raw_tx.send(RawPage::Hashed(page)).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let (read, ()) = tokio::join!(
+                    reader.read_hashes(&query, &columns, &order, values, page_rows, tx),
+                    forward
+                );
+                read
+            } else {
+                let (tx, mut rx) = mpsc::channel(1);
+                let forward = async {
+                    while let Some(page) = rx.recv().await {
+                        if raw_tx.send(RawPage::Rows(page)).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let (read, ()) = tokio::join!(
+                    reader.read(&query, &columns, &order, page_rows, tx),
+                    forward
+                );
+                read
+            };
+            if let Err(e) = read {
                 let _closed = read_errors.send(Err(e)).await;
             }
         });
@@ -406,6 +490,8 @@ impl DiffSource {
             stored: stored_rx,
             tasks: vec![read, map, stored],
             query_rows: VecDeque::new(),
+            pending: Vec::new(),
+            fetches: VecDeque::new(),
             query_done: false,
             stored_rows: VecDeque::new(),
             stored_done: false,
@@ -415,11 +501,125 @@ impl DiffSource {
         }
     }
 
+    /// The key of the stored row `ord` of `stream` (the row is deleted).
+    async fn stored_key(&self, stream: &str, ord: &[u8]) -> Result<Key, StageError> {
+        let store = self.store.clone();
+        let (pipeline, stream_name, ord) =
+            (self.opts.pipeline.clone(), stream.to_owned(), ord.to_vec());
+        let key = tokio::task::spawn_blocking(move || {
+            store.fingerprint_key(&pipeline, &stream_name, &ord)
+        })
+        .await
+        .map_err(|e| StageError::transient(format!("fingerprint key read failed: {e}")))?
+        .map_err(StageError::from)?;
+        key.ok_or_else(|| {
+            StageError::transient(format!(
+                "stream {stream}: a stored fingerprint vanished while comparing"
+            ))
+        })
+    }
+
+    /// How many rows the store holds of stream `i`.
+    async fn stored_count(&self, i: usize) -> Result<u64, StageError> {
+        let store = self.store.clone();
+        let (pipeline, stream) = (
+            self.opts.pipeline.clone(),
+            self.prepared[i].mapping.stream.clone(),
+        );
+        tokio::task::spawn_blocking(move || store.fingerprint_count(&pipeline, &stream))
+            .await
+            .map_err(|e| StageError::transient(format!("fingerprint count failed: {e}")))?
+            .map_err(StageError::from)
+    }
+
+    /// Starts reading the `pending` rows of stream `i` by key, on the second connection,
+    /// while the comparison goes on.
+    fn spawn_fetch(&self, i: usize, pending: Vec<Pending>) -> Fetch {
+        let prepared = &self.prepared[i];
+        let (query, columns, order) = (
+            prepared.query.clone(),
+            prepared.columns.clone(),
+            prepared.order.clone(),
+        );
+        let fetcher = self.fetcher.clone();
+        let keys: Vec<Vec<Value>> = pending.iter().map(|p| p.key_columns.clone()).collect();
+        let task = tokio::spawn(async move {
+            fetcher
+                .lock()
+                .await
+                .read_keys(&query, &columns, &order, &keys)
+                .await
+        });
+        Fetch { pending, task }
+    }
+
+    /// Compares the rows a fetch read with what the store had; the changes go to `out`.
+    fn settle_fetch(
+        &self,
+        i: usize,
+        pending: Vec<Pending>,
+        rows: Vec<HashedRow>,
+        out: &mut Found,
+        now_us: i64,
+    ) -> Result<Counts, StageError> {
+        let mapping = &self.prepared[i].mapping;
+        let target = &self.target;
+        let at = || format!("source {target}: stream {}", mapping.stream);
+        let mut buf = Vec::with_capacity(256);
+        let mut fetched = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let Some(values) = row.values else {
+                continue;
+            };
+            let (ord, key, values, hash) = model_row(&at, mapping, values, &mut buf)?;
+            fetched.insert(ord, (key, values, hash, row.hash));
+        }
+        let mut counts = Counts::default();
+        for p in pending {
+            match (fetched.remove(&p.ord), p.stored) {
+                (Some((_, _, hash, raw)), Some(stored)) if stored == hash => {
+                    out.refreshed.push(RawRefresh {
+                        stream: mapping.stream.clone(),
+                        ord: p.ord,
+                        raw,
+                    });
+                }
+                (Some((key, values, hash, raw)), stored) => {
+                    let op = if stored.is_some() {
+                        counts.updates += 1;
+                        Op::Update
+                    } else {
+                        counts.inserts += 1;
+                        Op::Insert
+                    };
+                    out.fingerprints.push(Fingerprint {
+                        ord: p.ord,
+                        hash: Some(hash),
+                        raw: Some(raw),
+                    });
+                    out.changes.push(upsert(mapping, op, key, values, now_us));
+                }
+                // Gone since the query's pass read its hash.
+                (None, Some(_)) => {
+                    counts.deletes += 1;
+                    let key = model_key(&at, mapping, &p.key_columns)?.1;
+                    out.fingerprints.push(Fingerprint {
+                        ord: p.ord,
+                        hash: None,
+                        raw: None,
+                    });
+                    out.changes.push(delete(mapping, key, now_us));
+                }
+                (None, None) => {}
+            }
+        }
+        Ok(counts)
+    }
+
     /// Compares until `max` changes are found or the run ends; see [`Source::poll`].
     async fn step(&mut self, max: usize) -> Result<Option<Captured>, StageError> {
         let poll_started = Instant::now();
-        let mut changes = Vec::new();
-        let mut fingerprints = Vec::new();
+        let mut out = Found::default();
         let now_us = tidesync_core::time::now_us();
         loop {
             let n = self.prepared.len();
@@ -443,24 +643,19 @@ impl DiffSource {
                     ms = run.started.elapsed().as_millis() as u64,
                     "diff run complete"
                 );
-                return Ok(Some(Captured {
-                    kind: BatchKind::Incremental,
-                    changes,
-                    position: Position::DiffRun {
-                        started_us: run.started_us,
-                    },
-                    progress: None,
-                    fingerprints,
-                }));
+                return Ok(Some(out.captured(Position::DiffRun {
+                    started_us: run.started_us,
+                })));
             }
-            if changes.len() >= max.max(1)
-                || (!changes.is_empty() && poll_started.elapsed() >= HAND_OVER_AFTER)
+            if out.changes.len() >= max.max(1)
+                || (!out.is_empty() && poll_started.elapsed() >= HAND_OVER_AFTER)
             {
                 break;
             }
             let stream_index = run.stream;
             if run.scan.is_none() {
-                let scan = self.start_scan(stream_index);
+                let values = !self.hashes || self.stored_count(stream_index).await? == 0;
+                let scan = self.start_scan(stream_index, values);
                 if let Some(run) = self.run.as_mut() {
                     run.scan = Some(scan);
                 }
@@ -479,10 +674,7 @@ impl DiffSource {
                         scan.counts.read += rows.len() as u64;
                         scan.query_rows.extend(rows);
                     }
-                    Some(Err(e)) => {
-                        self.run = None;
-                        return Err(e);
-                    }
+                    Some(Err(e)) => return Err(e),
                     None => scan.query_done = true,
                 }
                 continue;
@@ -490,11 +682,46 @@ impl DiffSource {
             if scan.stored_rows.is_empty() && !scan.stored_done {
                 match scan.stored.recv().await {
                     Some(Ok(rows)) => scan.stored_rows.extend(rows),
-                    Some(Err(e)) => {
-                        self.run = None;
-                        return Err(e);
-                    }
+                    Some(Err(e)) => return Err(e),
                     None => scan.stored_done = true,
+                }
+                continue;
+            }
+            // Each pending row makes at most one change: reads by key are at most `max` rows,
+            // and their results are taken while the batch has room for them.
+            let both_done = scan.query_rows.is_empty() && scan.stored_rows.is_empty();
+            let fetch_rows = FETCH_ROWS.min(max.max(1));
+            let take_fetch = scan.fetches.front().is_some_and(|f| {
+                f.task.is_finished()
+                    || scan.fetches.len() >= FETCHES_IN_FLIGHT
+                    || (both_done && scan.pending.is_empty())
+            });
+            if take_fetch {
+                let room = max.max(1).saturating_sub(out.changes.len());
+                let needs = scan.fetches.front().map_or(0, |f| f.pending.len());
+                if needs > room && !out.is_empty() {
+                    break;
+                }
+                let Some(fetch) = scan.fetches.pop_front() else {
+                    continue;
+                };
+                let rows = fetch
+                    .task
+                    .await
+                    .map_err(|e| StageError::transient(format!("a read by key failed: {e}")))??;
+                let found =
+                    self.settle_fetch(stream_index, fetch.pending, rows, &mut out, now_us)?;
+                if let Some(scan) = self.run.as_mut().and_then(|r| r.scan.as_mut()) {
+                    scan.counts.add(found);
+                }
+                continue;
+            }
+            if scan.pending.len() >= fetch_rows || (both_done && !scan.pending.is_empty()) {
+                let take = scan.pending.len().min(fetch_rows);
+                let pending: Vec<Pending> = scan.pending.drain(..take).collect();
+                let fetch = self.spawn_fetch(stream_index, pending);
+                if let Some(scan) = self.run.as_mut().and_then(|r| r.scan.as_mut()) {
+                    scan.fetches.push_back(fetch);
                 }
                 continue;
             }
@@ -511,10 +738,8 @@ impl DiffSource {
                         ms = scan.started.elapsed().as_millis() as u64,
                         "compared stream"
                     );
+                    run.totals.add(c);
                     run.totals.read += c.read;
-                    run.totals.inserts += c.inserts;
-                    run.totals.updates += c.updates;
-                    run.totals.deletes += c.deletes;
                     run.scan = None;
                     run.stream += 1;
                     continue;
@@ -538,12 +763,23 @@ impl DiffSource {
                     let Some(row) = scan.query_rows.pop_front() else {
                         continue;
                     };
-                    scan.counts.inserts += 1;
-                    fingerprints.push(Fingerprint {
-                        ord: row.ord,
-                        hash: Some(row.hash),
-                    });
-                    changes.push(upsert(&mapping, Op::Insert, row.key, row.values, now_us));
+                    match row.model {
+                        Some((key, values, hash)) => {
+                            scan.counts.inserts += 1;
+                            out.fingerprints.push(Fingerprint {
+                                ord: row.ord,
+                                hash: Some(hash),
+                                raw: row.raw,
+                            });
+                            out.changes
+                                .push(upsert(&mapping, Op::Insert, key, values, now_us));
+                        }
+                        None => scan.pending.push(Pending {
+                            ord: row.ord,
+                            key_columns: row.key_columns,
+                            stored: None,
+                        }),
+                    }
                 }
                 std::cmp::Ordering::Equal => {
                     let (Some(row), Some(stored)) =
@@ -551,13 +787,34 @@ impl DiffSource {
                     else {
                         continue;
                     };
-                    if row.hash != stored.hash {
-                        scan.counts.updates += 1;
-                        fingerprints.push(Fingerprint {
+                    if row.raw.is_some() && row.raw == stored.raw {
+                        continue;
+                    }
+                    match row.model {
+                        Some((key, values, hash)) if hash != stored.hash => {
+                            scan.counts.updates += 1;
+                            out.fingerprints.push(Fingerprint {
+                                ord: row.ord,
+                                hash: Some(hash),
+                                raw: row.raw,
+                            });
+                            out.changes
+                                .push(upsert(&mapping, Op::Update, key, values, now_us));
+                        }
+                        Some(_) => {
+                            if let Some(raw) = row.raw {
+                                out.refreshed.push(RawRefresh {
+                                    stream: mapping.stream.clone(),
+                                    ord: row.ord,
+                                    raw,
+                                });
+                            }
+                        }
+                        None => scan.pending.push(Pending {
                             ord: row.ord,
-                            hash: Some(row.hash),
-                        });
-                        changes.push(upsert(&mapping, Op::Update, row.key, row.values, now_us));
+                            key_columns: row.key_columns,
+                            stored: Some(stored.hash),
+                        }),
                     }
                 }
                 std::cmp::Ordering::Greater => {
@@ -565,36 +822,61 @@ impl DiffSource {
                         continue;
                     };
                     scan.counts.deletes += 1;
-                    fingerprints.push(Fingerprint {
+                    let key = self.stored_key(&mapping.stream, &stored.ord).await?;
+                    out.fingerprints.push(Fingerprint {
                         ord: stored.ord,
                         hash: None,
+                        raw: None,
                     });
-                    changes.push(Change {
-                        stream: mapping.stream.clone(),
-                        op: Op::Delete,
-                        key: stored.key,
-                        before: None,
-                        after: None,
-                        commit_time_us: now_us,
-                        position: None,
-                        txn: None,
-                        unchanged: Vec::new(),
-                    });
+                    out.changes.push(delete(&mapping, key, now_us));
                 }
             }
         }
-        if changes.is_empty() {
+        if out.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Captured {
+        Ok(Some(out.captured(Position::DiffRun {
+            started_us: self.last_run_us,
+        })))
+    }
+}
+
+/// What one poll found.
+#[derive(Debug, Default)]
+struct Found {
+    changes: Vec<Change>,
+    fingerprints: Vec<Fingerprint>,
+    refreshed: Vec<RawRefresh>,
+}
+
+impl Found {
+    fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.refreshed.is_empty()
+    }
+
+    fn captured(self, position: Position) -> Captured {
+        Captured {
             kind: BatchKind::Incremental,
-            changes,
-            position: Position::DiffRun {
-                started_us: self.last_run_us,
-            },
+            changes: self.changes,
+            position,
             progress: None,
-            fingerprints,
-        }))
+            fingerprints: self.fingerprints,
+            refreshed: self.refreshed,
+        }
+    }
+}
+
+fn delete(mapping: &Mapping, key: Key, now_us: i64) -> Change {
+    Change {
+        stream: mapping.stream.clone(),
+        op: Op::Delete,
+        key,
+        before: None,
+        after: None,
+        commit_time_us: now_us,
+        position: None,
+        txn: None,
+        unchanged: Vec::new(),
     }
 }
 
@@ -612,34 +894,131 @@ fn upsert(mapping: &Mapping, op: Op, key: Key, values: Vec<Value>, now_us: i64) 
     }
 }
 
-/// Maps a page of query rows to model rows, checking that keys arrive strictly increasing.
+/// What a read task hands on: rows with all their values, or as the database hashed them.
+#[derive(Debug)]
+enum RawPage {
+    Rows(Page),
+    Hashed(Vec<HashedRow>),
+}
+
+/// The model row of a query row's values: its key's order form, the key, the values and
+/// their hash.
+fn model_row(
+    at: &dyn Fn() -> String,
+    mapping: &Mapping,
+    mut raw: Vec<Value>,
+    buf: &mut Vec<u8>,
+) -> Result<(Vec<u8>, Key, Vec<Value>, i64), StageError> {
+    let values = mapping
+        .apply(&mut raw)
+        .map_err(|e| definite(format!("{}: {e}", at())))?;
+    let key_values: Vec<&Value> = mapping.key_at.iter().map(|&i| &values[i]).collect();
+    let mut ord_bytes = Vec::with_capacity(16);
+    ord::encode(&mut ord_bytes, &mapping.key_names, &key_values)
+        .map_err(|e| definite(format!("{}: {e}", at())))?;
+    let key = Key(key_values.into_iter().cloned().collect());
+    buf.clear();
+    encode_row_parts(buf, &mapping.names, &values);
+    let hash = row_hash(buf);
+    Ok((ord_bytes, key, values, hash))
+}
+
+/// The model key of a row's key-column values (in key order): each key field's cast applied.
+fn model_key(
+    at: &dyn Fn() -> String,
+    mapping: &Mapping,
+    key_columns: &[Value],
+) -> Result<(Vec<u8>, Key), StageError> {
+    let mut key = Vec::with_capacity(key_columns.len());
+    for (&i, value) in mapping.key_at.iter().zip(key_columns) {
+        key.push(match &mapping.fields[i] {
+            Resolved::Column {
+                cast: Some(cast), ..
+            } => cast
+                .apply(value.clone())
+                .map_err(|e| definite(format!("{}: field {}: {e}", at(), mapping.names[i])))?,
+            _ => value.clone(),
+        });
+    }
+    let refs: Vec<&Value> = key.iter().collect();
+    let mut ord_bytes = Vec::with_capacity(16);
+    ord::encode(&mut ord_bytes, &mapping.key_names, &refs)
+        .map_err(|e| definite(format!("{}: {e}", at())))?;
+    Ok((ord_bytes, Key(key)))
+}
+
+/// Maps a page of query rows for the comparison, checking that keys arrive strictly
+/// increasing.
 fn map_page(
     target: &str,
     mapping: &Mapping,
-    page: Page,
+    page: RawPage,
     last: &mut Option<Vec<u8>>,
     buf: &mut Vec<u8>,
-) -> Result<Vec<ModelRow>, StageError> {
+) -> Result<Vec<QueryRow>, StageError> {
     let at = || format!("source {target}: stream {}", mapping.stream);
-    let key_names: Vec<String> = mapping
-        .key_at
-        .iter()
-        .map(|&i| mapping.names[i].clone())
-        .collect();
-    let mut out = Vec::with_capacity(page.len());
-    for mut raw in page {
-        let values = mapping
-            .apply(&mut raw)
-            .map_err(|e| definite(format!("{}: {e}", at())))?;
-        let key_values: Vec<&Value> = mapping.key_at.iter().map(|&i| &values[i]).collect();
-        let mut ord_bytes = Vec::with_capacity(16);
-        ord::encode(&mut ord_bytes, &key_names, &key_values)
-            .map_err(|e| definite(format!("{}: {e}", at())))?;
-        let key = Key(key_values.into_iter().cloned().collect());
+    let mut out = Vec::new();
+    match page {
+        RawPage::Rows(rows) => {
+            out.reserve(rows.len());
+            for raw in rows {
+                let (ord, key, values, hash) = model_row(&at, mapping, raw, buf)?;
+                out.push(QueryRow {
+                    ord,
+                    key_columns: Vec::new(),
+                    raw: None,
+                    model: Some((key, values, hash)),
+                });
+            }
+        }
+        RawPage::Hashed(rows) => {
+            let key_cast = mapping
+                .key_at
+                .iter()
+                .any(|&i| matches!(mapping.fields[i], Resolved::Column { cast: Some(_), .. }));
+            out.reserve(rows.len());
+            for row in rows {
+                out.push(match row.values {
+                    Some(values) => {
+                        let (ord, key, values, hash) = model_row(&at, mapping, values, buf)?;
+                        QueryRow {
+                            ord,
+                            key_columns: row.key,
+                            raw: Some(row.hash),
+                            model: Some((key, values, hash)),
+                        }
+                    }
+                    None => {
+                        let ord = if key_cast {
+                            model_key(&at, mapping, &row.key)?.0
+                        } else {
+                            // The key columns are the key: no copy of their values.
+                            let refs: Vec<&Value> = row.key.iter().collect();
+                            let mut ord_bytes = Vec::with_capacity(16);
+                            ord::encode(&mut ord_bytes, &mapping.key_names, &refs)
+                                .map_err(|e| definite(format!("{}: {e}", at())))?;
+                            ord_bytes
+                        };
+                        QueryRow {
+                            ord,
+                            key_columns: row.key,
+                            raw: Some(row.hash),
+                            model: None,
+                        }
+                    }
+                });
+            }
+        }
+    }
+    for row in &out {
         if let Some(prev) = last.as_ref()
-            && *prev >= ord_bytes
+            && *prev >= row.ord
         {
-            let problem = if *prev == ord_bytes {
+            let key = match &row.model {
+                Some((key, ..)) => key.clone(),
+                None => model_key(&at, mapping, &row.key_columns)?.1,
+            };
+            let problem = if *prev == row.ord {
                 format!(
                     "key {key} appears more than once in the query's result; the key fields \
                      must identify one row"
@@ -653,16 +1032,7 @@ fn map_page(
             };
             return Err(definite(format!("{}: {problem}", at())));
         }
-        buf.clear();
-        encode_row_parts(buf, &mapping.names, &values);
-        let hash = row_hash(buf);
-        *last = Some(ord_bytes.clone());
-        out.push(ModelRow {
-            ord: ord_bytes,
-            key,
-            values,
-            hash,
-        });
+        *last = Some(row.ord.clone());
     }
     Ok(out)
 }

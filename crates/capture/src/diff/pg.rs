@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::reader::{Page, QueryColumn, QueryReader, derived, short_query};
+use super::reader::{HashedRow, Page, QueryColumn, QueryReader, derived, short_query};
 use crate::pg::copy_text::unescape;
 use crate::pg::pgoutput::Oid;
 use crate::pg::replication::SESSION_OPTIONS;
@@ -239,6 +239,334 @@ impl QueryReader for PgQueryReader {
             }
             Ok(())
         })
+    }
+
+    fn hashes_rows(&self) -> bool {
+        true
+    }
+
+    fn read_hashes<'a>(
+        &'a mut self,
+        query: &'a str,
+        columns: &'a [QueryColumn],
+        order: &'a [usize],
+        values: bool,
+        page_rows: usize,
+        out: mpsc::Sender<Vec<HashedRow>>,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
+        Box::pin(async move {
+            let shown = format!("`{}`", short_query(query));
+            let err = self.error(&format!("reading query {shown}"));
+            let target = self.target.clone();
+            let client = self.client().await?;
+            let types = types_of(client, query, columns, &target, &err).await?;
+            let selected: Vec<String> = if values {
+                vec!["q.*".to_owned()]
+            } else {
+                order
+                    .iter()
+                    .map(|&i| format!("q.{}", quote_ident(&columns[i].name)))
+                    .collect()
+            };
+            let sql = format!(
+                "COPY (SELECT {}, {} FROM (\n{}\n) AS q ORDER BY {}) TO STDOUT",
+                selected.join(", "),
+                row_hash_sql(columns, &types),
+                query
+                    .trim_end()
+                    .trim_end_matches(|c: char| c == ';' || c.is_whitespace()),
+                order_by(columns, &types, order)
+            );
+            let stream = client.copy_out(sql.as_str()).await.map_err(&err)?;
+            let mut stream = std::pin::pin!(stream);
+            let mut page: Vec<HashedRow> = Vec::with_capacity(page_rows);
+            let mut line_no = 0_u64;
+            let width = if values { columns.len() } else { order.len() };
+            while let Some(data) = stream.next().await {
+                let data = data.map_err(&err)?;
+                for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    line_no += 1;
+                    let row =
+                        hashed_line(line, width, values, &types, columns, order).map_err(|e| {
+                            StageError::definite(format!(
+                                "source {target}: query {shown}, row {line_no}: {e}"
+                            ))
+                        })?;
+                    page.push(row);
+                    if page.len() >= page_rows {
+                        let full = std::mem::replace(&mut page, Vec::with_capacity(page_rows));
+                        if out.send(full).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            if !page.is_empty() {
+                let _closed = out.send(page).await;
+            }
+            Ok(())
+        })
+    }
+
+    fn read_keys<'a>(
+        &'a mut self,
+        query: &'a str,
+        columns: &'a [QueryColumn],
+        order: &'a [usize],
+        keys: &'a [Vec<Value>],
+    ) -> BoxFuture<'a, Result<Vec<HashedRow>, StageError>> {
+        Box::pin(async move {
+            let shown = format!("`{}`", short_query(query));
+            let err = self.error(&format!("reading rows of query {shown} by key"));
+            let target = self.target.clone();
+            let client = self.client().await?;
+            let types = types_of(client, query, columns, &target, &err).await?;
+            let selected: Vec<String> = columns
+                .iter()
+                .zip(&types)
+                .map(|(c, ty)| output_text(&format!("q.{}", quote_ident(&c.name)), ty))
+                .collect();
+            let key_columns: Vec<String> = order
+                .iter()
+                .map(|&i| format!("q.{}", quote_ident(&columns[i].name)))
+                .collect();
+            // Each key column's values travel as one text array, read back through the
+            // column's own type (user-defined types compare as their text).
+            let unnested: Vec<String> = order
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| {
+                    let ty = &types[i];
+                    if ty.oid() >= 16_384 {
+                        format!("u.c{n}")
+                    } else {
+                        format!("u.c{n}::{}", ty.name())
+                    }
+                })
+                .collect();
+            let compared: Vec<String> = order
+                .iter()
+                .zip(&key_columns)
+                .map(|(&i, c)| {
+                    if types[i].oid() >= 16_384 {
+                        format!("{c}::text")
+                    } else {
+                        c.clone()
+                    }
+                })
+                .collect();
+            let params: Vec<String> = (1..=order.len()).map(|n| format!("${n}::text[]")).collect();
+            let names: Vec<String> = (0..order.len()).map(|n| format!("c{n}")).collect();
+            let sql = format!(
+                "SELECT {}, {} FROM (\n{}\n) AS q WHERE ({}) IN (SELECT {} FROM unnest({}) AS u({}))",
+                selected.join(", "),
+                row_hash_sql(columns, &types),
+                query
+                    .trim_end()
+                    .trim_end_matches(|c: char| c == ';' || c.is_whitespace()),
+                compared.join(", "),
+                unnested.join(", "),
+                params.join(", "),
+                names.join(", ")
+            );
+            let arrays: Vec<Vec<Option<String>>> = (0..order.len())
+                .map(|n| {
+                    keys.iter()
+                        .map(|k| match &k[n] {
+                            Value::Null => None,
+                            v => Some(tidesync_core::pg::input_text(v)),
+                        })
+                        .collect()
+                })
+                .collect();
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+                .iter()
+                .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            let rows = client.query(sql.as_str(), &refs).await.map_err(&err)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let mut values = Vec::with_capacity(columns.len());
+                for (i, (c, ty)) in columns.iter().zip(&types).enumerate() {
+                    let text: Option<&str> = row.try_get(i).map_err(&err)?;
+                    values.push(cell(ty, &c.name, text).map_err(|e| {
+                        StageError::definite(format!("source {target}: query {shown}: {e}"))
+                    })?);
+                }
+                let hash: i64 = row.try_get(columns.len()).map_err(&err)?;
+                let key = order.iter().map(|&i| values[i].clone()).collect();
+                out.push(HashedRow {
+                    key,
+                    values: Some(values),
+                    hash,
+                });
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// The `ORDER BY` list for the key columns at `order`: text in byte order.
+fn order_by(columns: &[QueryColumn], types: &[Type], order: &[usize]) -> String {
+    order
+        .iter()
+        .map(|&i| {
+            let c = format!("q.{}", quote_ident(&columns[i].name));
+            if collatable(&types[i]) {
+                format!("{c} COLLATE \"C\"")
+            } else {
+                c
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The column types of `query` now, checked against what it was described with.
+async fn types_of(
+    client: &Client,
+    query: &str,
+    columns: &[QueryColumn],
+    target: &str,
+    err: &impl Fn(tokio_postgres::Error) -> StageError,
+) -> Result<Vec<Type>, StageError> {
+    let statement = client.prepare(query).await.map_err(err)?;
+    let types: Vec<Type> = statement
+        .columns()
+        .iter()
+        .map(|c| c.type_().clone())
+        .collect();
+    if types.len() != columns.len()
+        || statement
+            .columns()
+            .iter()
+            .zip(columns)
+            .any(|(a, b)| a.name() != b.name)
+    {
+        return Err(StageError::definite(format!(
+            "source {target}: query `{}` now returns other columns than when the source \
+             started; restart the pipeline",
+            short_query(query)
+        )));
+    }
+    Ok(types)
+}
+
+/// One line of a hashed `COPY`: the key columns (or all columns), then the hash.
+fn hashed_line(
+    line: &[u8],
+    width: usize,
+    values: bool,
+    types: &[Type],
+    columns: &[QueryColumn],
+    order: &[usize],
+) -> Result<HashedRow, String> {
+    let mut fields = line.split(|&b| b == b'\t');
+    let mut cells = Vec::with_capacity(width);
+    let column_at = |n: usize| if values { n } else { order[n] };
+    for (n, i) in (0..width).map(|n| (n, column_at(n))) {
+        let field = fields
+            .next()
+            .ok_or_else(|| format!("{} values, not {}", n, width + 1))?;
+        let text = copy_field(field)
+            .map_err(|()| format!("column {} is not UTF-8 text", columns[i].name))?;
+        cells.push(cell(&types[i], &columns[i].name, text.as_deref())?);
+    }
+    let hash = fields
+        .next()
+        .and_then(|f| std::str::from_utf8(f).ok())
+        .and_then(|t| t.parse::<i64>().ok())
+        .ok_or_else(|| "no row hash at the end of the line".to_owned())?;
+    if fields.next().is_some() {
+        return Err(format!("more than {} values", width + 1));
+    }
+    Ok(if values {
+        HashedRow {
+            key: order.iter().map(|&i| cells[i].clone()).collect(),
+            values: Some(cells),
+            hash,
+        }
+    } else {
+        HashedRow {
+            key: cells,
+            values: None,
+            hash,
+        }
+    })
+}
+
+/// The SQL hash of column `c` of type `ty`, seeded by `seed`; NULL for a NULL. Types with one
+/// output text per value use their own hash functions (no text output); every other type is
+/// hashed by its output text, so that any change of the value changes the hash (numeric's own
+/// hash treats `1.50` and `1.5` as equal, which the model does not).
+fn column_hash_sql(c: &str, ty: &Type, seed: usize) -> String {
+    match *ty {
+        Type::INT2 | Type::INT4 | Type::INT8 => format!("hashint8extended({c}::int8, {seed})"),
+        Type::BOOL => format!("hashint4extended({c}::int4, {seed})"),
+        Type::TEXT | Type::VARCHAR | Type::NAME => {
+            format!("hashtextextended({c}::text COLLATE \"C\", {seed})")
+        }
+        Type::UUID => format!("uuid_hash_extended({c}, {seed})"),
+        Type::TIMESTAMP => format!("timestamp_hash_extended({c}, {seed})"),
+        // The session's time zone is UTC: one local time per instant.
+        Type::TIMESTAMPTZ => format!("timestamp_hash_extended({c}::timestamp, {seed})"),
+        _ => format!(
+            "hashtextextended({} COLLATE \"C\", {seed})",
+            output_text(c, ty)
+        ),
+    }
+}
+
+/// Column `c` as its output function's text (what `COPY` sends). A `::text` cast is that for
+/// every type but `char(n)`, whose cast drops the padding.
+fn output_text(c: &str, ty: &Type) -> String {
+    if *ty == Type::BPCHAR {
+        format!("(CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}) END)")
+    } else {
+        format!("{c}::text")
+    }
+}
+
+/// The hash of a whole row of columns `q.NAME` of `types`.
+fn row_hash_sql(columns: &[QueryColumn], types: &[Type]) -> String {
+    let parts: Vec<String> = columns
+        .iter()
+        .zip(types)
+        .enumerate()
+        .map(|(i, (c, ty))| {
+            let seed = i + 1;
+            let column = format!("q.{}", quote_ident(&c.name));
+            format!("coalesce({}, {seed})", column_hash_sql(&column, ty, seed))
+        })
+        .collect();
+    if parts.is_empty() {
+        return "0::int8".to_owned();
+    }
+    format!("hashint8extended({}, 0)", parts.join(" # "))
+}
+
+/// A value of type `ty` from its text, the error naming `column`.
+fn cell(ty: &Type, column: &str, text: Option<&str>) -> Result<Value, String> {
+    match text {
+        None => Ok(Value::Null),
+        Some(text) => text_to_value(Oid(ty.oid()), Some(ty.name()), text)
+            .map_err(|e| format!("column {column}: {e}")),
+    }
+}
+
+/// One field of a `COPY` text line, unescaped; `None` for `\N`.
+fn copy_field(field: &[u8]) -> Result<Option<std::borrow::Cow<'_, str>>, ()> {
+    if field == b"\\N" {
+        return Ok(None);
+    }
+    if field.contains(&b'\\') {
+        String::from_utf8(unescape(field))
+            .map(|s| Some(std::borrow::Cow::Owned(s)))
+            .map_err(|_| ())
+    } else {
+        std::str::from_utf8(field)
+            .map(|s| Some(std::borrow::Cow::Borrowed(s)))
+            .map_err(|_| ())
     }
 }
 

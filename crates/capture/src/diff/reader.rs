@@ -20,6 +20,17 @@ pub struct QueryColumn {
 /// Rows of a query: each row has one value per described column, in column order.
 pub type Page = Vec<Vec<Value>>;
 
+/// A row as the database hashes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashedRow {
+    /// The values of the key columns, in the order asked for.
+    pub key: Vec<Value>,
+    /// All its values (one per column), when asked for.
+    pub values: Option<Vec<Value>>,
+    /// The database's hash of all its columns: it changes whenever one of the values does.
+    pub hash: i64,
+}
+
 /// Reads the rows of the queries of one `diff` source's database.
 ///
 /// Errors are classified as everywhere else: a lost connection or a restarting server is
@@ -63,6 +74,51 @@ pub trait QueryReader: Send {
         page_rows: usize,
         out: mpsc::Sender<Page>,
     ) -> BoxFuture<'a, Result<(), StageError>>;
+
+    /// Whether the database hashes rows itself ([`Self::read_hashes`], [`Self::read_keys`]):
+    /// then an unchanged row costs no transfer and no decoding of its values.
+    fn hashes_rows(&self) -> bool {
+        false
+    }
+
+    /// Like [`Self::read`], but each row as a [`HashedRow`]: its key columns' values
+    /// (`order`), the database's hash of the row, and with `values` all its values.
+    #[allow(clippy::too_many_arguments)]
+    fn read_hashes<'a>(
+        &'a mut self,
+        query: &'a str,
+        columns: &'a [QueryColumn],
+        order: &'a [usize],
+        values: bool,
+        page_rows: usize,
+        out: mpsc::Sender<Vec<HashedRow>>,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
+        let _ = (query, columns, order, values, page_rows, out);
+        Box::pin(async {
+            Err(StageError::definite(
+                "this database cannot hash rows (read_hashes)",
+            ))
+        })
+    }
+
+    /// The rows of `query` whose key columns (`order`) have one of the values in `keys` (each
+    /// in `order`'s order, as [`Self::read_hashes`] gave them), in any order, with their
+    /// values and the same hash [`Self::read_hashes`] gives. Keys no longer in the query's
+    /// result are left out.
+    fn read_keys<'a>(
+        &'a mut self,
+        query: &'a str,
+        columns: &'a [QueryColumn],
+        order: &'a [usize],
+        keys: &'a [Vec<Value>],
+    ) -> BoxFuture<'a, Result<Vec<HashedRow>, StageError>> {
+        let _ = (query, columns, order, keys);
+        Box::pin(async {
+            Err(StageError::definite(
+                "this database cannot read rows by key (read_keys)",
+            ))
+        })
+    }
 }
 
 /// `query` for messages: on one line, cut after 120 characters.

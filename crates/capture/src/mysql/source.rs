@@ -2010,6 +2010,7 @@ impl MysqlLogSource {
                 tracing::info!(source = %self.target, "initial copy done; streaming");
             }
             return Ok(Some(Captured {
+                refreshed: Vec::new(),
                 fingerprints: Vec::new(),
                 kind,
                 changes,

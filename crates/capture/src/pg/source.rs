@@ -929,6 +929,7 @@ impl PgLogSource {
         }
         self.handed_cursor = self.copy.as_ref().map(|c| (c.table, c.after.clone()));
         Ok(Captured {
+            refreshed: Vec::new(),
             fingerprints: Vec::new(),
             kind: BatchKind::Full,
             changes,
@@ -1315,6 +1316,7 @@ impl PgLogSource {
                 BatchKind::Incremental
             };
             return Ok(Some(Captured {
+                refreshed: Vec::new(),
                 fingerprints: Vec::new(),
                 kind,
                 changes,

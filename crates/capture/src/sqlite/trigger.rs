@@ -611,6 +611,7 @@ impl Inner {
             // A request this source cannot serve fails alone; capture goes on.
             Err(e @ TriggerError::BadRequest { .. }) => {
                 return Ok(Some(Captured {
+                    refreshed: Vec::new(),
                     fingerprints: Vec::new(),
                     kind: BatchKind::Full,
                     changes: Vec::new(),
@@ -629,6 +630,7 @@ impl Inner {
             if last == 0 {
                 // Nothing to read (an empty table): done with no rows.
                 return Ok(Some(Captured {
+                    refreshed: Vec::new(),
                     fingerprints: Vec::new(),
                     kind: BatchKind::Full,
                     changes: Vec::new(),
@@ -789,6 +791,7 @@ impl Inner {
             BatchKind::Incremental
         };
         Ok(Some(Captured {
+            refreshed: Vec::new(),
             fingerprints: Vec::new(),
             kind,
             changes,

@@ -94,6 +94,7 @@ async fn record(
     position: &Position,
 ) -> Result<(), (&'static str, Stop)> {
     let captured = Arc::new(Captured {
+        refreshed: Vec::new(),
         fingerprints: Vec::new(),
         kind: BatchKind::Full,
         changes: Vec::new(),

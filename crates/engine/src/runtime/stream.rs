@@ -500,6 +500,7 @@ mod tests {
     #[test]
     fn changes_are_numbered_on_and_unfillable_ones_become_patches() {
         let captured = Captured {
+            refreshed: Vec::new(),
             fingerprints: Vec::new(),
             kind: BatchKind::Incremental,
             changes: vec![

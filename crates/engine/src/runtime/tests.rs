@@ -35,6 +35,7 @@ impl MemSource {
                 .collect();
             let last = first_id + (b + 1) * per_batch - 1;
             s.0.lock().unwrap().batches.push(Captured {
+                refreshed: Vec::new(),
                 fingerprints: Vec::new(),
                 kind: BatchKind::Incremental,
                 changes,
