@@ -75,6 +75,31 @@ pub trait QueryReader: Send {
         out: mpsc::Sender<Page>,
     ) -> BoxFuture<'a, Result<(), StageError>>;
 
+    /// The rows of `query` whose column `changed` is at or after `since` (every row when
+    /// `None`), as one consistent read sorted by that column and then by the key columns
+    /// `order` (in the order [`Self::read`] uses), sent on `out` in pages of at most
+    /// `page_rows`. `since` is a value of the kind this reader produces for that column
+    /// (e.g. [`Value::Timestamp`] for a timestamp column), bound as a parameter. For the
+    /// `incremental` mode.
+    #[allow(clippy::too_many_arguments)]
+    fn read_changed<'a>(
+        &'a mut self,
+        query: &'a str,
+        columns: &'a [QueryColumn],
+        changed: usize,
+        since: Option<&'a Value>,
+        order: &'a [usize],
+        page_rows: usize,
+        out: mpsc::Sender<Page>,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
+        let _ = (query, columns, changed, since, order, page_rows, out);
+        Box::pin(async {
+            Err(StageError::definite(
+                "this database cannot read rows changed since a watermark (read_changed)",
+            ))
+        })
+    }
+
     /// Whether the database hashes rows itself ([`Self::read_hashes`], [`Self::read_keys`]):
     /// then an unchanged row costs no transfer and no decoding of its values.
     fn hashes_rows(&self) -> bool {
