@@ -8,8 +8,8 @@ use std::time::Duration;
 use tidesync_capture::diff::map::{Cast, FieldFrom, FieldSpec};
 use tidesync_capture::diff::pg::PgQueryReader;
 use tidesync_capture::diff::reader::QueryReader;
-use tidesync_capture::diff::{DiffOptions, DiffSource, StreamSpec};
-use tidesync_core::{Decimal, Key, Op, Position, Seq, Source, Value};
+use tidesync_capture::diff::{DiffOptions, DiffSource, Incremental, StreamSpec};
+use tidesync_core::{Decimal, Key, MarkValue, Op, Position, Seq, Source, Value};
 use tidesync_store::SqliteStore;
 use tidesync_testkit::Postgres;
 
@@ -38,6 +38,7 @@ fn table_stream(name: &str) -> StreamSpec {
         query: None,
         key: Vec::new(),
         fields: Vec::new(),
+        changed: None,
     }
 }
 
@@ -48,6 +49,7 @@ fn source(pg: &Postgres, store: &SqliteStore, streams: Vec<StreamSpec>) -> DiffS
             streams,
             interval: Duration::ZERO,
             chunk_rows: 100,
+            incremental: None,
         },
         {
             let url = pg.url(DB);
@@ -57,9 +59,16 @@ fn source(pg: &Postgres, store: &SqliteStore, streams: Vec<StreamSpec>) -> DiffS
     )
 }
 
-/// What one complete run logged: (op, key) in log order.
+/// What one complete run logged: (op, key) in log order. A run is complete with the batch
+/// that carries a newer run start than the store had.
 async fn run(source: &mut DiffSource, store: &SqliteStore) -> Vec<(Op, Key)> {
-    let head = store.status_blocking(PIPELINE).unwrap().head;
+    let status = store.status_blocking(PIPELINE).unwrap();
+    let head = status.head;
+    let started = |p: &Position| match p {
+        Position::DiffRun { started_us, .. } => *started_us,
+        other => panic!("not a diff position: {other}"),
+    };
+    let before = status.position.as_ref().map_or(0, started);
     loop {
         let Some(captured) = source.poll(250, Duration::from_millis(50)).await.unwrap() else {
             continue;
@@ -68,10 +77,7 @@ async fn run(source: &mut DiffSource, store: &SqliteStore) -> Vec<(Op, Key)> {
         assert_eq!(captured.fingerprints.len(), captured.changes.len());
         store.append_blocking(PIPELINE, &captured).unwrap();
         source.ack(captured.position.clone()).await.unwrap();
-        if matches!(captured.position, Position::DiffRun { started_us } if started_us > 0)
-            && store.status_blocking(PIPELINE).unwrap().position == Some(captured.position.clone())
-        {
-            // The run's last batch carries its own start; earlier ones the previous run's.
+        if started(&captured.position) > before {
             let logged = store.read_blocking(PIPELINE, head, 1_000_000).unwrap();
             return logged
                 .into_iter()
@@ -99,7 +105,14 @@ async fn finds_inserts_updates_and_deletes_across_pages() {
     let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
     let mut diff = source(&pg, &store, vec![table_stream("items")]);
     let opened = diff.open(None).await.unwrap();
-    assert_eq!(opened.start, Some(Position::DiffRun { started_us: 0 }));
+    assert_eq!(
+        opened.start,
+        Some(Position::DiffRun {
+            started_us: 0,
+            full_us: 0,
+            marks: Vec::new()
+        })
+    );
     let schema = &opened.schemas[0];
     assert_eq!(schema.key, vec!["id".to_owned()]);
     let types: Vec<&str> = schema
@@ -180,7 +193,14 @@ async fn a_run_cut_short_and_repeated_logs_nothing_twice() {
     assert_eq!(store.append_blocking(PIPELINE, &part).unwrap(), None);
     drop(diff);
     let position = store.status_blocking(PIPELINE).unwrap().position;
-    assert_eq!(position, Some(Position::DiffRun { started_us: 0 }));
+    assert_eq!(
+        position,
+        Some(Position::DiffRun {
+            started_us: 0,
+            full_us: 0,
+            marks: Vec::new()
+        })
+    );
     let mut diff = source(&pg, &store, vec![table_stream("items")]);
     diff.open(position).await.unwrap();
     let rest = run(&mut diff, &store).await;
@@ -222,6 +242,7 @@ async fn a_query_mapped_to_the_model() {
                 None,
             ),
         ],
+        changed: None,
     };
     let mut diff = source(&pg, &store, vec![stream.clone()]);
     let opened = diff.open(None).await.unwrap();
@@ -306,6 +327,7 @@ async fn bad_streams_are_named() {
             from: FieldFrom::Column("item_id".into()),
             cast: None,
         }],
+        changed: None,
     })
     .await;
     assert!(
@@ -317,6 +339,7 @@ async fn bad_streams_are_named() {
         query: Some("SELECT id, sku, sku FROM items".into()),
         key: vec!["id".into()],
         fields: Vec::new(),
+        changed: None,
     })
     .await;
     assert!(err.contains("returns two columns named sku"), "{err}");
@@ -330,6 +353,7 @@ async fn bad_streams_are_named() {
             query: Some("SELECT regexp_replace(sku, '^SKU-', '') AS code FROM items".into()),
             key: vec!["code".into()],
             fields: Vec::new(),
+            changed: None,
         }],
     );
     diff.open(None).await.unwrap();
@@ -344,4 +368,98 @@ async fn bad_streams_are_named() {
             .contains("key (\"1\") appears more than once in the query's result"),
         "{err}"
     );
+}
+
+fn incremental_source(pg: &Postgres, store: &SqliteStore, full_every: Duration) -> DiffSource {
+    DiffSource::new(
+        DiffOptions {
+            pipeline: PIPELINE.into(),
+            streams: vec![StreamSpec {
+                changed: Some("changed".into()),
+                ..table_stream("items")
+            }],
+            interval: Duration::ZERO,
+            chunk_rows: 100,
+            incremental: Some(Incremental {
+                overlap: Duration::from_secs(60),
+                full_every,
+            }),
+        },
+        {
+            let url = pg.url(DB);
+            move || Box::new(PgQueryReader::new(&url)) as Box<dyn QueryReader>
+        },
+        store.clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_reads_past_the_watermark_and_finds_deletes_in_full_runs() {
+    // 1,000 rows, all changed at the same instant.
+    let pg = server(1_000);
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+    let hour = Duration::from_secs(3600);
+    let mut inc = incremental_source(&pg, &store, hour);
+    inc.open(None).await.unwrap();
+    // The first run compares every row (and sets the watermark).
+    let first = run(&mut inc, &store).await;
+    assert_eq!(int_keys(&first, Op::Insert).len(), 1_000);
+    let Some(Position::DiffRun { full_us, marks, .. }) =
+        store.status_blocking(PIPELINE).unwrap().position
+    else {
+        panic!("no diff position");
+    };
+    assert!(full_us > 0);
+    assert_eq!(marks.len(), 1);
+    assert_eq!(marks[0].stream, "items");
+    assert_eq!(
+        marks[0].value,
+        MarkValue::Timestamp(1_704_067_200_000_000),
+        "2024-01-01Z, the rows' shared change time"
+    );
+
+    // Many rows sharing one new timestamp, a row stamped between the old and the new
+    // watermark, a row stamped before the watermark (only a full run finds it), a delete.
+    pg.psql(
+        DB,
+        "UPDATE items SET price = 1, changed = '2024-02-01Z' WHERE id <= 300; \
+         INSERT INTO items (id, sku, changed) VALUES (5000, 'new', '2024-02-01Z'); \
+         UPDATE items SET name = 'late', changed = '2024-01-31 23:59:30Z' WHERE id = 900; \
+         UPDATE items SET name = 'old', changed = '2023-01-01Z' WHERE id = 950; \
+         DELETE FROM items WHERE id = 999;",
+    )
+    .unwrap();
+    let second = run(&mut inc, &store).await;
+    // In change-time order: the row stamped 2024-01-31 first, then the shared stamp by key.
+    let mut expected: Vec<i64> = vec![900];
+    expected.extend(1..=300);
+    assert_eq!(int_keys(&second, Op::Update), expected);
+    assert_eq!(int_keys(&second, Op::Insert), [5000]);
+    assert!(int_keys(&second, Op::Delete).is_empty());
+    assert_eq!(
+        second.len(),
+        302,
+        "row 950, stamped before the watermark, is not read"
+    );
+    // Nothing new: the overlap reads the last rows again, and the store logs none of them.
+    assert!(run(&mut inc, &store).await.is_empty());
+
+    // The late row (within the overlap of the new watermark) comes through.
+    pg.psql(
+        DB,
+        "UPDATE items SET name = 'late2', changed = '2024-01-31 23:59:30Z' WHERE id = 901",
+    )
+    .unwrap();
+    let late = run(&mut inc, &store).await;
+    assert_eq!(int_keys(&late, Op::Update), [901]);
+
+    // A full run (due after `full_every`) finds the rest: the old-stamped rows and the delete.
+    let position = store.status_blocking(PIPELINE).unwrap().position;
+    let mut full = incremental_source(&pg, &store, Duration::from_millis(1));
+    full.open(position).await.unwrap();
+    let found = run(&mut full, &store).await;
+    assert_eq!(int_keys(&found, Op::Update), [950]);
+    assert_eq!(int_keys(&found, Op::Delete), [999]);
+    assert_eq!(found.len(), 2);
 }

@@ -21,7 +21,7 @@ pub mod time;
 pub mod value;
 
 pub use change::{Batch, BatchKind, Change, Key, LogEntry, Op, Row, Seq};
-pub use position::Position;
+pub use position::{Mark, MarkValue, Position};
 pub use stage::{
     BoxError, BoxFuture, Captured, ColumnSchema, CopyChunk, CopyWriter, Dialect, Fingerprint, Log,
     LogStatus, Opened, RawRefresh, Request, RequestKind, RequestProgress, Sink, Source, StageError,

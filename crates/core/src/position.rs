@@ -31,10 +31,19 @@ pub enum Position {
     RowId(i64),
     /// A poll watermark: the last seen timestamp and, among rows sharing it, the last key.
     Watermark { time_us: i64, key: Key },
-    /// A query-and-compare (`diff`) source: the start of its last complete run (microseconds
-    /// since the epoch; 0: no run completed yet). Batches of a run in progress carry the
-    /// previous run's position; the run's last batch carries its own.
-    DiffRun { started_us: i64 },
+    /// A query-and-compare (`diff` or `incremental`) source: the start of its last complete
+    /// run (microseconds since the epoch; 0: no run completed yet). Batches of a run in
+    /// progress carry the previous run's position; the run's last batch carries its own.
+    DiffRun {
+        started_us: i64,
+        /// `incremental`: the start of the last run that compared every row (and so found
+        /// deletes); 0 when there was none, and for `diff` sources (every run does).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        full_us: i64,
+        /// `incremental`: per stream, the greatest value of its change column seen so far.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        marks: Vec<Mark>,
+    },
     /// An initial snapshot in progress: the change stream resumes at `stream` once it is
     /// done; the tables the source lists before `table` are copied, and of `table` the rows
     /// up to and including key `after` (in the source's own text form and key order; `None`:
@@ -46,6 +55,55 @@ pub enum Position {
     },
 }
 
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// The watermark of one stream of an `incremental` source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mark {
+    pub stream: String,
+    pub value: MarkValue,
+}
+
+/// A change-column value: only kinds that order exactly.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkValue {
+    Int(i64),
+    /// Microseconds since the epoch, UTC.
+    Timestamp(i64),
+    /// Days since 1970-01-01.
+    Date(i32),
+    Text(String),
+}
+
+impl MarkValue {
+    /// The mark of `value`; `None` for kinds a watermark cannot be (null, floats, ...).
+    pub fn of(value: &crate::Value) -> Option<MarkValue> {
+        use crate::Value;
+        match value {
+            Value::Int(i) => Some(MarkValue::Int(*i)),
+            Value::Timestamp(t) => Some(MarkValue::Timestamp(*t)),
+            Value::Date(d) => Some(MarkValue::Date(*d)),
+            Value::Text(s) => Some(MarkValue::Text(s.clone())),
+            _ => None,
+        }
+    }
+
+    /// The value this mark stands for.
+    pub fn value(&self) -> crate::Value {
+        use crate::Value;
+        match self {
+            MarkValue::Int(i) => Value::Int(*i),
+            MarkValue::Timestamp(t) => Value::Timestamp(*t),
+            MarkValue::Date(d) => Value::Date(*d),
+            MarkValue::Text(s) => Value::Text(s.clone()),
+        }
+    }
+}
+
 impl Position {
     /// Compares two positions of the same kind; positions of different kinds do not compare.
     pub fn partial_cmp_same_source(&self, other: &Position) -> Option<Ordering> {
@@ -53,7 +111,7 @@ impl Position {
         match (self, other) {
             (Lsn(a), Lsn(b)) => Some(a.cmp(b)),
             (RowId(a), RowId(b)) => Some(a.cmp(b)),
-            (DiffRun { started_us: a }, DiffRun { started_us: b }) => Some(a.cmp(b)),
+            (DiffRun { started_us: a, .. }, DiffRun { started_us: b, .. }) => Some(a.cmp(b)),
             (
                 Binlog {
                     file: fa,
@@ -120,12 +178,20 @@ impl fmt::Display for Position {
             }
             Position::Gtid(set) => write!(f, "gtid {set}"),
             Position::RowId(id) => write!(f, "row id {id}"),
-            Position::DiffRun { started_us: 0 } => f.write_str("no diff run completed yet"),
-            Position::DiffRun { started_us } => write!(
-                f,
-                "diff run started {}",
-                crate::time::format_timestamp(*started_us)
-            ),
+            Position::DiffRun { started_us: 0, .. } => f.write_str("no diff run completed yet"),
+            Position::DiffRun {
+                started_us, marks, ..
+            } => {
+                write!(
+                    f,
+                    "diff run started {}",
+                    crate::time::format_timestamp(*started_us)
+                )?;
+                for m in marks {
+                    write!(f, ", {} changed up to {}", m.stream, m.value.value())?;
+                }
+                Ok(())
+            }
             Position::Watermark { time_us, key } => write!(
                 f,
                 "watermark {} {key}",

@@ -55,6 +55,9 @@ const DEFAULT_CHUNK_ROWS: i64 = 10_000;
 const CHUNK_ROWS_RANGE: (i64, i64) = (1, 1_000_000);
 const DEFAULT_LINGER_MS: i64 = 5;
 const DEFAULT_DIFF_INTERVAL_SECS: i64 = 60;
+const DEFAULT_INCREMENTAL_INTERVAL_SECS: i64 = 10;
+const DEFAULT_OVERLAP_SECS: i64 = 300;
+const DEFAULT_DELETES_EVERY_SECS: i64 = 3600;
 const LINGER_MS_RANGE: (i64, i64) = (0, 10_000);
 
 // ---------------------------------------------------------------------------------------------
@@ -152,6 +155,8 @@ pub enum SourceSpec {
         interval: Duration,
         /// Rows per page of the comparison (`chunk_rows`).
         chunk_rows: usize,
+        /// `mode = "incremental"`: its watermark settings; `None` for `diff`.
+        incremental: Option<tidesync_capture::diff::Incremental>,
     },
 }
 
@@ -439,6 +444,8 @@ struct RawSource {
     direct_copy: Option<Spanned<bool>>,
     server_id: Option<Spanned<i64>>,
     interval_secs: Option<Spanned<i64>>,
+    overlap_secs: Option<Spanned<i64>>,
+    deletes_every_secs: Option<Spanned<i64>>,
     /// Stream (one of `tables`) -> its query and model (`diff` sources).
     #[serde(default)]
     streams: Names<RawStream>,
@@ -449,6 +456,7 @@ struct RawSource {
 #[serde(deny_unknown_fields)]
 struct RawStream {
     query: Option<Spanned<String>>,
+    changed: Option<Spanned<String>>,
     key: Option<Spanned<Vec<Spanned<String>>>>,
     fields: Option<Spanned<Vec<Spanned<RawField>>>>,
 }
@@ -702,12 +710,31 @@ impl Resolver<'_> {
             )),
             _ => Ok(()),
         };
-        if mode != Mode::Diff {
+        if mode != Mode::Incremental {
+            for (key, span) in [
+                ("overlap_secs", raw.overlap_secs.as_ref().map(Spanned::span)),
+                (
+                    "deletes_every_secs",
+                    raw.deletes_every_secs.as_ref().map(Spanned::span),
+                ),
+            ] {
+                if let Some(span) = span {
+                    return Err(self.doc.error(
+                        span,
+                        format!(
+                            "{at}.{key}: only incremental sources (mode = \"incremental\") have \
+                             {key}"
+                        ),
+                    ));
+                }
+            }
+        }
+        if !matches!(mode, Mode::Diff | Mode::Incremental) {
             only_log("chunk_rows", raw.chunk_rows.as_ref().map(Spanned::span))?;
             let only_diff = |key: &str, span: Option<std::ops::Range<usize>>| match span {
                 Some(span) => Err(self.doc.error(
                     span,
-                    format!("{at}.{key}: only diff sources (mode = \"diff\") have {key}"),
+                    format!("{at}.{key}: only diff and incremental sources have {key}"),
                 )),
                 None => Ok(()),
             };
@@ -831,12 +858,13 @@ impl Resolver<'_> {
                     direct_copy,
                 }
             }
-            (kind, Mode::Diff) => self.diff_source(&at, kind, &raw, tables)?,
+            (kind, Mode::Diff) => self.diff_source(&at, kind, &raw, tables, false)?,
+            (kind, Mode::Incremental) => self.diff_source(&at, kind, &raw, tables, true)?,
             (kind, mode) => {
                 let (name, supported) = match kind {
-                    DbKind::Sqlite { .. } => ("sqlite", "trigger, diff"),
-                    DbKind::Postgres => ("postgres", "log, diff"),
-                    DbKind::Mysql => ("mysql", "log, diff"),
+                    DbKind::Sqlite { .. } => ("sqlite", "trigger, diff, incremental"),
+                    DbKind::Postgres => ("postgres", "log, diff, incremental"),
+                    DbKind::Mysql => ("mysql", "log, diff, incremental"),
                 };
                 let span = raw.mode.as_ref().map_or(raw.url.span(), Spanned::span);
                 return Err(self.doc.error(
@@ -1127,6 +1155,7 @@ impl Resolver<'_> {
         kind: DbKind,
         raw: &RawSource,
         tables: Vec<String>,
+        incremental: bool,
     ) -> Result<SourceSpec, ConfigError> {
         use tidesync_capture::diff::StreamSpec;
         use tidesync_capture::diff::map::{Cast, FieldFrom, FieldSpec};
@@ -1144,13 +1173,20 @@ impl Resolver<'_> {
             if let Some(span) = span {
                 return Err(self.doc.error(
                     span,
-                    format!("{at}.{key}: a diff source has no {key} (it runs every interval_secs)"),
+                    format!(
+                        "{at}.{key}: a {} source has no {key} (it runs every interval_secs)",
+                        if incremental { "incremental" } else { "diff" }
+                    ),
                 ));
             }
         }
         let interval = self.int(
             raw.interval_secs.as_ref(),
-            DEFAULT_DIFF_INTERVAL_SECS,
+            if incremental {
+                DEFAULT_INCREMENTAL_INTERVAL_SECS
+            } else {
+                DEFAULT_DIFF_INTERVAL_SECS
+            },
             1,
             Some(7 * 86_400),
             &format!("{at}.interval_secs"),
@@ -1187,11 +1223,21 @@ impl Resolver<'_> {
         for table in &tables {
             let Some((_, raw_stream)) = raw.streams.iter().find(|(k, _)| k.get_ref() == table)
             else {
+                if incremental {
+                    return Err(self.doc.error(
+                        raw.tables.span(),
+                        format!(
+                            "{at}: table {table} needs a [{at}.streams.{table}] section with \
+                             `changed` (the column holding when a row last changed)"
+                        ),
+                    ));
+                }
                 streams.push(StreamSpec {
                     name: table.clone(),
                     query: None,
                     key: Vec::new(),
                     fields: Vec::new(),
+                    changed: None,
                 });
                 continue;
             };
@@ -1306,19 +1352,76 @@ impl Resolver<'_> {
                     key
                 }
             };
+            let changed = match (&raw_stream.changed, incremental) {
+                (None, false) => None,
+                (Some(c), false) => {
+                    return Err(self.doc.error(
+                        c.span(),
+                        format!("{sat}.changed: only incremental sources have `changed`"),
+                    ));
+                }
+                (None, true) => {
+                    let span = raw
+                        .streams
+                        .keys()
+                        .find(|k| k.get_ref() == table)
+                        .map_or(raw.tables.span(), |k| k.span());
+                    return Err(self.doc.error(
+                        span,
+                        format!(
+                            "{sat}: an incremental stream needs `changed` (the column holding when \
+                             a row last changed)"
+                        ),
+                    ));
+                }
+                (Some(c), true) => {
+                    let text = self.string(c, &format!("{sat}.changed"))?;
+                    if !fields.is_empty() && !fields.iter().any(|f| f.name == text) {
+                        return Err(self.doc.error(
+                            c.span(),
+                            format!("{sat}.changed: \"{text}\" is not one of the stream's fields"),
+                        ));
+                    }
+                    Some(text)
+                }
+            };
             streams.push(StreamSpec {
                 name: table.clone(),
                 query,
                 key,
                 fields,
+                changed,
             });
         }
+        let incremental = if incremental {
+            let overlap = self.int(
+                raw.overlap_secs.as_ref(),
+                DEFAULT_OVERLAP_SECS,
+                0,
+                Some(7 * 86_400),
+                &format!("{at}.overlap_secs"),
+            )?;
+            let full_every = self.int(
+                raw.deletes_every_secs.as_ref(),
+                DEFAULT_DELETES_EVERY_SECS,
+                1,
+                Some(366 * 86_400),
+                &format!("{at}.deletes_every_secs"),
+            )?;
+            Some(tidesync_capture::diff::Incremental {
+                overlap: Duration::from_secs(overlap.unsigned_abs()),
+                full_every: Duration::from_secs(full_every.unsigned_abs()),
+            })
+        } else {
+            None
+        };
         Ok(SourceSpec::Diff {
             db,
             tables,
             streams,
             interval: Duration::from_secs(interval.unsigned_abs()),
             chunk_rows: chunk_rows.unsigned_abs() as usize,
+            incremental,
         })
     }
 
@@ -2322,13 +2425,13 @@ sinks = ["target"]
 
     #[test]
     fn unsupported_mode_for_sqlite_points_at_the_mode() {
-        // line 6: mode = "incremental"
-        let err = parse_err(&with("tables = ", "mode = \"incremental\"\ntables = "));
+        // line 6: mode = "log"
+        let err = parse_err(&with("tables = ", "mode = \"log\"\ntables = "));
         assert_at(&err, 6, 8);
         assert_eq!(
             err.message,
-            "sources.shop.mode: mode \"incremental\" is not supported for sqlite sources yet \
-             (supported: trigger, diff)"
+            "sources.shop.mode: mode \"log\" is not supported for sqlite sources yet \
+             (supported: trigger, diff, incremental)"
         );
     }
 
@@ -2355,6 +2458,7 @@ sinks = ["target"]
             streams,
             interval,
             chunk_rows,
+            incremental: None,
         } = &config.sources["shop"].spec
         else {
             panic!("not a diff source: {:?}", config.sources["shop"].spec);
@@ -2383,6 +2487,55 @@ sinks = ["target"]
         assert!(streams[1].key.is_empty() && streams[1].fields.is_empty());
         // Its changes go through the log, whatever the sink.
         assert!(!config.pipeline("items").unwrap().direct_stream);
+    }
+
+    #[test]
+    fn incremental_sources_need_a_change_column_per_stream() {
+        let text = with(
+            "tables = [\"items\"]",
+            "mode = \"incremental\"\ntables = [\"items\"]\noverlap_secs = 30\n\
+             deletes_every_secs = 600\n\
+             [sources.shop.streams.items]\nchanged = \"updated_at\"\n",
+        );
+        let config = parse(&text).unwrap();
+        let SourceSpec::Diff {
+            streams,
+            interval,
+            incremental: Some(inc),
+            ..
+        } = &config.sources["shop"].spec
+        else {
+            panic!("not incremental: {:?}", config.sources["shop"].spec);
+        };
+        assert_eq!(streams[0].changed.as_deref(), Some("updated_at"));
+        assert_eq!(*interval, Duration::from_secs(10));
+        assert_eq!(inc.overlap, Duration::from_secs(30));
+        assert_eq!(inc.full_every, Duration::from_secs(600));
+
+        let err = parse_err(&with(
+            "tables = [\"items\"]",
+            "mode = \"incremental\"\ntables = [\"items\"]",
+        ));
+        assert_eq!(
+            err.message,
+            "sources.shop: table items needs a [sources.shop.streams.items] section with \
+             `changed` (the column holding when a row last changed)"
+        );
+        let err = parse_err(&with(
+            "tables = [\"items\"]",
+            "mode = \"diff\"\ntables = [\"items\"]\n\
+             [sources.shop.streams.items]\nchanged = \"updated_at\"\n",
+        ));
+        assert_eq!(
+            err.message,
+            "sources.shop.streams.items.changed: only incremental sources have `changed`"
+        );
+        let err = parse_err(&with("tables = ", "overlap_secs = 5\ntables = "));
+        assert_eq!(
+            err.message,
+            "sources.shop.overlap_secs: only incremental sources (mode = \"incremental\") have \
+             overlap_secs"
+        );
     }
 
     #[test]
@@ -2430,7 +2583,7 @@ sinks = ["target"]
         );
         assert_eq!(
             parse_err(&with("tables = ", "interval_secs = 5\ntables = ")).message,
-            "sources.shop.interval_secs: only diff sources (mode = \"diff\") have interval_secs"
+            "sources.shop.interval_secs: only diff and incremental sources have interval_secs"
         );
         let direct = format!(
             "{}direct_stream = true\n",

@@ -76,6 +76,7 @@ fn build_source(
             streams,
             interval,
             chunk_rows,
+            incremental,
         } => {
             use tidesync_capture::diff::{self, DiffOptions, DiffSource};
             let db = db.clone();
@@ -94,6 +95,7 @@ fn build_source(
                     streams: streams.clone(),
                     interval: *interval,
                     chunk_rows: *chunk_rows,
+                    incremental: *incremental,
                 },
                 connect,
                 store.clone(),

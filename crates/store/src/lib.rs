@@ -451,14 +451,28 @@ pub struct StoredFingerprint {
     pub raw: Option<i64>,
 }
 
-/// Whether `change` repeats what `fingerprint` says the store already has (a version already
-/// logged: skipped), else records the new fingerprint, in the append's transaction.
+/// What the store does with a change that comes with a fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fingerprinted {
+    /// It repeats a version already logged: skipped.
+    Known,
+    /// Logged as it is.
+    New,
+    /// An insert or update of a row the store has no fingerprint of: logged as an insert
+    /// (an `incremental` source cannot tell the two apart; the store can).
+    Insert,
+    /// An insert of a row the store already has: logged as an update.
+    Update,
+}
+
+/// Whether `change` repeats what `fingerprint` says the store already has, and what op it is
+/// logged with otherwise; records the new fingerprint in the append's transaction.
 fn fingerprint_is_new(
     tx: &rusqlite::Transaction<'_>,
     pipeline: &str,
     change: &Change,
     fingerprint: &tidesync_core::Fingerprint,
-) -> Result<bool, StoreError> {
+) -> Result<Fingerprinted, StoreError> {
     let e = StoreError::sqlite;
     let stored: Option<i64> = tx
         .prepare_cached(
@@ -475,8 +489,13 @@ fn fingerprint_is_new(
         if let (Some(_), Some(raw)) = (stored, fingerprint.raw) {
             refresh_raw(tx, pipeline, &change.stream, &fingerprint.ord, raw)?;
         }
-        return Ok(false);
+        return Ok(Fingerprinted::Known);
     }
+    let logged = match (change.op, stored) {
+        (Op::Update, None) => Fingerprinted::Insert,
+        (Op::Insert, Some(_)) => Fingerprinted::Update,
+        _ => Fingerprinted::New,
+    };
     match fingerprint.hash {
         Some(hash) => tx
             .prepare_cached(
@@ -501,7 +520,7 @@ fn fingerprint_is_new(
             .and_then(|mut st| st.execute(params![pipeline, change.stream, fingerprint.ord]))
             .map_err(e("deleting a fingerprint"))?,
     };
-    Ok(true)
+    Ok(logged)
 }
 
 /// Records a row's new database-side hash (see [`tidesync_core::RawRefresh`]).
@@ -572,11 +591,26 @@ fn append(
             if std::mem::take(&mut skip_next) {
                 continue;
             }
-            if let Some(fingerprint) = fingerprints.get(i)
-                && !fingerprint_is_new(&tx, pipeline, change, fingerprint)?
-            {
-                continue;
-            }
+            let retyped;
+            let change = match fingerprints.get(i) {
+                None => change,
+                Some(fingerprint) => {
+                    match fingerprint_is_new(&tx, pipeline, change, fingerprint)? {
+                        Fingerprinted::Known => continue,
+                        Fingerprinted::New => change,
+                        Fingerprinted::Insert | Fingerprinted::Update => {
+                            let mut c = change.clone();
+                            c.op = if c.op == Op::Update {
+                                Op::Insert
+                            } else {
+                                Op::Update
+                            };
+                            retyped = c;
+                            &retyped
+                        }
+                    }
+                }
+            };
             let made;
             let change = if change.unchanged.is_empty() {
                 change

@@ -31,14 +31,14 @@ pub mod pg;
 pub mod reader;
 pub mod sqlite;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidesync_core::codec::binary::{encode_row_parts, row_hash};
 use tidesync_core::{
-    BatchKind, BoxFuture, Captured, Change, ColumnSchema, Dialect, Fingerprint, Key, Op, Opened,
-    Position, RawRefresh, Row, Source, StageError, TableSchema, Value,
+    BatchKind, BoxFuture, Captured, Change, ColumnSchema, Dialect, Fingerprint, Key, Mark,
+    MarkValue, Op, Opened, Position, RawRefresh, Row, Source, StageError, TableSchema, Value,
 };
 use tidesync_store::{SqliteStore, StoredFingerprint};
 use tokio::sync::{Mutex, mpsc};
@@ -64,6 +64,22 @@ pub struct StreamSpec {
     pub key: Vec<String>,
     /// The model's fields; empty: the query's columns as they are.
     pub fields: Vec<FieldSpec>,
+    /// `incremental`: the field holding when a row last changed (a timestamp, date, integer
+    /// or text column of the query, not cast).
+    pub changed: Option<String>,
+}
+
+/// How an `incremental` source runs: most runs read only the rows whose change column is at
+/// or after the stream's watermark minus `overlap`; every `full_every` a run compares every
+/// row, which finds deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incremental {
+    /// How far below the watermark each run reads again: rows committed late with an earlier
+    /// change time (long transactions, clock skew) are not missed. Subtracted as is from an
+    /// integer change column (as seconds), in whole days from a date; text gets none.
+    pub overlap: Duration,
+    /// How often a run compares every row (and so finds deletes).
+    pub full_every: Duration,
 }
 
 /// How a `diff` source runs.
@@ -75,6 +91,8 @@ pub struct DiffOptions {
     pub interval: Duration,
     /// Rows per page of the query and of the stored fingerprints.
     pub chunk_rows: usize,
+    /// `Some`: the `incremental` mode; `None`: `diff` (every run compares every row).
+    pub incremental: Option<Incremental>,
 }
 
 /// A query row as the comparison sees it.
@@ -119,6 +137,8 @@ struct Prepared {
     columns: Vec<QueryColumn>,
     order: Vec<usize>,
     mapping: Arc<Mapping>,
+    /// The query column of `StreamSpec::changed`.
+    changed: Option<usize>,
 }
 
 /// How many rows a stream's run saw and what it found.
@@ -133,7 +153,7 @@ struct Counts {
 /// The comparison of one stream in progress.
 #[derive(Debug)]
 struct Scan {
-    rows: mpsc::Receiver<Result<Vec<QueryRow>, StageError>>,
+    rows: mpsc::Receiver<Result<MappedPage, StageError>>,
     stored: mpsc::Receiver<Result<Vec<StoredFingerprint>, StageError>>,
     tasks: Vec<JoinHandle<()>>,
     query_rows: VecDeque<QueryRow>,
@@ -176,6 +196,10 @@ struct Run {
     scan: Option<Scan>,
     totals: Counts,
     started: Instant,
+    /// Whether this run compares every row (always for `diff`).
+    full: bool,
+    /// The watermarks as this run moves them.
+    marks: BTreeMap<String, MarkValue>,
 }
 
 /// The `diff` source; see the module docs.
@@ -191,6 +215,10 @@ pub struct DiffSource {
     target: String,
     prepared: Vec<Prepared>,
     last_run_us: i64,
+    /// `incremental`: when the last full run started (0: none yet).
+    last_full_us: i64,
+    /// `incremental`: per stream, the greatest change-column value logged.
+    marks: BTreeMap<String, MarkValue>,
     run: Option<Run>,
     /// A run failed part-way: the next poll runs again at once instead of at the next
     /// interval.
@@ -233,9 +261,59 @@ impl DiffSource {
             target,
             prepared: Vec::new(),
             last_run_us: 0,
+            last_full_us: 0,
+            marks: BTreeMap::new(),
             run: None,
             rerun: false,
         }
+    }
+
+    /// The position of a run that started at `started_us` (its marks and full time).
+    fn position(
+        &self,
+        started_us: i64,
+        full_us: i64,
+        marks: &BTreeMap<String, MarkValue>,
+    ) -> Position {
+        match self.opts.incremental {
+            None => Position::DiffRun {
+                started_us,
+                full_us: 0,
+                marks: Vec::new(),
+            },
+            Some(_) => Position::DiffRun {
+                started_us,
+                full_us,
+                marks: marks
+                    .iter()
+                    .map(|(stream, value)| Mark {
+                        stream: stream.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    /// The value a run reads changes from: `mark` minus the overlap.
+    fn below(&self, mark: &MarkValue) -> Value {
+        let overlap = self.opts.incremental.map_or(Duration::ZERO, |i| i.overlap);
+        match mark {
+            MarkValue::Timestamp(t) => {
+                Value::Timestamp(t.saturating_sub(overlap.as_micros() as i64))
+            }
+            MarkValue::Date(d) => {
+                let days = overlap.as_secs().div_ceil(86_400) as i32;
+                Value::Date(d.saturating_sub(days))
+            }
+            MarkValue::Int(i) => Value::Int(i.saturating_sub(overlap.as_secs() as i64)),
+            MarkValue::Text(t) => Value::Text(t.clone()),
+        }
+    }
+
+    /// Where a batch of a run in progress leaves the source: the last complete run.
+    fn last_position(&self) -> Position {
+        self.position(self.last_run_us, self.last_full_us, &self.marks)
     }
 
     /// `SELECT *` of a table named `table` or `schema.table`, quoted for the database.
@@ -367,6 +445,32 @@ impl DiffSource {
             key_at.push(i);
             schema_columns[i].nullable = false;
         }
+        let changed = match (&spec.changed, self.opts.incremental) {
+            (None, None) => None,
+            (Some(_), None) => None,
+            (None, Some(_)) => {
+                return Err(definite(format!(
+                    "{at}: an incremental stream needs `changed` (the field holding when a row \
+                     last changed)"
+                )));
+            }
+            (Some(field), Some(_)) => {
+                let i = names.iter().position(|n| n == field).ok_or_else(|| {
+                    definite(format!(
+                        "{at}: changed field {field} is not one of the stream's fields"
+                    ))
+                })?;
+                match &fields[i] {
+                    Resolved::Column { at: c, cast: None } => Some(*c),
+                    _ => {
+                        return Err(definite(format!(
+                            "{at}: changed field {field} must be a column of the query without a \
+                             cast (it is compared in the database)"
+                        )));
+                    }
+                }
+            }
+        };
         let schema = TableSchema {
             name: spec.name.clone(),
             columns: schema_columns,
@@ -387,6 +491,7 @@ impl DiffSource {
                 columns,
                 order,
                 mapping,
+                changed,
             },
             schema,
         ))
@@ -396,7 +501,7 @@ impl DiffSource {
     /// tasks of their own, a few pages ahead. Where the database hashes rows, only keys and
     /// hashes are read, unless `values` (the store has no row of the stream yet: every row
     /// is new, so reading them all at once beats reading them by key).
-    fn start_scan(&self, i: usize, values: bool) -> Scan {
+    fn start_scan(&self, i: usize, kind: ScanKind) -> Scan {
         let prepared = &self.prepared[i];
         let page_rows = self.opts.chunk_rows.max(1);
         let (raw_tx, mut raw_rx) = mpsc::channel::<RawPage>(2);
@@ -409,9 +514,34 @@ impl DiffSource {
         );
         let read_errors = rows_tx.clone();
         let hashes = self.hashes;
+        let changed = prepared.changed;
+        let read_kind = kind.clone();
         let read = tokio::spawn(async move {
             let mut reader = reader.lock().await;
-            let read = if hashes {
+            let read = if let (ScanKind::Changed { since }, Some(changed)) = (&read_kind, changed) {
+                let (tx, mut rx) = mpsc::channel(1);
+                let forward = async {
+                    while let Some(page) = rx.recv().await {
+                        if raw_tx.send(RawPage::Rows(page)).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let (read, ()) = tokio::join!(
+                    reader.read_changed(
+                        &query,
+                        &columns,
+                        changed,
+                        since.as_ref(),
+                        &order,
+                        page_rows,
+                        tx
+                    ),
+                    forward
+                );
+                read
+            } else if let (ScanKind::Full { values }, true) = (&read_kind, hashes) {
+                let values = *values;
                 let (tx, mut rx) = mpsc::channel(1);
                 let forward = async {
                     while let Some(page) = rx.recv().await {
@@ -446,11 +576,19 @@ impl DiffSource {
         });
         let mapping = prepared.mapping.clone();
         let target = self.target.clone();
+        let in_key_order = matches!(kind, ScanKind::Full { .. });
         let map = tokio::spawn(async move {
             let mut last: Option<Vec<u8>> = None;
             let mut buf = Vec::with_capacity(256);
             while let Some(page) = raw_rx.recv().await {
-                let mapped = map_page(&target, &mapping, page, &mut last, &mut buf);
+                let mapped = map_page(
+                    &target,
+                    &mapping,
+                    page,
+                    changed,
+                    in_key_order.then_some(&mut last),
+                    &mut buf,
+                );
                 let failed = mapped.is_err();
                 if rows_tx.send(mapped).await.is_err() || failed {
                     return;
@@ -461,6 +599,11 @@ impl DiffSource {
         let store = self.store.clone();
         let (pipeline, stream) = (self.opts.pipeline.clone(), prepared.mapping.stream.clone());
         let stored = tokio::spawn(async move {
+            if !in_key_order {
+                // Rows changed since a watermark are not merged with the store's: the store
+                // itself skips what it already has.
+                return;
+            }
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let (store, pipeline, stream, from) = (
@@ -639,6 +782,9 @@ impl DiffSource {
                     .take()
                     .unwrap_or_else(|| unreachable!("checked above"));
                 self.last_run_us = run.started_us;
+                if run.full {
+                    self.last_full_us = run.started_us;
+                }
                 tracing::info!(
                     source = %self.target,
                     pipeline = %self.opts.pipeline,
@@ -647,11 +793,11 @@ impl DiffSource {
                     updates = run.totals.updates,
                     deletes = run.totals.deletes,
                     ms = run.started.elapsed().as_millis() as u64,
+                    full = run.full,
                     "diff run complete"
                 );
-                return Ok(Some(out.captured(Position::DiffRun {
-                    started_us: run.started_us,
-                })));
+                self.marks = run.marks;
+                return Ok(Some(out.captured(self.last_position())));
             }
             if out.changes.len() >= max.max(1)
                 || (!out.is_empty()
@@ -662,8 +808,17 @@ impl DiffSource {
             }
             let stream_index = run.stream;
             if run.scan.is_none() {
-                let values = !self.hashes || self.stored_count(stream_index).await? == 0;
-                let scan = self.start_scan(stream_index, values);
+                let kind = if run.full {
+                    ScanKind::Full {
+                        values: !self.hashes || self.stored_count(stream_index).await? == 0,
+                    }
+                } else {
+                    let stream = &self.prepared[stream_index].mapping.stream;
+                    ScanKind::Changed {
+                        since: self.marks.get(stream).map(|m| self.below(m)),
+                    }
+                };
+                let scan = self.start_scan(stream_index, kind);
                 if let Some(run) = self.run.as_mut() {
                     run.scan = Some(scan);
                 }
@@ -678,9 +833,15 @@ impl DiffSource {
             };
             if scan.query_rows.is_empty() && !scan.query_done {
                 match scan.rows.recv().await {
-                    Some(Ok(rows)) => {
+                    Some(Ok((rows, mark))) => {
                         scan.counts.read += rows.len() as u64;
                         scan.query_rows.extend(rows);
+                        if let Some(mark) = mark {
+                            let old = run.marks.get(&mapping.stream);
+                            if old.is_none_or(|old| mark > *old) {
+                                run.marks.insert(mapping.stream.clone(), mark);
+                            }
+                        }
                     }
                     Some(Err(e)) => return Err(e),
                     None => scan.query_done = true,
@@ -846,9 +1007,7 @@ impl DiffSource {
         if out.is_empty() {
             return Ok(None);
         }
-        Ok(Some(out.captured(Position::DiffRun {
-            started_us: self.last_run_us,
-        })))
+        Ok(Some(out.captured(self.last_position())))
     }
 }
 
@@ -903,6 +1062,18 @@ fn upsert(mapping: &Mapping, op: Op, key: Key, values: Vec<Value>, now_us: i64) 
         txn: None,
         unchanged: Vec::new(),
     }
+}
+
+/// A page of mapped rows, with the greatest change-column value among them (`incremental`).
+type MappedPage = (Vec<QueryRow>, Option<MarkValue>);
+
+/// What a stream's scan reads.
+#[derive(Debug, Clone)]
+enum ScanKind {
+    /// Every row, in key order; with `values` every value even where the database hashes.
+    Full { values: bool },
+    /// `incremental`: the rows whose change column is at or after `since` (all: `None`).
+    Changed { since: Option<Value> },
 }
 
 /// What a read task hands on: rows with all their values, or as the database hashed them.
@@ -964,15 +1135,40 @@ fn map_page(
     target: &str,
     mapping: &Mapping,
     page: RawPage,
-    last: &mut Option<Vec<u8>>,
+    changed: Option<usize>,
+    last: Option<&mut Option<Vec<u8>>>,
     buf: &mut Vec<u8>,
-) -> Result<Vec<QueryRow>, StageError> {
+) -> Result<MappedPage, StageError> {
     let at = || format!("source {target}: stream {}", mapping.stream);
     let mut out = Vec::new();
+    let mut mark: Option<MarkValue> = None;
+    let mut see = |row: &[Value]| -> Result<(), StageError> {
+        let Some(c) = changed else {
+            return Ok(());
+        };
+        match &row[c] {
+            Value::Null => Ok(()),
+            v => {
+                let m = MarkValue::of(v).ok_or_else(|| {
+                    definite(format!(
+                        "{}: the change column holds a {} value; it must be a timestamp, date, \
+                         integer or text",
+                        at(),
+                        v.type_name()
+                    ))
+                })?;
+                if mark.as_ref().is_none_or(|old| m > *old) {
+                    mark = Some(m);
+                }
+                Ok(())
+            }
+        }
+    };
     match page {
         RawPage::Rows(rows) => {
             out.reserve(rows.len());
             for raw in rows {
+                see(&raw)?;
                 let (ord, key, values, hash) = model_row(&at, mapping, raw, buf)?;
                 out.push(QueryRow {
                     ord,
@@ -991,6 +1187,7 @@ fn map_page(
             for row in rows {
                 out.push(match row.values {
                     Some(values) => {
+                        see(&values)?;
                         let (ord, key, values, hash) = model_row(&at, mapping, values, buf)?;
                         QueryRow {
                             ord,
@@ -1021,6 +1218,9 @@ fn map_page(
             }
         }
     }
+    let Some(last) = last else {
+        return Ok((out, mark));
+    };
     for row in &out {
         if let Some(prev) = last.as_ref()
             && *prev >= row.ord
@@ -1045,7 +1245,7 @@ fn map_page(
         }
         *last = Some(row.ord.clone());
     }
-    Ok(out)
+    Ok((out, mark))
 }
 
 impl Source for DiffSource {
@@ -1054,7 +1254,15 @@ impl Source for DiffSource {
             self.run = None;
             self.last_run_us = match from {
                 None => 0,
-                Some(Position::DiffRun { started_us }) => started_us,
+                Some(Position::DiffRun {
+                    started_us,
+                    full_us,
+                    marks,
+                }) => {
+                    self.last_full_us = full_us;
+                    self.marks = marks.into_iter().map(|m| (m.stream, m.value)).collect();
+                    started_us
+                }
                 Some(other) => {
                     return Err(definite(format!(
                         "source {}: the stored position ({other}) is not a diff source's; the \
@@ -1074,9 +1282,7 @@ impl Source for DiffSource {
             self.prepared = prepared;
             Ok(Opened {
                 schemas,
-                start: Some(Position::DiffRun {
-                    started_us: self.last_run_us,
-                }),
+                start: Some(self.last_position()),
             })
         })
     }
@@ -1102,12 +1308,22 @@ impl Source for DiffSource {
                 }
                 tracing::debug!(source = %self.target, pipeline = %self.opts.pipeline, "diff run starting");
                 self.rerun = false;
+                let full = match self.opts.incremental {
+                    None => true,
+                    Some(inc) => {
+                        self.last_full_us == 0
+                            || now.saturating_sub(self.last_full_us)
+                                >= inc.full_every.as_micros() as i64
+                    }
+                };
                 self.run = Some(Run {
                     started_us: now,
                     stream: 0,
                     scan: None,
                     totals: Counts::default(),
                     started: Instant::now(),
+                    full,
+                    marks: self.marks.clone(),
                 });
             }
             let stepped = self.step(max).await;

@@ -241,6 +241,78 @@ impl QueryReader for PgQueryReader {
         })
     }
 
+    fn read_changed<'a>(
+        &'a mut self,
+        query: &'a str,
+        columns: &'a [QueryColumn],
+        changed: usize,
+        since: Option<&'a Value>,
+        order: &'a [usize],
+        page_rows: usize,
+        out: mpsc::Sender<Page>,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
+        Box::pin(async move {
+            let shown = format!("`{}`", short_query(query));
+            let err = self.error(&format!("reading rows changed in query {shown}"));
+            let target = self.target.clone();
+            let client = self.client().await?;
+            let types = types_of(client, query, columns, &target, &err).await?;
+            let selected: Vec<String> = columns
+                .iter()
+                .zip(&types)
+                .map(|(c, ty)| output_text(&format!("q.{}", quote_ident(&c.name)), ty))
+                .collect();
+            let column = format!("q.{}", quote_ident(&columns[changed].name));
+            let ty = &types[changed];
+            let condition = match since {
+                None => String::new(),
+                Some(_) if ty.oid() >= 16_384 => format!(" WHERE {column}::text >= $1::text"),
+                Some(_) => format!(" WHERE {column} >= $1::text::{}", ty.name()),
+            };
+            let mut sort = vec![column];
+            sort.push(order_by(columns, &types, order));
+            let sql = format!(
+                "SELECT {} FROM (\n{}\n) AS q{condition} ORDER BY {}",
+                selected.join(", "),
+                query
+                    .trim_end()
+                    .trim_end_matches(|c: char| c == ';' || c.is_whitespace()),
+                sort.join(", ")
+            );
+            let param: Vec<String> = since
+                .map(tidesync_core::pg::input_text)
+                .into_iter()
+                .collect();
+            let rows = client
+                .query_raw(sql.as_str(), param.iter())
+                .await
+                .map_err(&err)?;
+            let mut rows = std::pin::pin!(rows);
+            let mut page: Page = Vec::with_capacity(page_rows);
+            while let Some(row) = rows.next().await {
+                let row = row.map_err(&err)?;
+                let mut values = Vec::with_capacity(columns.len());
+                for (i, (c, ty)) in columns.iter().zip(&types).enumerate() {
+                    let text: Option<&str> = row.try_get(i).map_err(&err)?;
+                    values.push(cell(ty, &c.name, text).map_err(|e| {
+                        StageError::definite(format!("source {target}: query {shown}: {e}"))
+                    })?);
+                }
+                page.push(values);
+                if page.len() >= page_rows {
+                    let full = std::mem::replace(&mut page, Vec::with_capacity(page_rows));
+                    if out.send(full).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            if !page.is_empty() {
+                let _closed = out.send(page).await;
+            }
+            Ok(())
+        })
+    }
+
     fn hashes_rows(&self) -> bool {
         true
     }

@@ -81,6 +81,8 @@ impl Settle {
     pub(crate) async fn position(&mut self) -> Result<Option<Position>, VerifyError> {
         if self.diff {
             return Ok(Some(Position::DiffRun {
+                full_us: 0,
+                marks: Vec::new(),
                 started_us: tidesync_core::time::now_us(),
             }));
         }
