@@ -1,6 +1,7 @@
 //! The `diff` mode's query readers (`diff::mysql`, `diff::sqlite`) against a real MariaDB and
 //! real SQLite files: described columns and types, primary keys, every type's values, key
-//! order by bytes whatever the collation, pages, an early stop, and the errors.
+//! order by bytes whatever the collation, pages, an early stop, and the errors; reads of the
+//! rows changed since a watermark (`read_changed`).
 
 use std::path::Path;
 
@@ -47,6 +48,44 @@ async fn read_rows(reader: &mut impl QueryReader, query: &str, order: &[usize]) 
         .into_iter()
         .flatten()
         .collect()
+}
+
+/// Reads the rows of `query` whose column `changed` is at or after `since`, sorted by it and
+/// then by `order`, in pages of `page_rows`.
+async fn read_changed_pages(
+    reader: &mut impl QueryReader,
+    query: &str,
+    changed: usize,
+    since: Option<&Value>,
+    order: &[usize],
+    page_rows: usize,
+) -> Vec<Page> {
+    let columns = reader.columns(query).await.unwrap();
+    let (tx, mut rx) = mpsc::channel(2);
+    let collect = async {
+        let mut pages = Vec::new();
+        while let Some(page) = rx.recv().await {
+            pages.push(page);
+        }
+        pages
+    };
+    let (read, pages) = tokio::join!(
+        reader.read_changed(query, &columns, changed, since, order, page_rows, tx),
+        collect
+    );
+    read.unwrap();
+    pages
+}
+
+/// The page sizes and the rows' values at `pick`, in order.
+fn picked(pages: &[Page], pick: &[usize]) -> (Vec<usize>, Vec<Vec<Value>>) {
+    let sizes = pages.iter().map(Vec::len).collect();
+    let rows = pages
+        .iter()
+        .flatten()
+        .map(|r| pick.iter().map(|&i| r[i].clone()).collect())
+        .collect();
+    (sizes, rows)
 }
 
 fn text(s: &str) -> Value {
@@ -380,6 +419,138 @@ async fn mysql_server_restart_is_transient_then_reconnects() {
     assert_eq!(rows, vec![vec![Value::Int(1)]]);
 }
 
+/// Six rows; three share `2024-03-01 10:00:00.5`, inserted out of key order.
+const EVENTS: &str = "SET time_zone = '+00:00';
+CREATE TABLE events (id INT PRIMARY KEY, updated_at DATETIME(6) NOT NULL,
+    ts TIMESTAMP(6) NULL, note VARCHAR(20));
+INSERT INTO events (id, updated_at, note) VALUES
+    (5, '2024-03-01 10:00:00.000001', 'a'), (3, '2024-03-01 10:00:00.5', 'b'),
+    (1, '2024-03-01 10:00:00.5', 'c'), (2, '2024-03-01 10:00:00.5', 'd'),
+    (4, '2024-03-02 00:00:00', 'e'), (6, '2024-02-29 23:59:59.999999', 'f');
+UPDATE events SET ts = updated_at;";
+
+/// `2024-03-01 10:00:00.5` UTC, as the reader gives it.
+fn shared_timestamp() -> Value {
+    let day = tidesync_core::time::days_from_civil(2024, 3, 1);
+    Value::Timestamp(day * 86_400_000_000 + 36_000_500_000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_read_changed_without_watermark_gives_all_rows_by_changed_then_key() {
+    let db = mariadb();
+    db.sql(DB, EVENTS).unwrap();
+    let mut reader = MysqlQueryReader::new(db.url(DB));
+    let query = "SELECT id, updated_at, note FROM events";
+    let pages = read_changed_pages(&mut reader, query, 1, None, &[0], 4).await;
+    let (sizes, rows) = picked(&pages, &[0, 2]);
+    assert_eq!(sizes, [4, 2]);
+    assert_eq!(
+        rows,
+        [(6, "f"), (5, "a"), (1, "c"), (2, "d"), (3, "b"), (4, "e")]
+            .map(|(id, note)| vec![Value::Int(id), text(note)])
+    );
+    assert_eq!(pages[0][2][1], shared_timestamp());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_read_changed_gives_rows_at_or_after_the_watermark() {
+    let db = mariadb();
+    db.sql(DB, EVENTS).unwrap();
+    let mut reader = MysqlQueryReader::new(db.url(DB));
+    let since = shared_timestamp();
+    let query = "SELECT id, updated_at, ts FROM events";
+    // DATETIME(6): ties at the watermark in key order, pages of at most 2.
+    let pages = read_changed_pages(&mut reader, query, 1, Some(&since), &[0], 2).await;
+    let (sizes, rows) = picked(&pages, &[0]);
+    assert_eq!(sizes, [2, 2]);
+    assert_eq!(rows, [1, 2, 3, 4].map(|id| vec![Value::Int(id)]));
+    // TIMESTAMP(6): the same instants (the session runs in UTC).
+    let pages = read_changed_pages(&mut reader, query, 2, Some(&since), &[0], 10).await;
+    assert_eq!(
+        picked(&pages, &[0]).1,
+        [1, 2, 3, 4].map(|id| vec![Value::Int(id)])
+    );
+    // One microsecond later: only the next day's row.
+    let Value::Timestamp(us) = since else {
+        unreachable!()
+    };
+    let later = Value::Timestamp(us + 1);
+    let pages = read_changed_pages(&mut reader, query, 1, Some(&later), &[0], 10).await;
+    assert_eq!(picked(&pages, &[0]).1, [vec![Value::Int(4)]]);
+    // A DATE watermark on a DATETIME column compares as a date-time (midnight).
+    let day = Value::Date(tidesync_core::time::days_from_civil(2024, 3, 1) as i32);
+    let pages = read_changed_pages(&mut reader, query, 1, Some(&day), &[0], 10).await;
+    assert_eq!(
+        picked(&pages, &[0]).1,
+        [5, 1, 2, 3, 4].map(|id| vec![Value::Int(id)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_read_changed_compares_a_decimal_watermark_exactly() {
+    let db = mariadb();
+    db.sql(
+        DB,
+        "CREATE TABLE ledger (id INT PRIMARY KEY, seq DECIMAL(30,10) UNSIGNED NOT NULL);
+         INSERT INTO ledger VALUES (1, '12345678901234567890.0000000000'),
+             (2, '12345678901234567890.0000000001'), (3, '12345678901234567891.0000000000');",
+    )
+    .unwrap();
+    let mut reader = MysqlQueryReader::new(db.url(DB));
+    // As doubles the first two are equal; as decimals the first is before the watermark.
+    let since = Value::Decimal(Decimal::parse("12345678901234567890.0000000001").unwrap());
+    let pages = read_changed_pages(
+        &mut reader,
+        "SELECT id, seq FROM ledger",
+        1,
+        Some(&since),
+        &[0],
+        10,
+    )
+    .await;
+    assert_eq!(
+        picked(&pages, &[0]).1,
+        [2, 3].map(|id| vec![Value::Int(id)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_read_changed_bad_queries_are_definite_errors_naming_them() {
+    let db = mariadb();
+    db.sql(DB, EVENTS).unwrap();
+    let mut reader = MysqlQueryReader::new(db.url(DB));
+    let since = shared_timestamp();
+    let columns = reader
+        .columns("SELECT id, updated_at FROM events")
+        .await
+        .unwrap();
+    let query = "SELECT id, nope FROM events";
+    let (tx, _rx) = mpsc::channel(4);
+    let e = reader
+        .read_changed(query, &columns, 1, Some(&since), &[0], 10, tx)
+        .await
+        .unwrap_err();
+    let msg = definite(&e);
+    assert!(msg.contains("query `SELECT id, nope FROM events`"), "{msg}");
+    assert!(msg.contains("nope"), "{msg}");
+
+    let query = "SELECT id, updated_at FROM events";
+    let (tx, _rx) = mpsc::channel(4);
+    let e = reader
+        .read_changed(query, &columns, 1, Some(&Value::Null), &[0], 10, tx)
+        .await
+        .unwrap_err();
+    let msg = definite(&e);
+    assert!(
+        msg.contains(&format!("query `{query}` column updated_at")),
+        "{msg}"
+    );
+    assert!(msg.contains("NULL"), "{msg}");
+    // The reader is still usable.
+    let pages = read_changed_pages(&mut reader, query, 1, Some(&since), &[0], 10).await;
+    assert_eq!(picked(&pages, &[0]).1.len(), 4);
+}
+
 // --- SQLite ---
 
 fn sqlite(dir: &Path, sql: &str) -> std::path::PathBuf {
@@ -601,4 +772,120 @@ async fn sqlite_a_locked_database_is_transient() {
     writer.execute_batch("COMMIT").unwrap();
     let rows = read_rows(&mut reader, "SELECT id FROM items", &[0]).await;
     assert_eq!(rows, vec![vec![Value::Int(1)]]);
+}
+
+/// Six rows with ISO text timestamps; three share `2024-03-01T10:00:00.500000Z`, inserted out
+/// of key order.
+const SQLITE_EVENTS: &str = "CREATE TABLE events (id INTEGER PRIMARY KEY,
+    updated_at TEXT NOT NULL, note TEXT);
+INSERT INTO events VALUES
+    (5, '2024-03-01T10:00:00.000001Z', 'a'), (3, '2024-03-01T10:00:00.500000Z', 'b'),
+    (1, '2024-03-01T10:00:00.500000Z', 'c'), (2, '2024-03-01T10:00:00.500000Z', 'd'),
+    (4, '2024-03-02T00:00:00.000000Z', 'e'), (6, '2024-02-29T23:59:59.999999Z', 'f');";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_read_changed_without_watermark_gives_all_rows_by_changed_then_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sqlite(dir.path(), SQLITE_EVENTS);
+    let mut reader = SqliteQueryReader::new(&path);
+    let query = "SELECT id, updated_at, note FROM events";
+    let pages = read_changed_pages(&mut reader, query, 1, None, &[0], 4).await;
+    let (sizes, rows) = picked(&pages, &[0, 2]);
+    assert_eq!(sizes, [4, 2]);
+    assert_eq!(
+        rows,
+        [(6, "f"), (5, "a"), (1, "c"), (2, "d"), (3, "b"), (4, "e")]
+            .map(|(id, note)| vec![Value::Int(id), text(note)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_read_changed_gives_rows_at_or_after_a_text_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sqlite(dir.path(), SQLITE_EVENTS);
+    let mut reader = SqliteQueryReader::new(&path);
+    let query = "SELECT id, updated_at FROM events";
+    let since = text("2024-03-01T10:00:00.500000Z");
+    let pages = read_changed_pages(&mut reader, query, 1, Some(&since), &[0], 2).await;
+    let (sizes, rows) = picked(&pages, &[0, 1]);
+    assert_eq!(sizes, [2, 2]);
+    assert_eq!(
+        rows,
+        [
+            (1, "2024-03-01T10:00:00.500000Z"),
+            (2, "2024-03-01T10:00:00.500000Z"),
+            (3, "2024-03-01T10:00:00.500000Z"),
+            (4, "2024-03-02T00:00:00.000000Z"),
+        ]
+        .map(|(id, at)| vec![Value::Int(id), text(at)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_read_changed_compares_an_integer_version_as_a_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sqlite(
+        dir.path(),
+        "CREATE TABLE docs (id INTEGER PRIMARY KEY, version INTEGER NOT NULL);
+         INSERT INTO docs VALUES (1, 3), (2, 10), (3, 3), (4, 2), (5, 10), (6, 9);",
+    );
+    let mut reader = SqliteQueryReader::new(&path);
+    let query = "SELECT id, version FROM docs";
+    let pages = read_changed_pages(&mut reader, query, 1, None, &[0], 10).await;
+    assert_eq!(
+        picked(&pages, &[0]).1,
+        [4, 1, 3, 6, 2, 5].map(|id| vec![Value::Int(id)])
+    );
+    // 10 is after 9 as a number (not as text, where "10" < "9").
+    let pages = read_changed_pages(&mut reader, query, 1, Some(&Value::Int(9)), &[0], 2).await;
+    let (sizes, rows) = picked(&pages, &[0, 1]);
+    assert_eq!(sizes, [2, 1]);
+    assert_eq!(
+        rows,
+        [(6, 9), (2, 10), (5, 10)].map(|(id, v)| vec![Value::Int(id), Value::Int(v)])
+    );
+    let pages = read_changed_pages(&mut reader, query, 1, Some(&Value::Int(11)), &[0], 2).await;
+    assert!(pages.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_read_changed_bad_queries_are_definite_errors_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sqlite(dir.path(), SQLITE_EVENTS);
+    let mut reader = SqliteQueryReader::new(&path);
+    let columns = reader
+        .columns("SELECT id, updated_at FROM events")
+        .await
+        .unwrap();
+    let since = text("2024-03-01T10:00:00.500000Z");
+    let query = "SELECT id, nope FROM events";
+    let (tx, _rx) = mpsc::channel(4);
+    let e = reader
+        .read_changed(query, &columns, 1, Some(&since), &[0], 10, tx)
+        .await
+        .unwrap_err();
+    let msg = definite(&e);
+    assert!(msg.contains("query `SELECT id, nope FROM events`"), "{msg}");
+    assert!(msg.contains("nope"), "{msg}");
+
+    let query = "SELECT id, updated_at FROM events";
+    let (tx, _rx) = mpsc::channel(4);
+    let e = reader
+        .read_changed(query, &columns, 5, Some(&since), &[0], 10, tx)
+        .await
+        .unwrap_err();
+    let msg = definite(&e);
+    assert!(msg.contains(&format!("query `{query}`")), "{msg}");
+    assert!(msg.contains("column position 5 of 2"), "{msg}");
+
+    let (tx, _rx) = mpsc::channel(4);
+    let e = reader
+        .read_changed(query, &columns, 1, Some(&Value::Timestamp(0)), &[0], 10, tx)
+        .await
+        .unwrap_err();
+    let msg = definite(&e);
+    assert!(msg.contains("column updated_at"), "{msg}");
+    // The reader is still usable.
+    let pages = read_changed_pages(&mut reader, query, 1, Some(&since), &[0], 10).await;
+    assert_eq!(picked(&pages, &[0]).1.len(), 4);
 }

@@ -13,6 +13,14 @@
 //! (latin1's bytes do not order as their UTF-8), which is the order [`super::ord`] encodes.
 //! Numbers, dates and times order as they are.
 //!
+//! A read of changed rows ([`QueryReader::read_changed`]) is the same read, with
+//! `WHERE <changed> >= ?` and the changed column first in the `ORDER BY`. The filter compares
+//! with the very expression the sort uses (a text column by its UTF-8 bytes), so "at or after
+//! the watermark" means at or after it in the order the rows arrive. The watermark is bound as
+//! a parameter of its column's type (a `Timestamp` as a DATETIME, which the UTC session reads
+//! as UTC; an exact decimal cast to the column's DECIMAL, not compared as a double). Rows whose
+//! changed column is NULL come first without a watermark and never match one.
+//!
 //! Sessions run with `time_zone = '+00:00'` (TIMESTAMP values are UTC instants) and
 //! `SET NAMES utf8mb4` (text arrives as UTF-8). While a page waits for its receiver the server
 //! waits to write; `net_write_timeout` is raised so a slow consumer does not cut the read.
@@ -35,7 +43,7 @@ use tokio::sync::mpsc;
 
 use super::reader::{Page, QueryColumn, QueryReader, derived, short_query};
 use crate::mysql::schema::{Charset, Column, Kind, split_name};
-use crate::mysql::value::{Origin, convert};
+use crate::mysql::value::{Origin, convert, key_param};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -142,6 +150,14 @@ pub struct MysqlQueryReader {
     /// The URL without its password, for messages.
     db: String,
     conn: Option<Conn>,
+}
+
+/// What [`QueryReader::read_changed`] adds to a read: the column it filters and sorts by
+/// first, and the value its rows are at or after (`None`: every row).
+#[derive(Debug, Clone, Copy)]
+struct ChangedSince<'a> {
+    column: usize,
+    since: Option<&'a Value>,
 }
 
 /// How a read ended.
@@ -358,6 +374,7 @@ impl MysqlQueryReader {
         &mut self,
         query: &str,
         columns: &[QueryColumn],
+        changed: Option<ChangedSince<'_>>,
         order: &[usize],
         page_rows: usize,
         out: &mpsc::Sender<Page>,
@@ -365,7 +382,7 @@ impl MysqlQueryReader {
         let context = format!("reading query `{}`", short_query(query));
         let db = self.db.clone();
         let conn = self.conn().await?;
-        let ended = read_ordered(conn, query, columns, order, page_rows, out).await;
+        let ended = read_ordered(conn, query, columns, changed, order, page_rows, out).await;
         let shown = short_query(query);
         let err = match ended {
             Ok(ReadEnd::Done) => return Ok(ReadEnd::Done),
@@ -403,14 +420,25 @@ impl MysqlQueryReader {
         self.close().await;
         Err(err)
     }
+
+    fn log_end(&self, end: ReadEnd) {
+        match end {
+            ReadEnd::Done => tracing::debug!(db = %self.db, "query read"),
+            ReadEnd::Stopped => {
+                tracing::debug!(db = %self.db, "query read stopped: receiver closed")
+            }
+        }
+    }
 }
 
-/// Reads `query` on `conn` in one consistent snapshot, ordered by the columns at `order`,
-/// into pages on `out`.
+/// Reads `query` on `conn` in one consistent snapshot, ordered by the columns at `order`
+/// (after the `changed` column, whose rows are at or after its `since`, when given), into pages
+/// on `out`.
 async fn read_ordered(
     conn: &mut Conn,
     query: &str,
     columns: &[QueryColumn],
+    changed: Option<ChangedSince<'_>>,
     order: &[usize],
     page_rows: usize,
     out: &mpsc::Sender<Page>,
@@ -429,21 +457,46 @@ async fn read_ordered(
     if names.len() != columns.len() || names.iter().zip(columns).any(|(n, c)| *n != c.name) {
         return Err(ReadFailure::Changed(names));
     }
-    let mut keys = Vec::with_capacity(order.len());
-    for &i in order {
+    let described_column = |i: usize| -> Result<Column, ReadFailure> {
         let c = described
             .get(i)
             .ok_or(ReadFailure::Order(i, described.len()))?;
-        let (kind, _) =
-            kind_of(c).map_err(|problem| ReadFailure::Value(c.name_str().into_owned(), problem))?;
-        keys.push(order_expr(&c.name_str(), &kind));
-    }
-    let sql = if keys.is_empty() {
-        derived(query)
-    } else {
-        format!("{} ORDER BY {}", derived(query), keys.join(", "))
+        let name = c.name_str().into_owned();
+        let (kind, type_name) =
+            kind_of(c).map_err(|problem| ReadFailure::Value(name.clone(), problem))?;
+        Ok(Column {
+            name,
+            kind,
+            type_name,
+            nullable: true,
+        })
     };
-    let mut result = conn.exec_iter(sql, ()).await?;
+    let mut keys = Vec::with_capacity(order.len() + 1);
+    let mut filter = None;
+    let mut params = Vec::new();
+    if let Some(ChangedSince { column, since }) = changed {
+        let c = described_column(column)?;
+        let expr = order_expr(&c.name, &c.kind);
+        if let Some(since) = since {
+            let (placeholder, param) =
+                since_param(&c, since).map_err(|problem| ReadFailure::Value(c.name, problem))?;
+            filter = Some(format!("{expr} >= {placeholder}"));
+            params.push(param);
+        }
+        keys.push(expr);
+    }
+    for &i in order {
+        let c = described_column(i)?;
+        keys.push(order_expr(&c.name, &c.kind));
+    }
+    let mut sql = derived(query);
+    if let Some(filter) = filter {
+        sql = format!("{sql} WHERE {filter}");
+    }
+    if !keys.is_empty() {
+        sql = format!("{sql} ORDER BY {}", keys.join(", "));
+    }
+    let mut result = conn.exec_iter(sql, params).await?;
     // The result's own description decides how its values read.
     let mut read_as = Vec::with_capacity(described.len());
     for c in result.columns_ref() {
@@ -516,6 +569,32 @@ fn order_expr(name: &str, kind: &Kind) -> String {
         Kind::Binary { .. } => format!("CAST({col} AS BINARY)"),
         _ => col,
     }
+}
+
+/// The right side of `<changed> >= ..` (as [`order_expr`] writes the left) and its parameter:
+/// `since` as a value of `column`'s type, so the server compares in that type (dates and times
+/// as such, unsigned BIGINTs exactly, decimals as decimals, not as doubles; text and binary
+/// strings by their bytes).
+fn since_param(column: &Column, since: &Value) -> Result<(String, mysql_async::Value), String> {
+    if *since == Value::Null {
+        return Err("the watermark is NULL, which no row is at or after".to_owned());
+    }
+    let param = key_param(column, since).map_err(|problem| format!("the watermark: {problem}"))?;
+    let placeholder = match &column.kind {
+        Kind::Text(_) | Kind::Enum(_) | Kind::Set(_) | Kind::Binary { .. } => {
+            "CAST(? AS BINARY)".to_owned()
+        }
+        // `decimal(p,s)` as described, without `unsigned` (CAST takes none).
+        Kind::Decimal => format!(
+            "CAST(? AS {})",
+            column
+                .type_name
+                .trim_end_matches(" unsigned")
+                .to_uppercase()
+        ),
+        _ => "?".to_owned(),
+    };
+    Ok((placeholder, param))
 }
 
 /// How a result column's values read, and its type for `CREATE TABLE`, from the server's
@@ -640,15 +719,33 @@ impl QueryReader for MysqlQueryReader {
         out: mpsc::Sender<Page>,
     ) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(async move {
-            match self
-                .read_inner(query, columns, order, page_rows, &out)
-                .await?
-            {
-                ReadEnd::Done => tracing::debug!(db = %self.db, "query read"),
-                ReadEnd::Stopped => {
-                    tracing::debug!(db = %self.db, "query read stopped: receiver closed")
-                }
-            }
+            let end = self
+                .read_inner(query, columns, None, order, page_rows, &out)
+                .await?;
+            self.log_end(end);
+            Ok(())
+        })
+    }
+
+    fn read_changed<'a>(
+        &'a mut self,
+        query: &'a str,
+        columns: &'a [QueryColumn],
+        changed: usize,
+        since: Option<&'a Value>,
+        order: &'a [usize],
+        page_rows: usize,
+        out: mpsc::Sender<Page>,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
+        let changed = ChangedSince {
+            column: changed,
+            since,
+        };
+        Box::pin(async move {
+            let end = self
+                .read_inner(query, columns, Some(changed), order, page_rows, &out)
+                .await?;
+            self.log_end(end);
             Ok(())
         })
     }
@@ -686,5 +783,49 @@ mod tests {
             "CAST(q.`b` AS BINARY)"
         );
         assert_eq!(order_expr("d", &Kind::Date), "q.`d`");
+    }
+
+    #[test]
+    fn watermarks_bind_as_their_columns_type() {
+        use mysql_async::Value as M;
+        let col = |kind: Kind, type_name: &str| Column {
+            name: "c".into(),
+            kind,
+            type_name: type_name.into(),
+            nullable: true,
+        };
+        let day = tidesync_core::time::days_from_civil(2024, 2, 29);
+        let at = Value::Timestamp(day * 86_400_000_000 + 86_399_123_456);
+        assert_eq!(
+            since_param(&col(Kind::DateTime, "datetime(6)"), &at),
+            Ok(("?".to_owned(), M::Date(2024, 2, 29, 23, 59, 59, 123_456)))
+        );
+        assert_eq!(
+            since_param(&col(Kind::Date, "date"), &Value::Date(day as i32)),
+            Ok(("?".to_owned(), M::Date(2024, 2, 29, 0, 0, 0, 0)))
+        );
+        let decimal = Value::Decimal(tidesync_core::Decimal::parse("12.50").unwrap());
+        assert_eq!(
+            since_param(&col(Kind::Decimal, "decimal(12,2) unsigned"), &decimal),
+            Ok((
+                "CAST(? AS DECIMAL(12,2))".to_owned(),
+                M::Bytes(b"12.50".to_vec())
+            ))
+        );
+        assert_eq!(
+            since_param(
+                &col(Kind::Text(Charset::Utf8), "varchar(9)"),
+                &Value::Text("v9".into())
+            ),
+            Ok(("CAST(? AS BINARY)".to_owned(), M::Bytes(b"v9".to_vec())))
+        );
+        assert!(since_param(&col(Kind::Date, "date"), &Value::Null).is_err());
+        assert!(
+            since_param(
+                &col(Kind::DateTime, "datetime"),
+                &Value::Timestamp(i64::MIN)
+            )
+            .is_err()
+        );
     }
 }

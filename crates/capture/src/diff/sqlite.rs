@@ -12,6 +12,14 @@
 //! go to the receiver from the blocking task (`blocking_send`); a closed receiver ends the
 //! read there.
 //!
+//! A read of changed rows ([`QueryReader::read_changed`]) is the same read with
+//! `WHERE q."c" COLLATE BINARY >= ?1` and `q."c" COLLATE BINARY` first in the `ORDER BY`: the
+//! filter compares as the sort does, so "at or after the watermark" is in the order the rows
+//! arrive. SQLite has no date type: the watermark is bound as the storage class the reader gave
+//! for it (`Int` an integer, `Text` text, ...), and the column's affinity applies to it as to
+//! any literal. Rows whose changed column is NULL come first without a watermark and never
+//! match one.
+//!
 //! Values follow the storage class, as the trigger source's `quote()` literals do: INTEGER
 //! `Int`, REAL `Float`, TEXT `Text`, BLOB `Bytes`, NULL `Null`. Text that is not UTF-8 is an
 //! error naming the column (the trigger source cannot read it either).
@@ -19,7 +27,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::types::ValueRef;
+use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 use tidesync_core::sql::quote_ident;
 use tidesync_core::{BoxFuture, Dialect, StageError, Value};
@@ -276,10 +284,31 @@ fn value_of(v: ValueRef<'_>) -> Result<Value, String> {
     })
 }
 
+/// A watermark as the parameter of its storage class; the kinds [`value_of`] never gives are
+/// errors (SQLite would compare them as some other class).
+fn since_param(since: &Value) -> Result<SqlValue, String> {
+    Ok(match since {
+        Value::Int(i) => SqlValue::Integer(*i),
+        Value::Float(f) => SqlValue::Real(*f),
+        Value::Text(t) => SqlValue::Text(t.clone()),
+        Value::Bytes(b) => SqlValue::Blob(b.clone()),
+        Value::Null => return Err("the watermark is NULL, which no row is at or after".to_owned()),
+        other => {
+            return Err(format!(
+                "the watermark {other:?} is no value a SQLite column reads as (integer, real, \
+                 text or blob)"
+            ));
+        }
+    })
+}
+
 /// What a read is asked for, owned (it runs on the blocking pool).
 struct ReadPlan {
     query: String,
     columns: Vec<String>,
+    /// For [`QueryReader::read_changed`]: the column sorted by first, and the value its rows
+    /// are at or after (`None`: every row).
+    changed: Option<(usize, Option<Value>)>,
     order: Vec<usize>,
     page_rows: usize,
 }
@@ -293,21 +322,43 @@ fn read_ordered(
 ) -> Result<bool, SqliteReadError> {
     let shown = short_query(&plan.query);
     let err = sqlite_err(path, format!("reading query `{shown}`"));
-    let mut keys = Vec::with_capacity(plan.order.len());
-    for &i in &plan.order {
-        let name = plan.columns.get(i).ok_or_else(|| SqliteReadError::Column {
+    let column = |i: usize| {
+        plan.columns.get(i).ok_or_else(|| SqliteReadError::Column {
             path: path.to_owned(),
             query: shown.clone(),
             column: format!("#{i}"),
             problem: format!("ordered by column position {i} of {}", plan.columns.len()),
-        })?;
-        keys.push(format!("q.{} COLLATE BINARY", quote_ident(name)));
-    }
-    let sql = if keys.is_empty() {
-        derived(&plan.query)
-    } else {
-        format!("{} ORDER BY {}", derived(&plan.query), keys.join(", "))
+        })
     };
+    let sorted = |name: &str| format!("q.{} COLLATE BINARY", quote_ident(name));
+    let mut keys = Vec::with_capacity(plan.order.len() + 1);
+    let mut filter = None;
+    let mut params = Vec::new();
+    if let Some((i, since)) = &plan.changed {
+        let name = column(*i)?;
+        if let Some(since) = since {
+            params.push(
+                since_param(since).map_err(|problem| SqliteReadError::Column {
+                    path: path.to_owned(),
+                    query: shown.clone(),
+                    column: name.clone(),
+                    problem,
+                })?,
+            );
+            filter = Some(format!("{} >= ?1", sorted(name)));
+        }
+        keys.push(sorted(name));
+    }
+    for &i in &plan.order {
+        keys.push(sorted(column(i)?));
+    }
+    let mut sql = derived(&plan.query);
+    if let Some(filter) = filter {
+        sql = format!("{sql} WHERE {filter}");
+    }
+    if !keys.is_empty() {
+        sql = format!("{sql} ORDER BY {}", keys.join(", "));
+    }
     let tx = conn.transaction().map_err(&err)?;
     let mut stmt = tx.prepare(&sql).map_err(&err)?;
     let names = column_names(&stmt).map_err(&err)?;
@@ -322,7 +373,9 @@ fn read_ordered(
     let width = names.len();
     let page_rows = plan.page_rows.max(1);
     let mut page: Page = Vec::with_capacity(page_rows.min(1024));
-    let mut rows = stmt.query([]).map_err(&err)?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(&params))
+        .map_err(&err)?;
     let mut open = true;
     while let Some(row) = rows.next().map_err(&err)? {
         let mut cells = Vec::with_capacity(width);
@@ -398,21 +451,51 @@ impl QueryReader for SqliteQueryReader {
         let plan = ReadPlan {
             query: query.to_owned(),
             columns: columns.iter().map(|c| c.name.clone()).collect(),
+            changed: None,
             order: order.to_vec(),
             page_rows,
         };
-        Box::pin(async move {
-            let path = self.path.display().to_string();
-            let finished = self
-                .blocking(move |conn, path| read_ordered(conn, path, &plan, &out))
-                .await?;
-            if finished {
-                tracing::debug!(db = %path, "query read");
-            } else {
-                tracing::debug!(db = %path, "query read stopped: receiver closed");
-            }
-            Ok(())
-        })
+        Box::pin(self.read_plan(plan, out))
+    }
+
+    fn read_changed<'a>(
+        &'a mut self,
+        query: &'a str,
+        columns: &'a [QueryColumn],
+        changed: usize,
+        since: Option<&'a Value>,
+        order: &'a [usize],
+        page_rows: usize,
+        out: mpsc::Sender<Page>,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
+        let plan = ReadPlan {
+            query: query.to_owned(),
+            columns: columns.iter().map(|c| c.name.clone()).collect(),
+            changed: Some((changed, since.cloned())),
+            order: order.to_vec(),
+            page_rows,
+        };
+        Box::pin(self.read_plan(plan, out))
+    }
+}
+
+impl SqliteQueryReader {
+    /// [`QueryReader::read`] and [`QueryReader::read_changed`], on the blocking pool.
+    async fn read_plan(
+        &mut self,
+        plan: ReadPlan,
+        out: mpsc::Sender<Page>,
+    ) -> Result<(), StageError> {
+        let path = self.path.display().to_string();
+        let finished = self
+            .blocking(move |conn, path| read_ordered(conn, path, &plan, &out))
+            .await?;
+        if finished {
+            tracing::debug!(db = %path, "query read");
+        } else {
+            tracing::debug!(db = %path, "query read stopped: receiver closed");
+        }
+        Ok(())
     }
 }
 
@@ -434,5 +517,21 @@ mod tests {
             Ok(Value::Bytes(vec![0, 255]))
         );
         assert!(value_of(ValueRef::Text(&[0xff])).is_err());
+    }
+
+    #[test]
+    fn watermarks_bind_as_the_storage_class_they_were_read_from() {
+        assert_eq!(since_param(&Value::Int(7)), Ok(SqlValue::Integer(7)));
+        assert_eq!(since_param(&Value::Float(2.5)), Ok(SqlValue::Real(2.5)));
+        assert_eq!(
+            since_param(&Value::Text("2024-01-01".into())),
+            Ok(SqlValue::Text("2024-01-01".into()))
+        );
+        assert_eq!(
+            since_param(&Value::Bytes(vec![1])),
+            Ok(SqlValue::Blob(vec![1]))
+        );
+        assert!(since_param(&Value::Null).is_err());
+        assert!(since_param(&Value::Timestamp(0)).is_err());
     }
 }
