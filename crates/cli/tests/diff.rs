@@ -222,3 +222,145 @@ fn a_postgres_table_polled_by_its_change_column_survives_kills_and_verifies_equa
         log_text(&log)
     );
 }
+
+/// An ERP-like MariaDB table behind a `diff` source with a query and a field mapping, then an
+/// `incremental` one, both into PostgreSQL, with kill -9: the target ends equal to the query's
+/// model.
+#[test]
+fn a_mariadb_erp_query_mapped_into_postgres_by_diff_and_incremental() {
+    let maria = tidesync_testkit::MariaDb::start();
+    maria.create_database("erp").unwrap();
+    maria
+        .sql(
+            "erp",
+            "SET NAMES utf8mb4; \
+             CREATE TABLE art (artnr VARCHAR(20) PRIMARY KEY, bez VARCHAR(100), \
+               preis VARCHAR(20), geaendert DATETIME(6) NOT NULL) DEFAULT CHARSET = utf8mb4; \
+             INSERT INTO art SELECT CONCAT('A', seq), CONCAT('Artikel ', seq), \
+               CONCAT(seq, '.50'), '2026-01-01 00:00:00' FROM seq_1_to_5000;",
+        )
+        .unwrap();
+    let pg = Postgres::start();
+    pg.create_database("shop").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    let config = |mode: &str, extra: &str, name: &str| {
+        let text = format!(
+            "[store]\npath = \"{state}\"\n\n[sources.erp]\nurl = \"{url}\"\nmode = \"{mode}\"\n\
+             tables = [\"items\"]\ninterval_secs = 1\n{extra}\n\
+             [sources.erp.streams.items]\n\
+             query = \"SELECT artnr, bez, preis, geaendert FROM art\"\nkey = [\"sku\"]\n\
+             fields = [\n\
+               {{ name = \"sku\", column = \"artnr\" }},\n\
+               {{ name = \"name\", column = \"bez\" }},\n\
+               {{ name = \"price\", column = \"preis\", cast = \"decimal\" }},\n\
+               {{ name = \"changed_at\", column = \"geaendert\" }},\n\
+               {{ name = \"origin\", value = \"erp-1\" }},\n\
+             ]\n{changed}\n\
+             [sinks.shop]\nurl = \"{target}\"\n\n[pipelines.{name}]\nsource = \"erp\"\nsinks = [\"shop\"]\n",
+            state = dir
+                .path()
+                .join(format!("state-{name}/tidesync.db"))
+                .display(),
+            url = maria.url("erp"),
+            target = pg.url("shop"),
+            changed = if mode == "incremental" {
+                "changed = \"changed_at\""
+            } else {
+                ""
+            },
+        );
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let pg_model = |pg: &Postgres| {
+        pg.psql(
+            "shop",
+            "SELECT count(*) || ':' || round(coalesce(sum(price), 0), 2) || ':' || \
+             coalesce(sum(length(name)), 0) || ':' || count(*) FILTER (WHERE origin = 'erp-1') \
+             FROM items",
+        )
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+    };
+    let erp_model = |maria: &tidesync_testkit::MariaDb| {
+        let out = maria
+            .sql(
+                "erp",
+                "SELECT CONCAT(count(*), ':', coalesce(sum(CAST(preis AS DECIMAL(12,2))), 0), ':', \
+                 coalesce(sum(char_length(bez)), 0), ':', count(*)) FROM art",
+            )
+            .unwrap();
+        out.lines().last().unwrap_or_default().trim().to_owned()
+    };
+    let diff = config("diff", "", "items");
+    let diff = diff.to_str().unwrap();
+    let mut child = spawn(&["run", diff], &[], &log);
+    wait_for(
+        "the first rows in PostgreSQL",
+        Duration::from_secs(60),
+        || {
+            let n: i64 = pg
+                .psql("shop", "SELECT count(*) FROM items")
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            (n > 0).then_some(())
+        },
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    maria
+        .sql(
+            "erp",
+            "UPDATE art SET preis = '1.25', geaendert = '2026-02-01' WHERE artnr LIKE 'A1%'; \
+             DELETE FROM art WHERE artnr LIKE 'A2%'; \
+             INSERT INTO art VALUES ('Z1', 'neu', '9.99', '2026-02-01');",
+        )
+        .unwrap();
+    let mut child = spawn(&["run", diff], &[], &log);
+    let expected = erp_model(&maria);
+    wait_for(
+        "PostgreSQL equal to the ERP (diff)",
+        Duration::from_secs(60),
+        || (pg_model(&pg) == expected).then_some(()),
+    );
+    stop_cleanly(&mut child, &log);
+    // 5,000 rows, 1,111 deleted (A2, A20.., A200.., A2000..), one added; all from erp-1.
+    assert!(pg_model(&pg).ends_with(":3890"), "{}", pg_model(&pg));
+
+    // The same source polled incrementally by another pipeline into the same table.
+    let inc = config(
+        "incremental",
+        "overlap_secs = 60\ndeletes_every_secs = 3",
+        "items2",
+    );
+    let inc = inc.to_str().unwrap();
+    // Its stream is also named items: it writes the same table.
+    let mut child = spawn(&["run", inc], &[], &log);
+    std::thread::sleep(Duration::from_millis(1500));
+    maria
+        .sql(
+            "erp",
+            "UPDATE art SET bez = 'geändert', geaendert = '2026-03-01' WHERE artnr IN ('A3', 'A33'); \
+             DELETE FROM art WHERE artnr = 'A4';",
+        )
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut child = spawn(&["run", inc], &[], &log);
+    let expected = erp_model(&maria);
+    wait_for(
+        "PostgreSQL equal to the ERP (incremental)",
+        Duration::from_secs(60),
+        || (pg_model(&pg) == expected).then_some(()),
+    );
+    stop_cleanly(&mut child, &log);
+    assert!(
+        log_text(&log).lines().all(|l| !l.contains("ERROR")),
+        "{}",
+        log_text(&log)
+    );
+}
