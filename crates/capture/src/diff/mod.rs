@@ -894,6 +894,21 @@ impl DiffSource {
                 }
                 continue;
             }
+            // The common case, rows the database hashes as stored: skipped in a tight loop.
+            while let (Some(q), Some(st)) = (scan.query_rows.front(), scan.stored_rows.front()) {
+                if q.raw.is_none() || q.raw != st.raw || q.ord != st.ord {
+                    break;
+                }
+                scan.query_rows.pop_front();
+                scan.stored_rows.pop_front();
+                scan.compared += 1;
+            }
+            if (scan.query_rows.is_empty() && !scan.query_done)
+                || (scan.stored_rows.is_empty() && !scan.stored_done)
+            {
+                // A side ran dry in the loop above: read its next page first.
+                continue;
+            }
             let order = match (scan.query_rows.front(), scan.stored_rows.front()) {
                 (None, None) => {
                     let c = scan.counts;
