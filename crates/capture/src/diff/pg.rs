@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::reader::{HashedRow, Page, QueryColumn, QueryReader, derived, short_query};
+use super::reader::{HashedRow, Page, Pager, QueryColumn, QueryReader, derived, short_query};
 use crate::pg::copy_text::unescape;
 use crate::pg::pgoutput::Oid;
 use crate::pg::replication::SESSION_OPTIONS;
@@ -179,40 +179,17 @@ impl QueryReader for PgQueryReader {
         Box::pin(async move {
             let shown = format!("`{}`", short_query(query));
             let err = self.error(&format!("reading query {shown}"));
+            let target = self.target.clone();
             let client = self.client().await?;
-            let statement = client.prepare(query).await.map_err(&err)?;
-            let types: Vec<Type> = statement
-                .columns()
-                .iter()
-                .map(|c| c.type_().clone())
-                .collect();
-            if types.len() != columns.len() {
-                return Err(StageError::transient(format!(
-                    "source {}: query {shown} now returns {} columns, not {}",
-                    self.target,
-                    types.len(),
-                    columns.len()
-                )));
-            }
-            let order_by: Vec<String> = order
-                .iter()
-                .map(|&i| {
-                    let c = format!("q.{}", quote_ident(&columns[i].name));
-                    if collatable(&types[i]) {
-                        format!("{c} COLLATE \"C\"")
-                    } else {
-                        c
-                    }
-                })
-                .collect();
+            let types = types_of(client, query, columns, &target, &err).await?;
             let sql = format!(
                 "COPY ({} ORDER BY {}) TO STDOUT",
                 derived(query),
-                order_by.join(", ")
+                order_by(columns, &types, order)
             );
             let stream = client.copy_out(sql.as_str()).await.map_err(&err)?;
             let mut stream = std::pin::pin!(stream);
-            let mut page: Page = Vec::with_capacity(page_rows);
+            let mut pager = Pager::new(page_rows, out);
             let mut line_no = 0_u64;
             while let Some(data) = stream.next().await {
                 let data = data.map_err(&err)?;
@@ -221,22 +198,15 @@ impl QueryReader for PgQueryReader {
                     line_no += 1;
                     let row = decode_line(line, &types, columns).map_err(|e| {
                         StageError::definite(format!(
-                            "source {}: query {shown}, row {line_no}: {e}",
-                            self.target
+                            "source {target}: query {shown}, row {line_no}: {e}"
                         ))
                     })?;
-                    page.push(row);
-                    if page.len() >= page_rows {
-                        let full = std::mem::replace(&mut page, Vec::with_capacity(page_rows));
-                        if out.send(full).await.is_err() {
-                            return Ok(());
-                        }
+                    if !pager.push(row).await {
+                        return Ok(());
                     }
                 }
             }
-            if !page.is_empty() {
-                let _closed = out.send(page).await;
-            }
+            pager.finish().await;
             Ok(())
         })
     }
@@ -288,7 +258,7 @@ impl QueryReader for PgQueryReader {
                 .await
                 .map_err(&err)?;
             let mut rows = std::pin::pin!(rows);
-            let mut page: Page = Vec::with_capacity(page_rows);
+            let mut pager = Pager::new(page_rows, out);
             while let Some(row) = rows.next().await {
                 let row = row.map_err(&err)?;
                 let mut values = Vec::with_capacity(columns.len());
@@ -298,17 +268,11 @@ impl QueryReader for PgQueryReader {
                         StageError::definite(format!("source {target}: query {shown}: {e}"))
                     })?);
                 }
-                page.push(values);
-                if page.len() >= page_rows {
-                    let full = std::mem::replace(&mut page, Vec::with_capacity(page_rows));
-                    if out.send(full).await.is_err() {
-                        return Ok(());
-                    }
+                if !pager.push(values).await {
+                    return Ok(());
                 }
             }
-            if !page.is_empty() {
-                let _closed = out.send(page).await;
-            }
+            pager.finish().await;
             Ok(())
         })
     }
@@ -351,7 +315,7 @@ impl QueryReader for PgQueryReader {
             );
             let stream = client.copy_out(sql.as_str()).await.map_err(&err)?;
             let mut stream = std::pin::pin!(stream);
-            let mut page: Vec<HashedRow> = Vec::with_capacity(page_rows);
+            let mut pager = Pager::new(page_rows, out);
             let mut line_no = 0_u64;
             let width = if values { columns.len() } else { order.len() };
             while let Some(data) = stream.next().await {
@@ -364,18 +328,12 @@ impl QueryReader for PgQueryReader {
                                 "source {target}: query {shown}, row {line_no}: {e}"
                             ))
                         })?;
-                    page.push(row);
-                    if page.len() >= page_rows {
-                        let full = std::mem::replace(&mut page, Vec::with_capacity(page_rows));
-                        if out.send(full).await.is_err() {
-                            return Ok(());
-                        }
+                    if !pager.push(row).await {
+                        return Ok(());
                     }
                 }
             }
-            if !page.is_empty() {
-                let _closed = out.send(page).await;
-            }
+            pager.finish().await;
             Ok(())
         })
     }

@@ -164,3 +164,40 @@ pub(crate) fn derived(query: &str) -> String {
         .trim_end_matches(|c: char| c == ';' || c.is_whitespace());
     format!("SELECT * FROM (\n{body}\n) AS q")
 }
+
+/// Collects rows into pages of at most `rows` and sends each full page on `out`.
+#[derive(Debug)]
+pub(crate) struct Pager<T> {
+    page: Vec<T>,
+    rows: usize,
+    out: mpsc::Sender<Vec<T>>,
+}
+
+impl<T> Pager<T> {
+    pub(crate) fn new(rows: usize, out: mpsc::Sender<Vec<T>>) -> Self {
+        let rows = rows.max(1);
+        Pager {
+            page: Vec::with_capacity(rows),
+            rows,
+            out,
+        }
+    }
+
+    /// Adds `row`; `false` once the receiver is gone (the read may stop).
+    pub(crate) async fn push(&mut self, row: T) -> bool {
+        self.page.push(row);
+        if self.page.len() < self.rows {
+            return true;
+        }
+        let full = std::mem::replace(&mut self.page, Vec::with_capacity(self.rows));
+        self.out.send(full).await.is_ok()
+    }
+
+    /// Sends the last, partly filled page.
+    pub(crate) async fn finish(self) {
+        if !self.page.is_empty() {
+            // A receiver gone by now has nothing left to read anyway.
+            let _closed = self.out.send(self.page).await;
+        }
+    }
+}
