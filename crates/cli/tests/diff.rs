@@ -364,3 +364,69 @@ fn a_mariadb_erp_query_mapped_into_postgres_by_diff_and_incremental() {
         log_text(&log)
     );
 }
+
+/// A SQLite source compared by `diff`: a table, and an aggregate query keyed by a text column
+/// under a case-insensitive collation (compared in byte order), with `status` showing the run.
+#[test]
+fn a_sqlite_table_and_aggregate_query_compared_into_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("erp.db");
+    let conn = rusqlite::Connection::open(&source).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT COLLATE NOCASE, price REAL); \
+         INSERT INTO items VALUES (1, 'b', 1.5), (2, 'A', 2.5), (3, 'a', 3), (4, 'b', 4);",
+    )
+    .unwrap();
+    let target = dir.path().join("shop.db");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{state}\"\n[sources.erp]\nurl = \"{source}\"\nmode = \"diff\"\n\
+             tables = [\"items\", \"totals\"]\ninterval_secs = 1\n\
+             [sources.erp.streams.totals]\n\
+             query = \"SELECT name AS label, sum(price) AS total, count(*) AS n FROM items \
+               GROUP BY name COLLATE BINARY\"\nkey = [\"label\"]\n\
+             [sinks.shop]\nurl = \"{target}\"\n[pipelines.erp]\nsource = \"erp\"\nsinks = [\"shop\"]\n",
+            state = dir.path().join("state/t.db").display(),
+            source = source.display(),
+            target = target.display(),
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let log = dir.path().join("run.log");
+    let totals = || {
+        sqlite_lines(
+            &target,
+            "SELECT label || '=' || total || '/' || n FROM totals ORDER BY label",
+        )
+    };
+    let mut child = spawn(&["run", config], &[], &log);
+    wait_for("the totals in SQLite", Duration::from_secs(30), || {
+        (totals().as_deref() == Some("A=2.5/1\na=3.0/1\nb=5.5/2")).then_some(())
+    });
+    conn.execute_batch("UPDATE items SET price = 10 WHERE id = 1; DELETE FROM items WHERE id = 2;")
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut child = spawn(&["run", config], &[], &log);
+    wait_for("the new totals in SQLite", Duration::from_secs(30), || {
+        (totals().as_deref() == Some("a=3.0/1\nb=14.0/2")).then_some(())
+    });
+    let out = run(&["status", config], &[]);
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        status.contains("source position  diff run started "),
+        "{status}"
+    );
+    stop_cleanly(&mut child, &log);
+    // The table stream verifies equal; the query stream is named as not checkable.
+    let out = run(&["verify", config], &[]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("items -> shop: equal"), "{text}");
+    assert!(
+        text.contains("totals -> shop: ERROR: stream totals reads a query"),
+        "{text}"
+    );
+}
