@@ -390,3 +390,114 @@ fn a_patch_does_not_stop_later_changes_of_its_key_from_writing_the_current_state
         (noted(Op::Update, 1, 8, "whole", &[]).after, Seq(3))
     );
 }
+
+/// A change with the fingerprint a `diff` source would send for it (`ord`: the id's bytes).
+fn fingerprinted(changes: Vec<(Change, Option<i64>, Option<i64>)>) -> Captured {
+    let fingerprints = changes
+        .iter()
+        .map(|(c, hash, raw)| tidesync_core::Fingerprint {
+            ord: match c.key.0[0] {
+                Value::Int(i) => i.to_be_bytes().to_vec(),
+                _ => unreachable!("integer keys"),
+            },
+            hash: *hash,
+            raw: *raw,
+        })
+        .collect();
+    Captured {
+        fingerprints,
+        ..captured(changes.into_iter().map(|(c, ..)| c).collect(), 0)
+    }
+}
+
+#[test]
+fn fingerprints_skip_known_versions_and_decide_insert_or_update() {
+    let (_dir, s) = store();
+    let ops = |from: Seq| -> Vec<(Op, Key)> {
+        s.read_blocking("p", from, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.change.op, e.change.key))
+            .collect()
+    };
+    let key = |i: i64| Key(vec![Value::Int(i)]);
+    // An "update" of a row the store has no fingerprint of is logged as an insert.
+    let first = fingerprinted(vec![
+        (change(Op::Update, 1, Some(5)), Some(10), Some(100)),
+        (change(Op::Insert, 2, Some(6)), Some(20), None),
+    ]);
+    assert_eq!(
+        s.append_blocking("p", &first).unwrap(),
+        Some((Seq(1), Seq(2)))
+    );
+    assert_eq!(ops(Seq(0)), [(Op::Insert, key(1)), (Op::Insert, key(2))]);
+    // The same batch again logs nothing (a retried append, a repeated run).
+    assert_eq!(s.append_blocking("p", &first).unwrap(), None);
+    let stored = s.fingerprints("p", "items", None, 10).unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!((stored[0].hash, stored[0].raw), (10, Some(100)));
+    // An "insert" of a known row with a new hash is an update; a known hash with a new
+    // database hash only refreshes that; a delete removes the fingerprint.
+    let second = fingerprinted(vec![
+        (change(Op::Insert, 1, Some(7)), Some(11), Some(101)),
+        (change(Op::Update, 2, Some(6)), Some(20), Some(200)),
+    ]);
+    assert_eq!(
+        s.append_blocking("p", &second).unwrap(),
+        Some((Seq(3), Seq(3)))
+    );
+    assert_eq!(ops(Seq(2)), [(Op::Update, key(1))]);
+    let stored = s.fingerprints("p", "items", None, 10).unwrap();
+    assert_eq!((stored[1].hash, stored[1].raw), (20, Some(200)));
+    let third = fingerprinted(vec![
+        (change(Op::Delete, 2, None), None, None),
+        (change(Op::Delete, 3, None), None, None),
+    ]);
+    assert_eq!(
+        s.append_blocking("p", &third).unwrap(),
+        Some((Seq(4), Seq(4)))
+    );
+    assert_eq!(ops(Seq(3)), [(Op::Delete, key(2))], "row 3 was never there");
+    assert_eq!(s.fingerprint_count("p", "items").unwrap(), 1);
+    assert_eq!(
+        s.fingerprint_key("p", "items", &1_i64.to_be_bytes())
+            .unwrap(),
+        Some(key(1))
+    );
+    // Refreshes record a new database hash without a change.
+    let refresh = Captured {
+        refreshed: vec![tidesync_core::RawRefresh {
+            stream: "items".into(),
+            ord: 1_i64.to_be_bytes().to_vec(),
+            raw: 999,
+        }],
+        ..captured(Vec::new(), 0)
+    };
+    assert_eq!(s.append_blocking("p", &refresh).unwrap(), None);
+    assert_eq!(
+        s.fingerprints("p", "items", None, 10).unwrap()[0].raw,
+        Some(999)
+    );
+    // Fingerprints not one per change are refused, and nothing is written.
+    let mut bad = fingerprinted(vec![(change(Op::Insert, 9, Some(1)), Some(1), None)]);
+    bad.fingerprints.clear();
+    bad.fingerprints.push(tidesync_core::Fingerprint {
+        ord: vec![9],
+        hash: Some(1),
+        raw: None,
+    });
+    bad.fingerprints.push(tidesync_core::Fingerprint {
+        ord: vec![10],
+        hash: Some(1),
+        raw: None,
+    });
+    let err = s.append_blocking("p", &bad).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "store: a batch of pipeline p is malformed: 2 fingerprints for 1 changes"
+    );
+    assert_eq!(s.status_blocking("p").unwrap().head, Seq(4));
+    // Dropping the pipeline drops its fingerprints.
+    s.drop_pipeline("p").unwrap();
+    assert_eq!(s.fingerprint_count("p", "items").unwrap(), 0);
+}
