@@ -1,4 +1,4 @@
-//! The `diff` source (query and compare) against a real PostgreSQL and a real store, driven
+//! The `diff` and `incremental` sources against a real PostgreSQL (and MariaDB) and a real store, driven
 //! like the runtime drives it (poll, append, ack): inserts, updates and deletes found in key
 //! order across pages, nothing found when nothing changed, a field mapping, a run cut short
 //! and repeated without logging anything twice, and clear errors for bad streams.
@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use tidesync_capture::diff::map::{Cast, FieldFrom, FieldSpec};
+use tidesync_capture::diff::mysql::MysqlQueryReader;
 use tidesync_capture::diff::pg::PgQueryReader;
 use tidesync_capture::diff::reader::QueryReader;
 use tidesync_capture::diff::{DiffOptions, DiffSource, Incremental, StreamSpec};
@@ -462,4 +463,69 @@ async fn incremental_reads_past_the_watermark_and_finds_deletes_in_full_runs() {
     assert_eq!(int_keys(&found, Op::Update), [950]);
     assert_eq!(int_keys(&found, Op::Delete), [999]);
     assert_eq!(found.len(), 2);
+}
+
+/// The same incremental cycle on MariaDB: its reader's `read_changed` serves the polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_on_mariadb_reads_only_rows_past_the_watermark() {
+    let maria = tidesync_testkit::MariaDb::start();
+    maria.create_database("erp").unwrap();
+    maria
+        .sql(
+            "erp",
+            "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(40), \
+               changed DATETIME(6) NOT NULL); \
+             INSERT INTO items SELECT seq, CONCAT('item ', seq), '2024-01-01 00:00:00' \
+               FROM seq_1_to_500;",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+    let source = |full_every: Duration| {
+        let url = maria.url("erp");
+        DiffSource::new(
+            DiffOptions {
+                pipeline: PIPELINE.into(),
+                streams: vec![StreamSpec {
+                    changed: Some("changed".into()),
+                    ..table_stream("items")
+                }],
+                interval: Duration::ZERO,
+                chunk_rows: 100,
+                incremental: Some(Incremental {
+                    overlap: Duration::from_secs(60),
+                    full_every,
+                }),
+            },
+            move || Box::new(MysqlQueryReader::new(url.clone())) as Box<dyn QueryReader>,
+            store.clone(),
+        )
+    };
+    let mut inc = source(Duration::from_secs(3600));
+    inc.open(None).await.unwrap();
+    assert_eq!(run(&mut inc, &store).await.len(), 500);
+    maria
+        .sql(
+            "erp",
+            "UPDATE items SET name = 'new', changed = '2024-02-01 00:00:00' WHERE id <= 20; \
+             UPDATE items SET name = 'old', changed = '2023-06-01 00:00:00' WHERE id = 400; \
+             DELETE FROM items WHERE id = 450; \
+             INSERT INTO items VALUES (1000, 'added', '2024-02-01 00:00:00');",
+        )
+        .unwrap();
+    let polled = run(&mut inc, &store).await;
+    assert_eq!(int_keys(&polled, Op::Update), (1..=20).collect::<Vec<_>>());
+    assert_eq!(int_keys(&polled, Op::Insert), [1000]);
+    assert_eq!(
+        polled.len(),
+        21,
+        "the old-stamped row and the delete wait for a full run"
+    );
+    assert!(run(&mut inc, &store).await.is_empty());
+    let position = store.status_blocking(PIPELINE).unwrap().position;
+    let mut full = source(Duration::from_millis(1));
+    full.open(position).await.unwrap();
+    let found = run(&mut full, &store).await;
+    assert_eq!(int_keys(&found, Op::Update), [400]);
+    assert_eq!(int_keys(&found, Op::Delete), [450]);
 }
