@@ -1,7 +1,8 @@
-//! The `diff` and `incremental` sources against a real PostgreSQL (and MariaDB) and a real store, driven
-//! like the runtime drives it (poll, append, ack): inserts, updates and deletes found in key
-//! order across pages, nothing found when nothing changed, a field mapping, a run cut short
-//! and repeated without logging anything twice, and clear errors for bad streams.
+//! The `diff` and `incremental` sources against a real PostgreSQL (and MariaDB) and a real
+//! store, driven like the runtime drives them (poll, append, ack): inserts, updates and deletes
+//! found across pages, nothing found when nothing changed, a field mapping, a run cut short
+//! and repeated without logging anything twice, clear errors for bad streams, and the
+//! incremental watermark, overlap and full runs.
 
 use std::time::Duration;
 
