@@ -42,6 +42,24 @@ fn pg_sum(pg: &Postgres) -> String {
     .to_owned()
 }
 
+/// Waits until the SQLite `target` holds what PostgreSQL does, then asserts `verify` exits 0.
+fn caught_up_and_verified(pg: &Postgres, target: &Path, config: &str, env: &[(&str, &Path)]) {
+    let expected = pg_sum(pg);
+    wait_for(
+        "SQLite equal to PostgreSQL",
+        Duration::from_secs(120),
+        || (sqlite_sum(target).as_deref() == Some(expected.as_str())).then_some(()),
+    );
+    let out = run(&["verify", config], env);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_postgres_table_compared_into_sqlite_survives_kills_and_verifies_equal() {
     let pg = Postgres::start();
@@ -104,20 +122,7 @@ fn a_postgres_table_compared_into_sqlite_survives_kills_and_verifies_equal() {
         }
     }
     let mut child = spawn(&["run", config], &env, &log);
-    let expected = pg_sum(&pg);
-    wait_for(
-        "SQLite equal to PostgreSQL",
-        Duration::from_secs(120),
-        || (sqlite_sum(&target).as_deref() == Some(expected.as_str())).then_some(()),
-    );
-    let out = run(&["verify", config], &env);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    caught_up_and_verified(&pg, &target, config, &env);
     stop_cleanly(&mut child, &log);
 
     // A planted difference is named.
@@ -201,20 +206,7 @@ fn a_postgres_table_polled_by_its_change_column_survives_kills_and_verifies_equa
         }
         child = spawn(&["run", config], &env, &log);
     }
-    let expected = pg_sum(&pg);
-    wait_for(
-        "SQLite equal to PostgreSQL",
-        Duration::from_secs(120),
-        || (sqlite_sum(&target).as_deref() == Some(expected.as_str())).then_some(()),
-    );
-    let out = run(&["verify", config], &env);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    caught_up_and_verified(&pg, &target, config, &env);
     stop_cleanly(&mut child, &log);
     assert!(
         log_text(&log).lines().all(|l| !l.contains("ERROR")),

@@ -421,6 +421,16 @@ impl SqliteStore {
         .transpose()
     }
 
+    /// Whether `stream` of `pipeline` has any fingerprint (cheap, unlike counting them).
+    pub fn has_fingerprints(&self, pipeline: &str, stream: &str) -> Result<bool, StoreError> {
+        lock(&self.inner.reader)
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM fingerprints WHERE pipeline = ?1 AND stream = ?2)",
+            )
+            .and_then(|mut st| st.query_row(params![pipeline, stream], |r| r.get(0)))
+            .map_err(StoreError::sqlite("looking for fingerprints"))
+    }
+
     /// How many fingerprints `stream` of `pipeline` has (the rows its `diff` source knows).
     pub fn fingerprint_count(&self, pipeline: &str, stream: &str) -> Result<u64, StoreError> {
         lock(&self.inner.reader)

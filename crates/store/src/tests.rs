@@ -459,6 +459,8 @@ fn fingerprints_skip_known_versions_and_decide_insert_or_update() {
     );
     assert_eq!(ops(Seq(3)), [(Op::Delete, key(2))], "row 3 was never there");
     assert_eq!(s.fingerprint_count("p", "items").unwrap(), 1);
+    assert!(s.has_fingerprints("p", "items").unwrap());
+    assert!(!s.has_fingerprints("p", "other").unwrap());
     assert_eq!(
         s.fingerprint_key("p", "items", &1_i64.to_be_bytes())
             .unwrap(),
@@ -500,4 +502,5 @@ fn fingerprints_skip_known_versions_and_decide_insert_or_update() {
     // Dropping the pipeline drops its fingerprints.
     s.drop_pipeline("p").unwrap();
     assert_eq!(s.fingerprint_count("p", "items").unwrap(), 0);
+    assert!(!s.has_fingerprints("p", "items").unwrap());
 }

@@ -445,9 +445,9 @@ impl DiffSource {
             key_at.push(i);
             schema_columns[i].nullable = false;
         }
+        // A `diff` source compares every row every run: it has no use for a change column.
         let changed = match (&spec.changed, self.opts.incremental) {
-            (None, None) => None,
-            (Some(_), None) => None,
+            (_, None) => None,
             (None, Some(_)) => {
                 return Err(definite(format!(
                     "{at}: an incremental stream needs `changed` (the field holding when a row \
@@ -665,16 +665,16 @@ impl DiffSource {
         })
     }
 
-    /// How many rows the store holds of stream `i`.
-    async fn stored_count(&self, i: usize) -> Result<u64, StageError> {
+    /// Whether the store holds any row of stream `i`.
+    async fn has_stored(&self, i: usize) -> Result<bool, StageError> {
         let store = self.store.clone();
         let (pipeline, stream) = (
             self.opts.pipeline.clone(),
             self.prepared[i].mapping.stream.clone(),
         );
-        tokio::task::spawn_blocking(move || store.fingerprint_count(&pipeline, &stream))
+        tokio::task::spawn_blocking(move || store.has_fingerprints(&pipeline, &stream))
             .await
-            .map_err(|e| StageError::transient(format!("fingerprint count failed: {e}")))?
+            .map_err(|e| StageError::transient(format!("fingerprint lookup failed: {e}")))?
             .map_err(StageError::from)
     }
 
@@ -810,7 +810,7 @@ impl DiffSource {
             if run.scan.is_none() {
                 let kind = if run.full {
                     ScanKind::Full {
-                        values: !self.hashes || self.stored_count(stream_index).await? == 0,
+                        values: !self.hashes || !self.has_stored(stream_index).await?,
                     }
                 } else {
                     let stream = &self.prepared[stream_index].mapping.stream;

@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::reader::{HashedRow, Page, Pager, QueryColumn, QueryReader, derived, short_query};
+use super::reader::{
+    HashedRow, Page, Pager, QueryColumn, QueryReader, derived, short_query, subquery,
+};
 use crate::pg::copy_text::unescape;
 use crate::pg::pgoutput::Oid;
 use crate::pg::replication::SESSION_OPTIONS;
@@ -187,27 +189,16 @@ impl QueryReader for PgQueryReader {
                 derived(query),
                 order_by(columns, &types, order)
             );
-            let stream = client.copy_out(sql.as_str()).await.map_err(&err)?;
-            let mut stream = std::pin::pin!(stream);
-            let mut pager = Pager::new(page_rows, out);
-            let mut line_no = 0_u64;
-            while let Some(data) = stream.next().await {
-                let data = data.map_err(&err)?;
-                // One `CopyData` message per row, but accept several lines in one.
-                for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    line_no += 1;
-                    let row = decode_line(line, &types, columns).map_err(|e| {
-                        StageError::definite(format!(
-                            "source {target}: query {shown}, row {line_no}: {e}"
-                        ))
-                    })?;
-                    if !pager.push(row).await {
-                        return Ok(());
-                    }
-                }
-            }
-            pager.finish().await;
-            Ok(())
+            let context = format!("source {target}: query {shown}");
+            copy_rows(
+                client,
+                &sql,
+                &err,
+                &context,
+                Pager::new(page_rows, out),
+                |line| decode_line(line, &types, columns),
+            )
+            .await
         })
     }
 
@@ -242,11 +233,9 @@ impl QueryReader for PgQueryReader {
             let mut sort = vec![column];
             sort.push(order_by(columns, &types, order));
             let sql = format!(
-                "SELECT {} FROM (\n{}\n) AS q{condition} ORDER BY {}",
+                "SELECT {} FROM {}{condition} ORDER BY {}",
                 selected.join(", "),
-                query
-                    .trim_end()
-                    .trim_end_matches(|c: char| c == ';' || c.is_whitespace()),
+                subquery(query),
                 sort.join(", ")
             );
             let param: Vec<String> = since
@@ -305,36 +294,23 @@ impl QueryReader for PgQueryReader {
                     .collect()
             };
             let sql = format!(
-                "COPY (SELECT {}, {} FROM (\n{}\n) AS q ORDER BY {}) TO STDOUT",
+                "COPY (SELECT {}, {} FROM {} ORDER BY {}) TO STDOUT",
                 selected.join(", "),
                 row_hash_sql(columns, &types),
-                query
-                    .trim_end()
-                    .trim_end_matches(|c: char| c == ';' || c.is_whitespace()),
+                subquery(query),
                 order_by(columns, &types, order)
             );
-            let stream = client.copy_out(sql.as_str()).await.map_err(&err)?;
-            let mut stream = std::pin::pin!(stream);
-            let mut pager = Pager::new(page_rows, out);
-            let mut line_no = 0_u64;
             let width = if values { columns.len() } else { order.len() };
-            while let Some(data) = stream.next().await {
-                let data = data.map_err(&err)?;
-                for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    line_no += 1;
-                    let row =
-                        hashed_line(line, width, values, &types, columns, order).map_err(|e| {
-                            StageError::definite(format!(
-                                "source {target}: query {shown}, row {line_no}: {e}"
-                            ))
-                        })?;
-                    if !pager.push(row).await {
-                        return Ok(());
-                    }
-                }
-            }
-            pager.finish().await;
-            Ok(())
+            let context = format!("source {target}: query {shown}");
+            copy_rows(
+                client,
+                &sql,
+                &err,
+                &context,
+                Pager::new(page_rows, out),
+                |line| hashed_line(line, width, values, &types, columns, order),
+            )
+            .await
         })
     }
 
@@ -388,12 +364,10 @@ impl QueryReader for PgQueryReader {
             let params: Vec<String> = (1..=order.len()).map(|n| format!("${n}::text[]")).collect();
             let names: Vec<String> = (0..order.len()).map(|n| format!("c{n}")).collect();
             let sql = format!(
-                "SELECT {}, {} FROM (\n{}\n) AS q WHERE ({}) IN (SELECT {} FROM unnest({}) AS u({}))",
+                "SELECT {}, {} FROM {} WHERE ({}) IN (SELECT {} FROM unnest({}) AS u({}))",
                 selected.join(", "),
                 row_hash_sql(columns, &types),
-                query
-                    .trim_end()
-                    .trim_end_matches(|c: char| c == ';' || c.is_whitespace()),
+                subquery(query),
                 compared.join(", "),
                 unnested.join(", "),
                 params.join(", "),
@@ -434,6 +408,35 @@ impl QueryReader for PgQueryReader {
             Ok(out)
         })
     }
+}
+
+/// Runs `COPY .. TO STDOUT` statement `sql` and hands each text line, decoded by `decode`, to
+/// `pager`; a line that does not decode is a definite error naming `context` and the row.
+async fn copy_rows<T>(
+    client: &Client,
+    sql: &str,
+    err: &impl Fn(tokio_postgres::Error) -> StageError,
+    context: &str,
+    mut pager: Pager<T>,
+    mut decode: impl FnMut(&[u8]) -> Result<T, String>,
+) -> Result<(), StageError> {
+    let stream = client.copy_out(sql).await.map_err(err)?;
+    let mut stream = std::pin::pin!(stream);
+    let mut line_no = 0_u64;
+    while let Some(data) = stream.next().await {
+        let data = data.map_err(err)?;
+        // One `CopyData` message per row, but accept several lines in one.
+        for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            line_no += 1;
+            let row = decode(line)
+                .map_err(|e| StageError::definite(format!("{context}, row {line_no}: {e}")))?;
+            if !pager.push(row).await {
+                return Ok(());
+            }
+        }
+    }
+    pager.finish().await;
+    Ok(())
 }
 
 /// The `ORDER BY` list for the key columns at `order`: text in byte order.
@@ -612,25 +615,12 @@ pub(crate) fn qualified(table: &str) -> String {
 fn decode_line(line: &[u8], types: &[Type], columns: &[QueryColumn]) -> Result<Vec<Value>, String> {
     let mut row = Vec::with_capacity(types.len());
     for (i, field) in line.split(|&b| b == b'\t').enumerate() {
-        let Some(ty) = types.get(i) else {
+        let (Some(ty), Some(column)) = (types.get(i), columns.get(i)) else {
             return Err(format!("more than the {} columns described", types.len()));
         };
-        if field == b"\\N" {
-            row.push(Value::Null);
-            continue;
-        }
-        let owned;
-        let bytes = if field.contains(&b'\\') {
-            owned = unescape(field);
-            &owned[..]
-        } else {
-            field
-        };
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| format!("column {} is not UTF-8 text", columns[i].name))?;
-        let value = text_to_value(Oid(ty.oid()), Some(ty.name()), text)
-            .map_err(|e| format!("column {}: {e}", columns[i].name))?;
-        row.push(value);
+        let text =
+            copy_field(field).map_err(|()| format!("column {} is not UTF-8 text", column.name))?;
+        row.push(cell(ty, &column.name, text.as_deref())?);
     }
     if row.len() != types.len() {
         return Err(format!("{} values, not {}", row.len(), types.len()));

@@ -159,10 +159,16 @@ pub(crate) fn short_query(query: &str) -> String {
 /// `SELECT * FROM (query) AS q`: the query as a derived table `q`, without the `;` it may end
 /// with, on lines of its own (so that a trailing `--` comment does not swallow the rest).
 pub(crate) fn derived(query: &str) -> String {
+    format!("SELECT * FROM {}", subquery(query))
+}
+
+/// `(query) AS q`, on lines of its own and without a trailing `;` (see [`derived`]), for a
+/// select of other columns than `*`.
+pub(crate) fn subquery(query: &str) -> String {
     let body = query
         .trim_end()
         .trim_end_matches(|c: char| c == ';' || c.is_whitespace());
-    format!("SELECT * FROM (\n{body}\n) AS q")
+    format!("(\n{body}\n) AS q")
 }
 
 /// Collects rows into pages of at most `rows` and sends each full page on `out`.
