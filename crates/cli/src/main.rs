@@ -104,6 +104,23 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         wait_secs: u64,
     },
+    /// Run a hub (pattern P1): the HTTP API agents push to (`[hub]`, `[agents.NAME]`) and
+    /// every pipeline of the configuration, agents' pipelines fed by their pushes.
+    Serve { config: PathBuf },
+    /// Run an agent next to a database, with nothing configured locally: it takes its source
+    /// settings from the hub, captures by query (`diff`/`incremental`), and pushes to the hub.
+    Agent {
+        /// The hub's base URL, e.g. http://hub.example:8642.
+        #[arg(long)]
+        hub: String,
+        /// This agent's token, as the hub's `[agents.NAME] token` (also from the environment,
+        /// which keeps it out of process listings).
+        #[arg(long, env = "TIDESYNC_AGENT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Where the agent keeps its store and the hub's last settings.
+        #[arg(long, default_value = "tidesync-agent")]
+        dir: PathBuf,
+    },
     /// Run a shop master -> replica sync on this machine (SQLite, no other service needed),
     /// then check that the replica equals the master row by row.
     Demo {
@@ -222,6 +239,14 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
         }
         Command::Run { config } => {
             let cfg = load(&config)?;
+            if let Some(agent) = cfg.agents.values().next() {
+                return Err(usage(anyhow::anyhow!(
+                    "{} has agents (agent {} feeds pipeline {}): run it with `tidesync serve`",
+                    config.display(),
+                    agent.name,
+                    agent.pipeline
+                )));
+            }
             let rt = runtime()?;
             rt.block_on(async {
                 let engine = Engine::build(&cfg).context("opening the store")?;
@@ -230,6 +255,42 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
                 let result = engine.run(cancel.clone()).await;
                 signals.abort();
                 result?;
+                Ok::<_, Failure>(ExitCode::SUCCESS)
+            })
+        }
+        Command::Serve { config } => {
+            let cfg = load(&config)?;
+            if cfg.hub.is_none() {
+                return Err(usage(anyhow::anyhow!(
+                    "{} has no [hub] table: `tidesync serve` needs `[hub] listen = \"HOST:PORT\"`",
+                    config.display()
+                )));
+            }
+            let rt = runtime()?;
+            rt.block_on(async {
+                let cancel = CancellationToken::new();
+                let signals = tokio::spawn(stop_on_signal(cancel.clone()));
+                let result = tidesync_hub::serve(&cfg, cancel, |addr| {
+                    eprintln!("tidesync hub listening on http://{addr}");
+                })
+                .await;
+                signals.abort();
+                result?;
+                Ok::<_, Failure>(ExitCode::SUCCESS)
+            })
+        }
+        Command::Agent { hub, token, dir } => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let cancel = CancellationToken::new();
+                let signals = tokio::spawn(stop_on_signal(cancel.clone()));
+                let options = tidesync_hub::agent::AgentOptions { hub, token, dir };
+                let result = tidesync_hub::agent::run(options, cancel).await;
+                signals.abort();
+                match result {
+                    Ok(()) | Err(tidesync_hub::agent::AgentError::Cancelled) => {}
+                    Err(e) => return Err(e.into()),
+                }
                 Ok::<_, Failure>(ExitCode::SUCCESS)
             })
         }

@@ -15,6 +15,7 @@ pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod position;
+pub mod protocol;
 pub mod sql;
 pub mod stage;
 pub mod time;

@@ -44,6 +44,9 @@ pub enum Position {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         marks: Vec<Mark>,
     },
+    /// A hub's inbox of one agent (`tidesync serve`): the last seq of the agent's own log
+    /// that the hub holds in its log. The agent's next push starts after it.
+    Agent { seq: u64 },
     /// An initial snapshot in progress: the change stream resumes at `stream` once it is
     /// done; the tables the source lists before `table` are copied, and of `table` the rows
     /// up to and including key `after` (in the source's own text form and key order; `None`:
@@ -111,6 +114,7 @@ impl Position {
         match (self, other) {
             (Lsn(a), Lsn(b)) => Some(a.cmp(b)),
             (RowId(a), RowId(b)) => Some(a.cmp(b)),
+            (Agent { seq: a }, Agent { seq: b }) => Some(a.cmp(b)),
             (DiffRun { started_us: a, .. }, DiffRun { started_us: b, .. }) => Some(a.cmp(b)),
             (
                 Binlog {
@@ -178,6 +182,7 @@ impl fmt::Display for Position {
             }
             Position::Gtid(set) => write!(f, "gtid {set}"),
             Position::RowId(id) => write!(f, "row id {id}"),
+            Position::Agent { seq } => write!(f, "agent's log through seq {seq}"),
             Position::DiffRun { started_us: 0, .. } => f.write_str("no diff run completed yet"),
             Position::DiffRun {
                 started_us, marks, ..

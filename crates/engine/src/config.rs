@@ -59,6 +59,9 @@ const DEFAULT_INCREMENTAL_INTERVAL_SECS: i64 = 10;
 const DEFAULT_OVERLAP_SECS: i64 = 300;
 const DEFAULT_DELETES_EVERY_SECS: i64 = 3600;
 const LINGER_MS_RANGE: (i64, i64) = (0, 10_000);
+const DEFAULT_MAX_BODY_BYTES: i64 = 64 << 20;
+const MAX_BODY_BYTES_RANGE: (i64, i64) = (1 << 16, 1 << 32);
+const MIN_TOKEN_CHARS: usize = 16;
 
 // ---------------------------------------------------------------------------------------------
 // Resolved configuration
@@ -76,6 +79,35 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
     /// Pipelines in the order they appear in the file.
     pub pipelines: Vec<PipelineConfig>,
+    /// `[hub]`: this node serves agents over HTTP (`tidesync serve`).
+    pub hub: Option<HubConfig>,
+    /// `[agents.NAME]`: the agents a hub serves, by name. Each feeds one pipeline, whose
+    /// source is what the agent runs next to its database.
+    pub agents: BTreeMap<String, AgentConfig>,
+}
+
+/// `[hub]`: the HTTP side of `tidesync serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubConfig {
+    /// Where it listens (`listen`, `host:port`).
+    pub listen: String,
+    /// The most bytes one push may hold once decompressed (`max_body_bytes`).
+    pub max_body_bytes: usize,
+}
+
+/// `[agents.NAME]`: one agent of a hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub name: String,
+    /// Its bearer token, secrets substituted (at least 16 characters).
+    pub token: String,
+    /// The pipeline it feeds; on the hub that pipeline's source is the agent's pushes.
+    pub pipeline: String,
+    /// A revoked agent's token is answered 403.
+    pub revoked: bool,
+    /// `[sources.SOURCE]` of its pipeline as TOML, `${VAR}` substituted by the hub (a literal
+    /// `${` written `$${`): the source the agent runs.
+    pub source_toml: String,
 }
 
 /// `[store]`: where tidesync keeps its change log, current state, cursors and source positions.
@@ -238,6 +270,14 @@ pub enum SinkSpec {
         url: String,
         /// Create missing target tables from the source schema.
         create_tables: bool,
+    },
+    /// A tidesync hub (`http://` or `https://`): batches are pushed to it over HTTP, exactly
+    /// once (docs/protocol.md). What `tidesync agent` runs with.
+    Hub {
+        /// The hub's base URL.
+        url: String,
+        /// The agent's bearer token, secrets substituted.
+        token: String,
     },
 }
 
@@ -421,6 +461,24 @@ struct RawConfig {
     sinks: Names<RawSink>,
     #[serde(default)]
     pipelines: Names<RawPipeline>,
+    hub: Option<RawHub>,
+    #[serde(default)]
+    agents: Names<RawAgent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHub {
+    listen: Spanned<String>,
+    max_body_bytes: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    token: Spanned<String>,
+    pipeline: Spanned<String>,
+    revoked: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -476,6 +534,8 @@ struct RawField {
 #[serde(deny_unknown_fields)]
 struct RawSink {
     url: Spanned<String>,
+    /// Hub sinks only.
+    token: Option<Spanned<String>>,
     create_tables: Option<bool>,
     /// Stream -> how it is renamed in this sink.
     #[serde(default)]
@@ -638,12 +698,184 @@ impl Resolver<'_> {
             }
         }
 
+        let hub = raw.hub.map(|raw| self.hub(raw)).transpose()?;
+        let agents = self.agents(raw.agents, hub.is_some(), &sources, &pipelines)?;
+
         Ok(Config {
             file: self.doc.file.to_path_buf(),
             store,
             sources,
             sinks,
             pipelines,
+            hub,
+            agents,
+        })
+    }
+
+    fn hub(&self, raw: RawHub) -> Result<HubConfig, ConfigError> {
+        let listen = self.string(&raw.listen, "hub.listen")?;
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(self.doc.error(
+                raw.listen.span(),
+                format!(
+                    "hub.listen: \"{listen}\" is not an address and port (expected e.g. \
+                     \"0.0.0.0:8642\" or \"127.0.0.1:8642\")"
+                ),
+            ));
+        }
+        let max_body_bytes = self.int(
+            raw.max_body_bytes.as_ref(),
+            DEFAULT_MAX_BODY_BYTES,
+            MAX_BODY_BYTES_RANGE.0,
+            Some(MAX_BODY_BYTES_RANGE.1),
+            "hub.max_body_bytes",
+        )?;
+        Ok(HubConfig {
+            listen,
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+        })
+    }
+
+    /// `[agents.NAME]`: each names a pipeline whose source is `diff` or `incremental`, no
+    /// two the same pipeline or token, and only with a `[hub]`.
+    fn agents(
+        &self,
+        raw: Names<RawAgent>,
+        has_hub: bool,
+        sources: &BTreeMap<String, SourceConfig>,
+        pipelines: &[PipelineConfig],
+    ) -> Result<BTreeMap<String, AgentConfig>, ConfigError> {
+        let mut raw: Vec<_> = raw.into_iter().collect();
+        raw.sort_by_key(|(name, _)| name.span().start);
+        let mut agents: BTreeMap<String, AgentConfig> = BTreeMap::new();
+        for (name, entry) in raw {
+            let at = format!("agents.{}", toml_key(name.get_ref()));
+            if !has_hub {
+                return Err(self.doc.error(
+                    name.span(),
+                    format!("{at}: agents need a [hub] table (its `listen` address)"),
+                ));
+            }
+            if !is_identifier(name.get_ref()) {
+                return Err(self.doc.error(
+                    name.span(),
+                    format!(
+                        "{at}: bad agent name (expected letters, digits and _, not starting \
+                         with a digit)"
+                    ),
+                ));
+            }
+            let entry = entry.into_inner();
+            let token = self.string(&entry.token, &format!("{at}.token"))?;
+            if token.chars().count() < MIN_TOKEN_CHARS
+                || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(self.doc.error(
+                    entry.token.span(),
+                    format!(
+                        "{at}.token: must be at least {MIN_TOKEN_CHARS} characters without \
+                         spaces (e.g. `openssl rand -hex 24`)"
+                    ),
+                ));
+            }
+            if let Some(other) = agents.values().find(|a| a.token == token) {
+                return Err(self.doc.error(
+                    entry.token.span(),
+                    format!("{at}.token: agent {} has the same token", other.name),
+                ));
+            }
+            let pipeline = self.string(&entry.pipeline, &format!("{at}.pipeline"))?;
+            let Some(config) = pipelines.iter().find(|p| p.name == pipeline) else {
+                let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
+                return Err(self.doc.error(
+                    entry.pipeline.span(),
+                    format!(
+                        "{at}.pipeline: no pipeline named \"{pipeline}\" ({})",
+                        defined(names.iter())
+                    ),
+                ));
+            };
+            if let Some(other) = agents.values().find(|a| a.pipeline == pipeline) {
+                return Err(self.doc.error(
+                    entry.pipeline.span(),
+                    format!(
+                        "{at}.pipeline: agent {} feeds pipeline {pipeline} already (one agent \
+                         per pipeline)",
+                        other.name
+                    ),
+                ));
+            }
+            if !matches!(sources[&config.source].spec, SourceSpec::Diff { .. }) {
+                return Err(self.doc.error(
+                    entry.pipeline.span(),
+                    format!(
+                        "{at}.pipeline: the source of pipeline {pipeline}, {}, does not use \
+                         mode \"diff\" or \"incremental\" (an agent reads its database by \
+                         query)",
+                        config.source
+                    ),
+                ));
+            }
+            let source_toml = self.source_toml(&config.source)?;
+            agents.insert(
+                name.get_ref().clone(),
+                AgentConfig {
+                    name: name.get_ref().clone(),
+                    token,
+                    pipeline,
+                    revoked: entry.revoked.unwrap_or(false),
+                    source_toml,
+                },
+            );
+        }
+        Ok(agents)
+    }
+
+    /// `[sources.NAME]` as the file wrote it, with every string's `${VAR}` substituted and
+    /// each literal `${` in the result written `$${` again, so that resolving the text once
+    /// more gives the same values.
+    fn source_toml(&self, name: &str) -> Result<String, ConfigError> {
+        fn substitute_all(
+            value: &mut toml::Value,
+            env: &dyn Fn(&str) -> Option<String>,
+            at: &str,
+        ) -> Result<(), String> {
+            match value {
+                toml::Value::String(s) => {
+                    *s = substitute(s, env, at)?.replace("${", "$${");
+                }
+                toml::Value::Array(items) => {
+                    for item in items {
+                        substitute_all(item, env, at)?;
+                    }
+                }
+                toml::Value::Table(table) => {
+                    for (key, item) in table.iter_mut() {
+                        substitute_all(item, env, &format!("{at}.{}", toml_key(key)))?;
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+        let at = format!("sources.{}", toml_key(name));
+        let doc: toml::Table =
+            toml::from_str(self.doc.text).map_err(|err| self.doc.toml_error(&err))?;
+        let mut source = doc
+            .get("sources")
+            .and_then(|s| s.get(name))
+            .cloned()
+            .ok_or_else(|| self.doc.error(0..0, format!("{at}: not found")))?;
+        // Already checked when the source was resolved, so this only fails on a variable
+        // that changed in between.
+        substitute_all(&mut source, self.env, &at).map_err(|m| self.doc.error(0..0, m))?;
+        let mut wrapper = toml::Table::new();
+        let mut sources = toml::Table::new();
+        sources.insert(name.to_owned(), source);
+        wrapper.insert("sources".to_owned(), toml::Value::Table(sources));
+        toml::to_string(&wrapper).map_err(|e| {
+            self.doc
+                .error(0..0, format!("{at}: cannot write it for the agent: {e}"))
         })
     }
 
@@ -885,6 +1117,36 @@ impl Resolver<'_> {
 
     fn sink(&self, name: &str, raw: RawSink) -> Result<SinkConfig, ConfigError> {
         let at = format!("sinks.{name}");
+        let url = self.string(&raw.url, &format!("{at}.url"))?;
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if matches!(scheme.as_deref(), Some("http" | "https")) {
+            let Some(token) = &raw.token else {
+                return Err(self.doc.error(
+                    raw.url.span(),
+                    format!("{at}: a hub sink (http:// or https://) needs `token`"),
+                ));
+            };
+            if raw.create_tables.is_some() {
+                return Err(self.doc.error(
+                    raw.url.span(),
+                    format!("{at}.create_tables: a hub creates its own tables (remove it)"),
+                ));
+            }
+            return Ok(SinkConfig {
+                name: name.to_owned(),
+                spec: SinkSpec::Hub {
+                    url: url.trim_end_matches('/').to_owned(),
+                    token: self.string(token, &format!("{at}.token"))?,
+                },
+                renames: BTreeMap::new(),
+            });
+        }
+        if let Some(token) = &raw.token {
+            return Err(self.doc.error(
+                token.span(),
+                format!("{at}.token: only hub sinks (http:// or https://) take a token"),
+            ));
+        }
         let kind = self.kind(&raw.url, &format!("{at}.url"))?;
         let create_tables = raw.create_tables.unwrap_or(true);
         let spec = match kind {
@@ -1674,6 +1936,8 @@ sinks = ["replica"]
                 max_lag: 100_000,
                 direct_stream: false,
             }],
+            hub: None,
+            agents: BTreeMap::new(),
         };
         assert_eq!(config, expected);
     }

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ConfigError};
+pub use retry::jitter;
 pub use runtime::{Pipeline, PipelineError, PipelineOptions, PipelineStats};
 
 pub use config::PipelineConfig;
@@ -141,6 +142,11 @@ fn build_sink(config: &Config, pipeline: &PipelineConfig, sink: &str) -> Box<dyn
         SinkSpec::Mysql { url, create_tables } => Box::new(
             tidesync_deliver::mysql::MysqlSink::new(url, &pipeline.name, sink, *create_tables),
         ),
+        SinkSpec::Hub { url, token } => Box::new(tidesync_deliver::hub::HubSink::new(
+            url,
+            token,
+            &pipeline.name,
+        )),
     }
 }
 
@@ -255,52 +261,62 @@ pub async fn drop_pipeline(config: &Config, name: &str) -> Result<Vec<String>, P
     Ok(done)
 }
 
+/// Builds one pipeline of `config` on `store`; `source`, when given, replaces the source the
+/// configuration names (a hub's inbox of an agent's pushes).
+pub fn build_pipeline(
+    config: &Config,
+    p: &PipelineConfig,
+    store: &SqliteStore,
+    source: Option<Box<dyn Source>>,
+) -> Pipeline {
+    let log: Arc<dyn tidesync_core::Log> = Arc::new(store.clone());
+    let sinks = p
+        .sinks
+        .iter()
+        .map(|s| (s.clone(), build_sink(config, p, s)))
+        .collect();
+    let source = source.unwrap_or_else(|| build_source(config, p, store));
+    let mut pipeline = Pipeline::new(
+        &p.name,
+        &p.source,
+        source,
+        sinks,
+        log,
+        PipelineOptions {
+            batch_size: p.batch_size,
+            max_lag: p.max_lag,
+            retention: config.store.retention,
+            direct_stream: p.direct_stream,
+            direct_copy: matches!(
+                config.sources[&p.source].spec,
+                SourceSpec::PostgresLog {
+                    direct_copy: true,
+                    ..
+                } | SourceSpec::MysqlLog {
+                    direct_copy: true,
+                    ..
+                }
+            ),
+            ..PipelineOptions::default()
+        },
+    );
+    for sink in &p.sinks {
+        if let Some(renamer) = Renamer::new(sink, &config.sinks[sink].renames) {
+            pipeline.renames.insert(sink.clone(), renamer);
+        }
+    }
+    pipeline
+}
+
 impl Engine {
     /// Opens the store and builds every pipeline. Connections to sources and sinks are made
     /// when the pipelines start.
     pub fn build(config: &Config) -> Result<Engine, StoreError> {
         let store = SqliteStore::open(&config.store.path)?;
-        let log: Arc<dyn tidesync_core::Log> = Arc::new(store.clone());
         let pipelines = config
             .pipelines
             .iter()
-            .map(|p| {
-                let sinks = p
-                    .sinks
-                    .iter()
-                    .map(|s| (s.clone(), build_sink(config, p, s)))
-                    .collect();
-                let mut pipeline = Pipeline::new(
-                    &p.name,
-                    &p.source,
-                    build_source(config, p, &store),
-                    sinks,
-                    log.clone(),
-                    PipelineOptions {
-                        batch_size: p.batch_size,
-                        max_lag: p.max_lag,
-                        retention: config.store.retention,
-                        direct_stream: p.direct_stream,
-                        direct_copy: matches!(
-                            config.sources[&p.source].spec,
-                            SourceSpec::PostgresLog {
-                                direct_copy: true,
-                                ..
-                            } | SourceSpec::MysqlLog {
-                                direct_copy: true,
-                                ..
-                            }
-                        ),
-                        ..PipelineOptions::default()
-                    },
-                );
-                for sink in &p.sinks {
-                    if let Some(renamer) = Renamer::new(sink, &config.sinks[sink].renames) {
-                        pipeline.renames.insert(sink.clone(), renamer);
-                    }
-                }
-                pipeline
-            })
+            .map(|p| build_pipeline(config, p, &store, None))
             .collect();
         Ok(Engine { store, pipelines })
     }

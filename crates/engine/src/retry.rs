@@ -20,7 +20,7 @@ pub(crate) enum Stop {
 }
 
 /// A multiplier in 0.75..1.25 from the clock's nanoseconds: jitter without a RNG dependency.
-fn jitter() -> f64 {
+pub fn jitter() -> f64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

@@ -155,6 +155,9 @@ pub fn sink_endpoint(spec: &SinkSpec) -> Result<Endpoint, String> {
         SinkSpec::Sqlite { path, .. } => Ok(Endpoint::Sqlite { path: path.clone() }),
         SinkSpec::Postgres { url, .. } => Ok(Endpoint::Postgres { url: url.clone() }),
         SinkSpec::Mysql { url, .. } => Ok(Endpoint::Mysql { url: url.clone() }),
+        SinkSpec::Hub { url, .. } => Err(format!(
+            "it is a hub ({url}): run `tidesync verify` on the hub, against its targets"
+        )),
     }
 }
 

@@ -276,6 +276,43 @@ impl SqliteStore {
         read_current(&lock(&self.inner.reader), pipeline, stream, key)
     }
 
+    /// Up to `limit` current rows of `stream`, after the stored key `after` (exclusive; `None`:
+    /// from the start), in stored key order, each with its stored key (pass the last one as
+    /// `after` for the next page). A hub's download of an agent's rows.
+    pub fn current_page(
+        &self,
+        pipeline: &str,
+        stream: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Row)>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        let e = || StoreError::sqlite("reading current state");
+        let mut st = conn
+            .prepare_cached(
+                "SELECT key, row, seq FROM current WHERE pipeline = ?1 AND stream = ?2 AND key > ?3
+                 ORDER BY key LIMIT ?4",
+            )
+            .map_err(e())?;
+        let after: &[u8] = after.unwrap_or(&[]);
+        let mut rows = st
+            .query(params![pipeline, stream, after, limit as i64])
+            .map_err(e())?;
+        let mut out = Vec::with_capacity(limit.min(16_384));
+        while let Some(r) = rows.next().map_err(e())? {
+            let key: Vec<u8> = r.get(0).map_err(e())?;
+            let bytes: Vec<u8> = r.get(1).map_err(e())?;
+            let seq: i64 = r.get(2).map_err(e())?;
+            let row = decode_row(&bytes).map_err(|source| StoreError::Corrupt {
+                pipeline: pipeline.to_owned(),
+                seq: seq as u64,
+                source,
+            })?;
+            out.push((key, row));
+        }
+        Ok(out)
+    }
+
     /// How many rows the current-state table holds for `pipeline`, per stream.
     pub fn current_counts(&self, pipeline: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let conn = lock(&self.inner.reader);
@@ -419,6 +456,76 @@ impl SqliteStore {
             })
         })
         .transpose()
+    }
+
+    /// Records fingerprints of rows another node already holds (an agent's first-start
+    /// download of its hub's rows): `(ord, key, hash)` per row, in one transaction, replacing
+    /// any before. Nothing is logged; the next comparison logs only rows that differ.
+    pub fn seed_fingerprints(
+        &self,
+        pipeline: &str,
+        stream: &str,
+        rows: &[(Vec<u8>, Key, i64)],
+    ) -> Result<(), StoreError> {
+        let mut conn = lock(&self.inner.writer);
+        let e = || StoreError::sqlite("seeding fingerprints");
+        let tx = conn.transaction().map_err(e())?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO fingerprints (pipeline, stream, ord, key, hash, raw)
+                     VALUES (?1, ?2, ?3, ?4, ?5, NULL)
+                     ON CONFLICT (pipeline, stream, ord) DO UPDATE
+                     SET key = excluded.key, hash = excluded.hash, raw = NULL",
+                )
+                .map_err(e())?;
+            for (ord, key, hash) in rows {
+                st.execute(params![
+                    pipeline,
+                    stream,
+                    ord,
+                    binary::key_to_vec(key),
+                    hash
+                ])
+                .map_err(e())?;
+            }
+        }
+        tx.commit().map_err(e())
+    }
+
+    /// Starts `pipeline`'s log after seq `head` (an agent whose hub holds its log through
+    /// `head` and that lost its own store): its next change gets seq `head + 1`. Only for a
+    /// pipeline that has logged nothing yet.
+    pub fn seed_head(&self, pipeline: &str, head: Seq) -> Result<(), StoreError> {
+        let mut conn = lock(&self.inner.writer);
+        let e = || StoreError::sqlite("seeding the log head");
+        let tx = conn.transaction().map_err(e())?;
+        let existing: Option<(Option<String>, i64)> = tx
+            .query_row(
+                "SELECT position, head FROM positions WHERE pipeline = ?1",
+                [pipeline],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(e())?;
+        if let Some((position, old)) = existing
+            && (position.is_some() || old != 0)
+        {
+            return Err(StoreError::BadBatch {
+                pipeline: pipeline.to_owned(),
+                problem: format!(
+                    "cannot start the log after seq {head}: it has logged through {old} already"
+                ),
+            });
+        }
+        tx.execute(
+            "INSERT INTO positions (pipeline, position, head, head_commit_us, updated_us)
+             VALUES (?1, NULL, ?2, NULL, ?3)
+             ON CONFLICT (pipeline) DO UPDATE SET head = excluded.head, updated_us = excluded.updated_us",
+            params![pipeline, head.0 as i64, tidesync_core::time::now_us()],
+        )
+        .map_err(e())?;
+        tx.commit().map_err(e())
     }
 
     /// Whether `stream` of `pipeline` has any fingerprint (cheap, unlike counting them).

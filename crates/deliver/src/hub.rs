@@ -1,0 +1,261 @@
+//! The hub sink: what `tidesync agent` delivers with. Each batch of the agent's log is pushed
+//! to the hub as compressed JSON (docs/protocol.md, "Pushing a batch"), one at a time, each
+//! acknowledged before the next.
+//!
+//! Exactly once: the hub records the last seq of this agent's log it holds, in the same
+//! transaction as the batch. [`Sink::open`] asks it for that seq, and the runtime resumes
+//! after it; a push retried after a lost answer is answered with the recorded seq and taken
+//! once. The `Idempotency-Key` header (`PIPELINE:FIRST-LAST`) names the push in the hub's logs.
+//!
+//! Errors: an unreachable hub, a timeout and 5xx answers are transient (the runtime retries
+//! with backoff, and the local log keeps what is not pushed yet); 401/403, 4xx for the payload
+//! and a gap the hub cannot fill are definite, with the hub's message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use tidesync_core::codec::compress::Encoding;
+use tidesync_core::codec::json::encode_batch_compressed;
+use tidesync_core::protocol::{self, Applied, ErrorBody, Schemas};
+use tidesync_core::{Batch, BoxFuture, Seq, Sink, StageError, TableSchema};
+
+/// How long one request may take, answer included (a push is answered once the hub's log
+/// holds it durably).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("hub {url}: {what}: {message}")]
+    Http {
+        url: String,
+        what: &'static str,
+        /// The error with its causes ("connection refused" is a cause of reqwest's error).
+        message: String,
+    },
+    #[error("hub {url}: {what}: {status} {code}: {message}")]
+    Refused {
+        url: String,
+        what: &'static str,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("hub {url}: {what}: unexpected answer: {message}")]
+    Protocol {
+        url: String,
+        what: &'static str,
+        message: String,
+    },
+}
+
+/// An error and its causes on one line: `error sending request: connection refused`.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+/// Pushes one pipeline's batches to a hub.
+#[derive(Debug)]
+pub struct HubSink {
+    url: String,
+    token: String,
+    pipeline: String,
+    encoding: Encoding,
+    client: Option<reqwest::Client>,
+}
+
+impl HubSink {
+    /// `url`: the hub's base URL (`http://host:port`); `token`: the agent's bearer token.
+    pub fn new(url: &str, token: &str, pipeline: &str) -> HubSink {
+        HubSink {
+            url: url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            pipeline: pipeline.to_owned(),
+            encoding: Encoding::Zstd,
+            client: None,
+        }
+    }
+
+    /// Pushes with `encoding` instead of zstd (gzip for hubs behind proxies that only know it;
+    /// identity to measure what compression saves).
+    pub fn with_encoding(mut self, encoding: Encoding) -> HubSink {
+        self.encoding = encoding;
+        self
+    }
+
+    fn client(&mut self) -> Result<reqwest::Client, StageError> {
+        if let Some(client) = &self.client {
+            return Ok(client.clone());
+        }
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("tidesync-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| {
+                StageError::definite(HubError::Http {
+                    url: self.url.clone(),
+                    what: "building the HTTP client",
+                    message: with_causes(&source),
+                })
+            })?;
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    fn http_error(&self, what: &'static str) -> impl Fn(reqwest::Error) -> StageError + '_ {
+        move |source| {
+            StageError::transient(HubError::Http {
+                url: self.url.clone(),
+                what,
+                message: with_causes(&source),
+            })
+        }
+    }
+
+    /// Turns a non-2xx answer into an error: 5xx and 429 are transient, the rest definite.
+    async fn refused(&self, what: &'static str, response: reqwest::Response) -> StageError {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => (body.code, body.error),
+            Err(_) => (String::new(), text.chars().take(500).collect()),
+        };
+        let error = HubError::Refused {
+            url: self.url.clone(),
+            what,
+            status: status.as_u16(),
+            code,
+            message,
+        };
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            StageError::transient(error)
+        } else {
+            StageError::definite(error)
+        }
+    }
+
+    /// Sends `request` with the token; a non-2xx answer becomes the error it means.
+    async fn send(
+        &self,
+        what: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, StageError> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(self.http_error(what))?;
+        if !response.status().is_success() {
+            return Err(self.refused(what, response).await);
+        }
+        Ok(response)
+    }
+
+    async fn applied(
+        &self,
+        what: &'static str,
+        response: reqwest::Response,
+    ) -> Result<u64, StageError> {
+        let bytes = response.bytes().await.map_err(self.http_error(what))?;
+        serde_json::from_slice::<Applied>(&bytes)
+            .map(|a| a.applied_through)
+            .map_err(|e| {
+                StageError::definite(HubError::Protocol {
+                    url: self.url.clone(),
+                    what,
+                    message: format!(
+                        "{e}: {}",
+                        String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                    ),
+                })
+            })
+    }
+
+    async fn open_inner(&mut self, schemas: Vec<TableSchema>) -> Result<Option<Seq>, StageError> {
+        let client = self.client()?;
+        let body = serde_json::to_vec(&Schemas { schemas })
+            .map_err(|e| StageError::definite(format!("encoding schemas: {e}")))?;
+        let request = client
+            .put(format!("{}{}", self.url, protocol::SCHEMAS_PATH))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send("sending the streams' schemas", request).await?;
+        let what = "asking for the position";
+        let request = client.get(format!("{}{}", self.url, protocol::POSITION_PATH));
+        let response = self.send(what, request).await?;
+        let applied = self.applied(what, response).await?;
+        tracing::info!(hub = %self.url, applied_through = applied, "connected to the hub");
+        Ok(Some(Seq(applied)))
+    }
+
+    async fn push(&mut self, batch: Arc<Batch>) -> Result<(), StageError> {
+        if batch.entries.is_empty() {
+            return Ok(());
+        }
+        let client = self.client()?;
+        let encoding = self.encoding;
+        // JSON and zstd of a few thousand rows: milliseconds, off the async threads anyway.
+        let shared = batch.clone();
+        let body = tokio::task::spawn_blocking(move || encode_batch_compressed(&shared, encoding))
+            .await
+            .map_err(|e| StageError::definite(format!("encoding a batch: {e}")))?;
+        let what = "pushing a batch";
+        let mut request = client
+            .post(format!("{}{}", self.url, protocol::BATCHES_PATH))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(
+                protocol::IDEMPOTENCY_KEY,
+                format!("{}:{}-{}", self.pipeline, batch.first_seq, batch.last_seq),
+            );
+        if encoding != Encoding::Identity {
+            request = request.header(reqwest::header::CONTENT_ENCODING, encoding.as_str());
+        }
+        let response = self.send(what, request.body(body)).await?;
+        let applied = self.applied(what, response).await?;
+        if applied < batch.last_seq.0 {
+            return Err(StageError::definite(HubError::Protocol {
+                url: self.url.clone(),
+                what,
+                message: format!(
+                    "the hub holds seqs through {applied} after a push through {}",
+                    batch.last_seq
+                ),
+            }));
+        }
+        Ok(())
+    }
+}
+
+impl Sink for HubSink {
+    fn open(
+        &mut self,
+        schemas: Vec<TableSchema>,
+    ) -> BoxFuture<'_, Result<Option<Seq>, StageError>> {
+        Box::pin(self.open_inner(schemas))
+    }
+
+    fn apply(&mut self, batch: Arc<Batch>) -> BoxFuture<'_, Result<(), StageError>> {
+        Box::pin(self.push(batch))
+    }
+
+    fn forget(&mut self) -> BoxFuture<'_, Result<Vec<String>, StageError>> {
+        Box::pin(async {
+            Ok(vec![format!(
+                "the hub {} keeps what it took from pipeline {} (drop it there)",
+                self.url, self.pipeline
+            )])
+        })
+    }
+}
