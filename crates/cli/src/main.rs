@@ -172,7 +172,12 @@ fn main() -> ExitCode {
     match dispatch(args.command) {
         Ok(code) => code,
         Err(Failure { code, error }) => {
-            eprintln!("error: {error:#}");
+            // The chain on one line, without the repeats of errors that already show their
+            // cause in their own message.
+            eprintln!(
+                "error: {}",
+                tidesync_core::with_causes(error.as_ref() as &dyn std::error::Error)
+            );
             ExitCode::from(code)
         }
     }

@@ -5,6 +5,7 @@ mod crash;
 mod diff;
 mod direct;
 mod direct_stream;
+mod hub;
 mod mysql;
 mod mysql_source;
 mod pg_source;

@@ -26,6 +26,6 @@ pub use position::{Mark, MarkValue, Position};
 pub use stage::{
     BoxError, BoxFuture, Captured, ColumnSchema, CopyChunk, CopyWriter, Dialect, Fingerprint, Log,
     LogStatus, Opened, RawRefresh, Request, RequestKind, RequestProgress, Sink, Source, StageError,
-    TableSchema,
+    TableSchema, with_causes,
 };
 pub use value::{Decimal, Value, ValueError};

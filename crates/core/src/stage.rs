@@ -24,6 +24,23 @@ use crate::{Batch, BatchKind, Change, Key, LogEntry, Position, Seq};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// An error and its causes on one line (`error sending request: connection refused`), each
+/// cause added only when the text so far does not already contain it (many errors show their
+/// cause in their own message).
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
+}
+
 /// An error from a source, sink or log, classified for the runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {

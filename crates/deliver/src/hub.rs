@@ -18,7 +18,7 @@ use reqwest::StatusCode;
 use tidesync_core::codec::compress::Encoding;
 use tidesync_core::codec::json::encode_batch_compressed;
 use tidesync_core::protocol::{self, Applied, ErrorBody, Schemas};
-use tidesync_core::{Batch, BoxFuture, Seq, Sink, StageError, TableSchema};
+use tidesync_core::{Batch, BoxFuture, Seq, Sink, StageError, TableSchema, with_causes};
 
 /// How long one request may take, answer included (a push is answered once the hub's log
 /// holds it durably).
@@ -48,21 +48,6 @@ pub enum HubError {
         what: &'static str,
         message: String,
     },
-}
-
-/// An error and its causes on one line: `error sending request: connection refused`.
-pub fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = e.source();
-    }
-    text
 }
 
 /// Pushes one pipeline's batches to a hub.
@@ -200,10 +185,30 @@ impl HubSink {
         Ok(Some(Seq(applied)))
     }
 
+    /// Pushes `batch`; one the hub finds too large (413) is pushed in halves instead (each
+    /// half is a batch of its own seqs, so a half the hub took before a crash is answered
+    /// as already taken).
     async fn push(&mut self, batch: Arc<Batch>) -> Result<(), StageError> {
-        if batch.entries.is_empty() {
-            return Ok(());
+        let mut pending = vec![batch];
+        while let Some(batch) = pending.pop() {
+            if batch.entries.is_empty() {
+                continue;
+            }
+            if let Some((first, second)) = self.push_one(batch).await? {
+                tracing::info!(
+                    hub = %self.url,
+                    changes = first.entries.len() + second.entries.len(),
+                    "the hub found a push too large: sending it in halves"
+                );
+                pending.push(Arc::new(second));
+                pending.push(Arc::new(first));
+            }
         }
+        Ok(())
+    }
+
+    /// One push; `Some(halves)` when the hub refused it as too large and it can be split.
+    async fn push_one(&mut self, batch: Arc<Batch>) -> Result<Option<(Batch, Batch)>, StageError> {
         let client = self.client()?;
         let encoding = self.encoding;
         // JSON and zstd of a few thousand rows: milliseconds, off the async threads anyway.
@@ -222,7 +227,18 @@ impl HubSink {
         if encoding != Encoding::Identity {
             request = request.header(reqwest::header::CONTENT_ENCODING, encoding.as_str());
         }
-        let response = self.send(what, request.body(body)).await?;
+        let response = request
+            .body(body)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(self.http_error(what))?;
+        if response.status() == StatusCode::PAYLOAD_TOO_LARGE && batch.entries.len() > 1 {
+            return Ok(Some(halves(&batch)));
+        }
+        if !response.status().is_success() {
+            return Err(self.refused(what, response).await);
+        }
         let applied = self.applied(what, response).await?;
         if applied < batch.last_seq.0 {
             return Err(StageError::definite(HubError::Protocol {
@@ -234,8 +250,22 @@ impl HubSink {
                 ),
             }));
         }
-        Ok(())
+        Ok(None)
     }
+}
+
+/// `batch` as two batches of about half its entries each (at least one entry in each).
+fn halves(batch: &Batch) -> (Batch, Batch) {
+    let mid = batch.entries.len() / 2;
+    let part = |entries: &[tidesync_core::LogEntry]| Batch {
+        pipeline: batch.pipeline.clone(),
+        kind: batch.kind,
+        first_seq: entries.first().map_or(batch.first_seq, |e| e.seq),
+        last_seq: entries.last().map_or(batch.last_seq, |e| e.seq),
+        entries: entries.to_vec(),
+        position: None,
+    };
+    (part(&batch.entries[..mid]), part(&batch.entries[mid..]))
 }
 
 impl Sink for HubSink {

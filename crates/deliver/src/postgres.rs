@@ -288,7 +288,10 @@ impl PostgresSink {
             task,
             dirty: false,
         };
-        let setup = format!("SET TimeZone = 'UTC'; {}", sql::CREATE_APPLIED);
+        let setup = format!(
+            "SET TimeZone = 'UTC'; {}",
+            sql::locked_ddl(sql::CREATE_APPLIED)
+        );
         within(
             &target,
             "creating _tidesync_applied",
@@ -359,7 +362,8 @@ impl PostgresSink {
                     within(
                         &target,
                         "creating a target table",
-                        conn.client.batch_execute(&sql::create_table_sql(schema)),
+                        conn.client
+                            .batch_execute(&sql::locked_ddl(&sql::create_table_sql(schema))),
                     )
                     .await?
                     .map_err(&create_error)?;

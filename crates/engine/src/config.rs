@@ -1644,6 +1644,20 @@ impl Resolver<'_> {
                             format!("{sat}.changed: \"{text}\" is not one of the stream's fields"),
                         ));
                     }
+                    let computed = fields.iter().find(|f| {
+                        f.name == text
+                            && (f.cast.is_some() || matches!(f.from, FieldFrom::Value(_)))
+                    });
+                    if computed.is_some() {
+                        return Err(self.doc.error(
+                            c.span(),
+                            format!(
+                                "{sat}.changed: field \"{text}\" must be a column of the query \
+                                 without a cast (it is compared in the database; cast it in the \
+                                 query instead)"
+                            ),
+                        ));
+                    }
                     Some(text)
                 }
             };
@@ -2699,6 +2713,124 @@ sinks = ["target"]
         );
     }
 
+    /// A hub with one agent feeding a `diff` pipeline.
+    const HUB: &str = r#"[store]
+path = "/state/hub.db"
+
+[hub]
+listen = "127.0.0.1:8642"
+
+[sources.erp]
+url = "mysql://reader:pa$ss@erp/erp"
+mode = "diff"
+tables = ["items"]
+
+[sinks.shop]
+url = "shop.db"
+
+[pipelines.erp_shop]
+source = "erp"
+sinks = ["shop"]
+
+[agents.m1]
+token = "0123456789abcdef"
+pipeline = "erp_shop"
+"#;
+
+    #[test]
+    fn a_hub_serves_agents_the_source_they_run() {
+        let config = parse(HUB).unwrap();
+        let hub = config.hub.as_ref().unwrap();
+        assert_eq!(hub.listen, "127.0.0.1:8642");
+        assert_eq!(hub.max_body_bytes, 64 << 20);
+        let agent = &config.agents["m1"];
+        assert_eq!(agent.pipeline, "erp_shop");
+        assert!(!agent.revoked);
+        // The agent's source text resolves to the same source (a literal `$` kept as is).
+        let agent_text = format!(
+            "[store]\npath = \"/a/store.db\"\n{}\n[sinks.hub]\nurl = \"http://hub:1\"\n\
+             token = \"t\"\n[pipelines.erp_shop]\nsource = \"erp\"\nsinks = [\"hub\"]\n",
+            agent.source_toml
+        );
+        let agent_config = parse(&agent_text).unwrap();
+        assert_eq!(agent_config.sources["erp"], config.sources["erp"]);
+        assert_eq!(
+            agent_config.sinks["hub"].spec,
+            SinkSpec::Hub {
+                url: "http://hub:1".to_owned(),
+                token: "t".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn a_substituted_dollar_brace_survives_the_agents_text() {
+        let text = HUB.replace("pa$ss", "${SECRET}");
+        let env = |name: &str| (name == "SECRET").then(|| "p${w}d".to_owned());
+        let config = Config::from_str(&text, Path::new("hub.toml"), &env).unwrap();
+        let source_toml = &config.agents["m1"].source_toml;
+        assert!(source_toml.contains("p$${w}d"), "{source_toml}");
+        let agent = format!(
+            "[store]\npath = \"/a/s.db\"\n{source_toml}\n[sinks.hub]\nurl = \"http://h\"\n\
+             token = \"t\"\n[pipelines.erp_shop]\nsource = \"erp\"\nsinks = [\"hub\"]\n"
+        );
+        let agent = Config::from_str(&agent, Path::new("agent"), &|_| None).unwrap();
+        assert_eq!(agent.sources["erp"], config.sources["erp"]);
+    }
+
+    #[test]
+    fn hub_and_agent_mistakes_are_named() {
+        let cases: [(String, &str); 8] = [
+            (
+                HUB.replace("[hub]\nlisten = \"127.0.0.1:8642\"\n", ""),
+                "agents.m1: agents need a [hub] table",
+            ),
+            (
+                HUB.replace("listen = \"127.0.0.1:8642\"", "listen = \"localhost\""),
+                "hub.listen: \"localhost\" is not an address and port",
+            ),
+            (
+                HUB.replace("0123456789abcdef", "short"),
+                "agents.m1.token: must be at least 16 characters",
+            ),
+            (
+                format!(
+                    "{HUB}\n[agents.m2]\ntoken = \"0123456789abcdef\"\npipeline = \"erp_shop\"\n"
+                ),
+                "agents.m2.token: agent m1 has the same token",
+            ),
+            (
+                format!(
+                    "{HUB}\n[agents.m2]\ntoken = \"0123456789abcdeX\"\npipeline = \"erp_shop\"\n"
+                ),
+                "agents.m2.pipeline: agent m1 feeds pipeline erp_shop already",
+            ),
+            (
+                HUB.replace("pipeline = \"erp_shop\"", "pipeline = \"nope\""),
+                "agents.m1.pipeline: no pipeline named \"nope\"",
+            ),
+            (
+                HUB.replace("mode = \"diff\"\n", ""),
+                "does not use mode \"diff\" or \"incremental\"",
+            ),
+            (
+                HUB.replace("url = \"shop.db\"", "url = \"http://hub:1\""),
+                "sinks.shop: a hub sink (http:// or https://) needs `token`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
+        }
+        let err = parse(&HUB.replace("url = \"shop.db\"", "url = \"shop.db\"\ntoken = \"x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sinks.shop.token: only hub sinks (http:// or https://) take a token"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn diff_sources_take_streams_with_queries_and_fields() {
         let text = with(
@@ -2876,9 +3008,9 @@ sinks = ["target"]
 
     #[test]
     fn unknown_url_scheme_is_an_error() {
-        let err = parse_err(&with("${TARGET_URL}", "http://example.com"));
+        let err = parse_err(&with("${TARGET_URL}", "ftp://example.com"));
         assert_at(&err, 9, 7);
-        assert!(err.message.contains("unknown URL scheme \"http\""), "{err}");
+        assert!(err.message.contains("unknown URL scheme \"ftp\""), "{err}");
     }
 
     #[test]

@@ -19,8 +19,8 @@ use tidesync_core::codec::binary::{encode_row_parts, row_hash};
 use tidesync_core::protocol::{
     self, AGENT_DIR_VAR, AGENT_TOKEN_VAR, AgentSettings, Applied, ErrorBody, HUB_URL_VAR, RowsPage,
 };
+use tidesync_core::with_causes;
 use tidesync_core::{Seq, Value};
-use tidesync_deliver::hub::with_causes;
 use tidesync_engine::Config;
 use tidesync_store::SqliteStore;
 use tokio_util::sync::CancellationToken;

@@ -249,3 +249,151 @@ impl Source for InboxSource {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tidesync_core::{BatchKind, Key, LogEntry, Op, Row, Seq, Value};
+
+    fn batch(first: u64, last: u64) -> Batch {
+        Batch {
+            pipeline: "p".to_owned(),
+            kind: BatchKind::Incremental,
+            first_seq: Seq(first),
+            last_seq: Seq(last),
+            entries: (first..=last)
+                .map(|seq| LogEntry {
+                    seq: Seq(seq),
+                    change: Change {
+                        stream: "items".to_owned(),
+                        op: Op::Insert,
+                        key: Key(vec![Value::Int(seq as i64)]),
+                        before: None,
+                        after: Some(Row(vec![("id".to_owned(), Value::Int(seq as i64))])),
+                        commit_time_us: 0,
+                        position: None,
+                        txn: None,
+                        unchanged: Vec::new(),
+                    },
+                })
+                .collect(),
+            position: None,
+        }
+    }
+
+    fn ids(captured: &Captured) -> Vec<i64> {
+        captured
+            .changes
+            .iter()
+            .map(|c| match c.key.0[0] {
+                Value::Int(i) => i,
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    /// Plays the pipeline: polls one batch, "appends" it, acks it.
+    async fn take_one(source: &mut InboxSource) -> Captured {
+        let captured = source
+            .poll(1000, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        source.ack(captured.position.clone()).await.unwrap();
+        captured
+    }
+
+    #[tokio::test]
+    async fn pushes_are_taken_once_in_order_and_gaps_are_refused() {
+        let inbox = Arc::new(Inbox::new("p", 0, Some(Vec::new())));
+        let mut source = inbox.source();
+        source.open(None).await.unwrap();
+
+        let push = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.push(batch(1, 3)).await }
+        });
+        let captured = take_one(&mut source).await;
+        assert_eq!(ids(&captured), vec![1, 2, 3]);
+        assert_eq!(captured.position, Position::Agent { seq: 3 });
+        assert_eq!(push.await.unwrap(), Ok(3));
+
+        // A replay is answered with the durable seq and queues nothing.
+        assert_eq!(inbox.push(batch(1, 3)).await, Ok(3));
+        assert_eq!(inbox.push(batch(2, 2)).await, Ok(3));
+        // A gap is refused.
+        assert_eq!(
+            inbox.push(batch(5, 6)).await,
+            Err(PushError::Gap {
+                durable: 3,
+                first: 5
+            })
+        );
+        // An overlapping push has only its new entries taken.
+        let push = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.push(batch(2, 5)).await }
+        });
+        let captured = take_one(&mut source).await;
+        assert_eq!(ids(&captured), vec![4, 5]);
+        assert_eq!(push.await.unwrap(), Ok(5));
+        assert!(
+            source
+                .poll(1000, Duration::from_millis(50))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reopened_source_gets_what_its_predecessor_dropped() {
+        let inbox = Arc::new(Inbox::new("p", 0, Some(Vec::new())));
+        let mut source = inbox.source();
+        source.open(None).await.unwrap();
+        let push = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.push(batch(1, 2)).await }
+        });
+        // Polled but never appended: the pipeline died.
+        let lost = source
+            .poll(1000, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&lost), vec![1, 2]);
+        drop(source);
+        // The store held nothing: the new source starts at 0 and the waiting push queues
+        // its batch again.
+        let mut source = inbox.source();
+        source.open(None).await.unwrap();
+        let captured = take_one(&mut source).await;
+        assert_eq!(ids(&captured), vec![1, 2]);
+        assert_eq!(push.await.unwrap(), Ok(2));
+
+        // Appended but not acked before the pipeline died: the store says 2 at the reopen,
+        // and nothing is taken twice.
+        let mut source = inbox.source();
+        source.open(Some(Position::Agent { seq: 2 })).await.unwrap();
+        assert_eq!(inbox.push(batch(1, 2)).await, Ok(2));
+    }
+
+    #[tokio::test]
+    async fn a_source_waits_for_the_agents_schemas() {
+        let inbox = Arc::new(Inbox::new("p", 0, None));
+        let mut source = inbox.source();
+        let opened = tokio::spawn(async move { source.open(None).await.map(|o| o.schemas) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!opened.is_finished());
+        let schemas = vec![TableSchema {
+            name: "items".to_owned(),
+            columns: Vec::new(),
+            key: vec!["id".to_owned()],
+            dialect: tidesync_core::Dialect::Postgres,
+        }];
+        assert!(inbox.set_schemas(schemas.clone()));
+        assert!(!inbox.set_schemas(schemas.clone()));
+        assert_eq!(opened.await.unwrap().unwrap(), schemas);
+    }
+}

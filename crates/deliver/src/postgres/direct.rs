@@ -78,9 +78,13 @@ impl PgCopyWriter {
         conn.dirty = true;
         // Created outside the chunk's transaction: created inside it, the table would make
         // every other writer wait for this commit.
-        within(&target, &context, conn.client.batch_execute(CREATE_COPIED))
-            .await?
-            .map_err(&err)?;
+        within(
+            &target,
+            &context,
+            conn.client.batch_execute(&sql::locked_ddl(CREATE_COPIED)),
+        )
+        .await?
+        .map_err(&err)?;
         within(&target, &context, conn.client.batch_execute("BEGIN"))
             .await?
             .map_err(&err)?;
@@ -227,9 +231,13 @@ impl PostgresSink {
         let context = "reading the direct copy's position";
         let err = self.query_error(context);
         let conn = self.connect().await?;
-        within(&target, context, conn.client.batch_execute(CREATE_COPIED))
-            .await?
-            .map_err(&err)?;
+        within(
+            &target,
+            context,
+            conn.client.batch_execute(&sql::locked_ddl(CREATE_COPIED)),
+        )
+        .await?
+        .map_err(&err)?;
         let row = within(
             &target,
             context,
@@ -295,9 +303,13 @@ impl PostgresSink {
         let context = "clearing the direct copy's position";
         let err = self.query_error(context);
         let conn = self.connect().await?;
-        within(&target, context, conn.client.batch_execute(CREATE_COPIED))
-            .await?
-            .map_err(&err)?;
+        within(
+            &target,
+            context,
+            conn.client.batch_execute(&sql::locked_ddl(CREATE_COPIED)),
+        )
+        .await?
+        .map_err(&err)?;
         let n = within(
             &target,
             context,

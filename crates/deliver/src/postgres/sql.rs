@@ -260,6 +260,14 @@ pub(crate) fn patch_sql(table: &str, columns: &[String], key: &[String]) -> Stri
     )
 }
 
+/// `ddl` in a transaction that first takes tidesync's setup lock: `CREATE TABLE IF NOT EXISTS`
+/// run by two sessions at once can fail with a unique violation in PostgreSQL's catalog
+/// (`pg_type_typname_nsp_index`), e.g. two pipelines opening sinks into one database.
+pub(crate) fn locked_ddl(ddl: &str) -> String {
+    // 'tidesync' in ASCII, as the advisory lock's key.
+    format!("BEGIN; SELECT pg_advisory_xact_lock(8388065316977405539); {ddl}; COMMIT;")
+}
+
 pub(crate) const CREATE_APPLIED: &str = "CREATE TABLE IF NOT EXISTS _tidesync_applied (
     pipeline text NOT NULL, sink text NOT NULL, seq bigint NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(), position text, PRIMARY KEY (pipeline, sink))";
