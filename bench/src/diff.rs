@@ -23,10 +23,11 @@ use crate::Common;
 use crate::child::{Tidesync, log_tail};
 use crate::pg::client::Db;
 use crate::pg::items::{CREATE_TABLE, load, settle};
-use crate::pg::server::{DB, SETTINGS};
+use crate::pg::server::DB;
 use crate::pg::{mb, runtime};
 use crate::report::{
-    add_result_row, command_line, git_commit, load_avg, machine, now_utc, thousands,
+    add_result_row, command_line, git_commit, load_avg, log_field as field, log_lines, machine,
+    now_utc, thousands,
 };
 
 const BENCH: &str = "pg-diff";
@@ -60,20 +61,9 @@ struct RunLine {
     ms: u64,
 }
 
-fn field(line: &str, name: &str) -> Option<u64> {
-    let at = line.find(&format!(" {name}="))? + name.len() + 2;
-    line[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
 fn runs(log: &Path) -> Vec<RunLine> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("diff run complete"))
+    log_lines(log, "diff run complete")
+        .iter()
         .filter_map(|l| {
             Some(RunLine {
                 rows: field(l, "rows")?,
@@ -96,11 +86,7 @@ async fn floor(db: &Db) -> anyhow::Result<Duration> {
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
     options.common.require_release_harness()?;
-    ensure!(options.rows > 0, "--rows must be positive");
-    ensure!(
-        options.changed > 0.0 && options.changed <= 100.0,
-        "--changed must be in (0, 100]"
-    );
+    crate::pg::check_rows_changed(options.rows, options.changed)?;
     let binary = options.common.tidesync_binary()?;
     let (dir, _guard) = options.common.work_dir()?;
     eprintln!(
@@ -109,11 +95,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         options.changed,
         dir.display()
     );
-    let mut builder = tidesync_testkit::Postgres::builder();
-    for (name, value) in SETTINGS {
-        builder = builder.setting(*name, *value);
-    }
-    let pg = builder.try_start().context("starting PostgreSQL")?;
+    let pg = crate::pg::start_server()?;
     pg.create_database(DB).context("creating the database")?;
     let url = pg.url(DB);
     let date = now_utc();

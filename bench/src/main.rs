@@ -7,6 +7,7 @@
 
 mod child;
 mod diff;
+mod hub;
 mod mysql;
 mod pg;
 mod report;
@@ -52,6 +53,10 @@ enum Command {
     /// Query-and-compare (`diff`) of a PostgreSQL table with 1% of its rows changed and with
     /// none, beside the server's own `COPY (SELECT ..) TO '/dev/null'`.
     PgDiff(diff::Options),
+    /// Pattern P1: a 1M-row initial sync agent -> hub -> PostgreSQL over HTTP, beside the table
+    /// streamed COPY TO -> COPY FROM between two databases; then the bytes per changed row on
+    /// the wire (zstd) against the same changes as JSON.
+    HubSync(hub::Options),
 }
 
 /// Options every benchmark takes.
@@ -176,6 +181,7 @@ fn main() -> ExitCode {
         Command::MysqlStreaming(options) => mysql::streaming(options),
         Command::MysqlSnapshot(options) => mysql::snapshot(options),
         Command::PgDiff(options) => diff::run(options),
+        Command::HubSync(options) => hub::run(options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -93,6 +93,25 @@ impl<T> Outcome<T> {
 /// The async runtime of a PostgreSQL benchmark: two worker threads (the machine has two
 /// cores), so the paced writers, the pollers and the connections' I/O tasks make progress
 /// while one thread is briefly blocked (reading /proc, waiting for a child to stop).
+/// A private PostgreSQL with the benchmarks' settings ([`server::SETTINGS`]).
+pub fn start_server() -> anyhow::Result<tidesync_testkit::Postgres> {
+    let mut builder = tidesync_testkit::Postgres::builder();
+    for (name, value) in server::SETTINGS {
+        builder = builder.setting(*name, *value);
+    }
+    builder.try_start().context("starting PostgreSQL")
+}
+
+/// Checks `--rows` and `--changed` (a percentage) of a benchmark that changes rows.
+pub fn check_rows_changed(rows: u64, changed: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(rows > 0, "--rows must be positive");
+    anyhow::ensure!(
+        changed > 0.0 && changed <= 100.0,
+        "--changed must be in (0, 100]"
+    );
+    Ok(())
+}
+
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -172,6 +172,26 @@ pub fn add_result_row(
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The number after ` NAME=` in a tidesync log line (`ms=42`, `wire_bytes=1234`).
+pub fn log_field(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The lines of the log at `path` that contain `marker` (none if it cannot be read yet).
+pub fn log_lines(path: &std::path::Path, marker: &str) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(marker))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,7 +87,11 @@ pub fn schemas_file(store: &Path, pipeline: &str) -> PathBuf {
 }
 
 /// Builds the hub's shared state: one inbox per agent, at the position its store holds.
-fn hub_state(config: &Config, store: &SqliteStore) -> Result<Hub, ServeError> {
+fn hub_state(
+    config: &Config,
+    store: &SqliteStore,
+    stopping: CancellationToken,
+) -> Result<Hub, ServeError> {
     let hub = config
         .hub
         .as_ref()
@@ -147,6 +151,7 @@ fn hub_state(config: &Config, store: &SqliteStore) -> Result<Hub, ServeError> {
         agents,
         store: store.clone(),
         max_body_bytes: hub.max_body_bytes,
+        stopping,
     })
 }
 
@@ -159,7 +164,7 @@ pub async fn serve(
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), ServeError> {
     let store = SqliteStore::open(&config.store.path)?;
-    let hub = Arc::new(hub_state(config, &store)?);
+    let hub = Arc::new(hub_state(config, &store, cancel.clone())?);
     let listen = config
         .hub
         .as_ref()

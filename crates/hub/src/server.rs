@@ -119,6 +119,9 @@ pub struct Hub {
     pub store: SqliteStore,
     /// The most bytes a request body may have, before and after decompression.
     pub max_body_bytes: usize,
+    /// Fires when the hub stops: pushes waiting for the log are answered 503 at once, so the
+    /// server's graceful shutdown does not wait for them.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// The routes of the API.
@@ -195,8 +198,13 @@ impl Hub {
     }
 }
 
-/// The body, decompressed as its `Content-Encoding` says, at most `limit` bytes either way.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// The body, decompressed as its `Content-Encoding` says, at most `limit` bytes either way,
+/// and how many bytes it had on the wire.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<(Vec<u8>, usize), ApiError> {
     let encoding = match headers.get(header::CONTENT_ENCODING) {
         None => Encoding::Identity,
         Some(value) => value
@@ -226,16 +234,19 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| too_large("request"))?;
+    let wire = bytes.len();
     match encoding {
-        Encoding::Identity => Ok(bytes.to_vec()),
-        _ => compress::decompress(&bytes, encoding, limit).map_err(|e| match e {
-            tidesync_core::codec::DecodeError::TooLarge { .. } => too_large("decompressed"),
-            other => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_encoding",
-                format!("the body is not {} data: {other}", encoding.as_str()),
-            ),
-        }),
+        Encoding::Identity => Ok((bytes.to_vec(), wire)),
+        _ => compress::decompress(&bytes, encoding, limit)
+            .map(|plain| (plain, wire))
+            .map_err(|e| match e {
+                tidesync_core::codec::DecodeError::TooLarge { .. } => too_large("decompressed"),
+                other => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_encoding",
+                    format!("the body is not {} data: {other}", encoding.as_str()),
+                ),
+            }),
     }
 }
 
@@ -267,7 +278,7 @@ async fn put_schemas(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body
 
 async fn put_schemas_inner(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<usize, ApiError> {
     let agent = hub.agent(headers)?;
-    let bytes = read_body(headers, body, hub.max_body_bytes).await?;
+    let (bytes, _) = read_body(headers, body, hub.max_body_bytes).await?;
     let schemas: Schemas = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -357,7 +368,8 @@ async fn push(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) -> Re
 
 async fn push_inner(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<u64, ApiError> {
     let agent = hub.agent(headers)?;
-    let bytes = read_body(headers, body, hub.max_body_bytes).await?;
+    let (bytes, wire_bytes) = read_body(headers, body, hub.max_body_bytes).await?;
+    let json_bytes = bytes.len();
     let batch = decode_batch(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -383,9 +395,17 @@ async fn push_inner(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<u64, A
         .unwrap_or("-")
         .to_owned();
     let (first, last, n) = (batch.first_seq, batch.last_seq, batch.entries.len());
-    match agent.inbox.push(batch).await {
+    let pushed = tokio::select! {
+        pushed = agent.inbox.push(batch) => pushed,
+        () = hub.stopping.cancelled() => Err(PushError::Timeout),
+    };
+    match pushed {
         Ok(durable) => {
-            tracing::debug!(agent = %agent.name, %key, %first, %last, changes = n, durable, "push taken");
+            // The byte counts are what `tidesync-bench hub-sync` sums.
+            tracing::debug!(
+                agent = %agent.name, %key, %first, %last, changes = n, durable, wire_bytes,
+                json_bytes, "push taken"
+            );
             Ok(durable)
         }
         Err(PushError::Gap { durable, first }) => Err(ApiError {
@@ -404,7 +424,8 @@ async fn push_inner(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<u64, A
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             format!(
-                "the hub's log did not take the batch within {} s; retry later",
+                "the hub's log did not take the batch (within {} s, or the hub is stopping); \
+                 retry later",
                 crate::inbox::PUSH_WAIT.as_secs()
             ),
         )),
