@@ -205,9 +205,13 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         ],
         &agent_log,
     )?;
-    let mut wait_applied = |target: u64, what: &str| -> anyhow::Result<Duration> {
+    let wait_applied = |hub: &mut Tidesync,
+                        agent: &mut Tidesync,
+                        target: u64,
+                        what: &str|
+     -> anyhow::Result<Duration> {
         loop {
-            for (child, log) in [(&mut hub, &hub_log), (&mut agent, &agent_log)] {
+            for (child, log) in [(&mut *hub, &hub_log), (&mut *agent, &agent_log)] {
                 child.sample()?;
                 child.check_running().with_context(|| log_tail(log, 30))?;
             }
@@ -225,7 +229,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    let initial = wait_applied(options.rows, "the initial sync")?;
+    let initial = wait_applied(&mut hub, &mut agent, options.rows, "the initial sync")?;
+    let (hub_cpu, agent_cpu) = (hub.usage().cpu, agent.usage().cpu);
     let every = (100.0 / options.changed).round().max(1.0) as u64;
     let changed_rows = rt.block_on(async {
         source
@@ -236,7 +241,18 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             .await
             .context("changing rows")
     })?;
-    wait_applied(options.rows + changed_rows, "the changed rows")?;
+    wait_applied(
+        &mut hub,
+        &mut agent,
+        options.rows + changed_rows,
+        "the changed rows",
+    )?;
+    // The hub logs a push right after its log took it, which may be just after the sink
+    // applied it: wait for the lines before stopping it.
+    let logged = |log: &Path| pushes(log).iter().map(|p| p.changes).sum::<u64>();
+    while logged(&hub_log) < options.rows + changed_rows && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (hub_peak, agent_peak) = (hub.peak_bytes(), agent.peak_bytes());
     agent.stop(Duration::from_secs(30))?;
     hub.stop(Duration::from_secs(30))?;
@@ -291,6 +307,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         options.changed,
         thousands(changed_rows as f64),
         100.0 * changed_wire / changed_json.max(1.0)
+    );
+    println!(
+        "| CPU during the initial sync | hub {:.1} s, agent {:.1} s |",
+        hub_cpu.as_secs_f64(),
+        agent_cpu.as_secs_f64()
     );
     println!(
         "| peak RSS | hub {} MB, agent {} MB |",

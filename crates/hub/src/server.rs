@@ -396,6 +396,8 @@ async fn push_inner(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<u64, A
         .to_owned();
     let (first, last, n) = (batch.first_seq, batch.last_seq, batch.entries.len());
     let pushed = tokio::select! {
+        // A push that is durable is answered 200 even when the hub is stopping.
+        biased;
         pushed = agent.inbox.push(batch) => pushed,
         () = hub.stopping.cancelled() => Err(PushError::Timeout),
     };
