@@ -120,6 +120,10 @@ enum Command {
         /// Where the agent keeps its store and the hub's last settings.
         #[arg(long, default_value = "tidesync-agent")]
         dir: PathBuf,
+        /// How often to ask the hub whether this agent's settings changed (the pipeline then
+        /// restarts with them).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        config_poll_secs: u64,
     },
     /// Run a shop master -> replica sync on this machine (SQLite, no other service needed),
     /// then check that the replica equals the master row by row.
@@ -284,12 +288,22 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
                 Ok::<_, Failure>(ExitCode::SUCCESS)
             })
         }
-        Command::Agent { hub, token, dir } => {
+        Command::Agent {
+            hub,
+            token,
+            dir,
+            config_poll_secs,
+        } => {
             let rt = runtime()?;
             rt.block_on(async {
                 let cancel = CancellationToken::new();
                 let signals = tokio::spawn(stop_on_signal(cancel.clone()));
-                let options = tidesync_hub::agent::AgentOptions { hub, token, dir };
+                let options = tidesync_hub::agent::AgentOptions {
+                    hub,
+                    token,
+                    dir,
+                    config_poll: std::time::Duration::from_secs(config_poll_secs),
+                };
                 let result = tidesync_hub::agent::run(options, cancel).await;
                 signals.abort();
                 match result {

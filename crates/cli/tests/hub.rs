@@ -364,6 +364,8 @@ fn p1_postgres_agent_refusals_replays_first_start_download_and_verify() {
         &hub_url,
         "--dir",
         agent_dir.to_str().unwrap(),
+        "--config-poll-secs",
+        "1",
     ];
     // The token from the environment, as the docs recommend.
     let agent_env = [("TIDESYNC_AGENT_TOKEN", Path::new(TOKEN))];
@@ -532,6 +534,40 @@ fn p1_postgres_agent_refusals_replays_first_start_download_and_verify() {
     std::thread::sleep(Duration::from_millis(2_500));
     let mut hub = spawn(&["serve", config], &[], &hub_log);
     caught_up_and_verified(&pg, config, &logs);
+
+    // Central configuration: the hub's source gets a second table. The running agent sees
+    // its new settings, restarts its pipeline with them, and the new stream reaches the shop
+    // (the hub restarts its side when the agent's schemas change).
+    pg.psql(
+        "erp",
+        "CREATE TABLE extra (code text PRIMARY KEY, n int); \
+         INSERT INTO extra SELECT 'c' || g, g FROM generate_series(1, 300) g;",
+    )
+    .unwrap();
+    stop_cleanly(&mut hub, &hub_log);
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        text.replace("tables = [\"items\"]", "tables = [\"items\", \"extra\"]"),
+    )
+    .unwrap();
+    let mut hub = spawn(&["serve", config], &[], &hub_log);
+    wait_logged(
+        "the new stream in the shop",
+        Duration::from_secs(60),
+        &logs,
+        || {
+            pg.psql("shop", "SELECT count(*) || ':' || sum(n) FROM extra")
+                .ok()
+                .filter(|s| s.trim() == "300:45150")
+                .map(|_| ())
+        },
+    );
+    assert!(
+        log_text(&agent_log).contains("the hub changed this agent's settings"),
+        "{}",
+        log_text(&agent_log)
+    );
     stop_cleanly(&mut agent, &agent_log);
     stop_cleanly(&mut hub, &hub_log);
 }

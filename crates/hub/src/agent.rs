@@ -67,6 +67,9 @@ pub struct AgentOptions {
     pub token: String,
     /// Where the agent keeps its store and the hub's last settings.
     pub dir: PathBuf,
+    /// How often it asks the hub whether its settings changed (it restarts its pipeline with
+    /// the new ones).
+    pub config_poll: Duration,
 }
 
 /// How a request to the hub failed.
@@ -184,14 +187,7 @@ async fn settings(
         .await?;
     match (fetched, cached) {
         (Some(settings), _) => {
-            let bytes = serde_json::to_vec_pretty(&settings).map_err(|e| AgentError::Protocol {
-                hub: client.hub.clone(),
-                message: e.to_string(),
-            })?;
-            write_atomic(&cache, &bytes).map_err(|source| AgentError::Dir {
-                dir: dir.to_path_buf(),
-                source,
-            })?;
+            save_settings(client, dir, &settings)?;
             tracing::info!(agent = %settings.agent, pipeline = %settings.pipeline, "settings from the hub");
             Ok(settings)
         }
@@ -204,6 +200,18 @@ async fn settings(
         }
         (None, None) => Err(AgentError::Cancelled),
     }
+}
+
+/// Keeps `settings` in `DIR/agent.json` for a restart while the hub is unreachable.
+fn save_settings(client: &Client, dir: &Path, settings: &AgentSettings) -> Result<(), AgentError> {
+    let bytes = serde_json::to_vec_pretty(settings).map_err(|e| AgentError::Protocol {
+        hub: client.hub.clone(),
+        message: e.to_string(),
+    })?;
+    write_atomic(&dir.join("agent.json"), &bytes).map_err(|source| AgentError::Dir {
+        dir: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// Where a first-start download got to.
@@ -369,7 +377,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         hub: hub.clone(),
         token: options.token.clone(),
     };
-    let settings = settings(&client, &dir, &cancel).await?;
+    let mut settings = settings(&client, &dir, &cancel).await?;
     let dir_text = dir.to_string_lossy().into_owned();
     let env = |name: &str| match name {
         AGENT_DIR_VAR => Some(dir_text.clone()),
@@ -377,10 +385,44 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         AGENT_TOKEN_VAR => Some(options.token.clone()),
         _ => None,
     };
-    let config = Config::from_str(&settings.config, &dir.join("agent.json"), &env)?;
-    let store = SqliteStore::open(&config.store.path)?;
-    download(&client, &config, &store, &dir, &cancel).await?;
-    let engine = tidesync_engine::Engine::build(&config)?;
-    engine.run(cancel).await?;
-    Ok(())
+    let mut config = Config::from_str(&settings.config, &dir.join("agent.json"), &env)?;
+    loop {
+        let store = SqliteStore::open(&config.store.path)?;
+        download(&client, &config, &store, &dir, &cancel).await?;
+        drop(store);
+        let engine = tidesync_engine::Engine::build(&config)?;
+        let run_cancel = cancel.child_token();
+        let running = engine.run(run_cancel.clone());
+        tokio::pin!(running);
+        // Runs until stopped, or until the hub has other settings for this agent.
+        let (new_settings, new_config) = loop {
+            tokio::select! {
+                result = &mut running => {
+                    result?;
+                    return Ok(());
+                }
+                () = tokio::time::sleep(options.config_poll) => {}
+            }
+            match client.get::<AgentSettings>(protocol::CONFIG_PATH).await {
+                Ok(new) if new.config != settings.config => {
+                    match Config::from_str(&new.config, &dir.join("agent.json"), &env) {
+                        Ok(parsed) => break (new, parsed),
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "the hub sent settings this agent cannot use; keeping the current ones"
+                        ),
+                    }
+                }
+                Ok(_) => {}
+                // Unreachable or refusing: the pipeline's own pushes retry or stop.
+                Err(Failure::Retry(_)) => {}
+                Err(Failure::Fatal(e)) => tracing::warn!(error = %e, "asking the hub for settings"),
+            }
+        };
+        tracing::info!("the hub changed this agent's settings: restarting with them");
+        run_cancel.cancel();
+        (&mut running).await?;
+        save_settings(&client, &dir, &new_settings)?;
+        (settings, config) = (new_settings, new_config);
+    }
 }
