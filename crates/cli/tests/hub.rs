@@ -115,7 +115,7 @@ fn shop_products(pg: &Postgres) -> Option<String> {
     pg.psql(
         "shop",
         "SELECT count(*) || ':' || md5(coalesce(string_agg(concat_ws('|', sku, title, \
-           round(price, 2), stock), ';' ORDER BY sku COLLATE \"C\"), '')) FROM products \
+           price, stock), ';' ORDER BY sku COLLATE \"C\"), '')) FROM products \
            WHERE origin = 'erp-main'",
     )
     .ok()

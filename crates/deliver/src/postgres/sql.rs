@@ -82,6 +82,11 @@ pub(crate) fn pg_type_for_mysql(column_type: &str) -> String {
         "bigint" if unsigned => "numeric(20,0)".into(),
         "bigint" => "bigint".into(),
         "decimal" | "numeric" | "dec" | "fixed" => match numbers.as_deref() {
+            // MySQL's widest decimal, which is also what a `cast = "decimal"` field of a MySQL
+            // `diff` source declares (MySQL has no unconstrained decimal): PostgreSQL's
+            // unconstrained numeric holds every value of it exactly, and keeps each value's
+            // own scale instead of padding `12.50` to thirty decimals.
+            Some([65, 30]) => "numeric".into(),
             Some([p, s]) if *p >= 1 && s <= p => format!("numeric({p},{s})"),
             Some([p]) if *p >= 1 => format!("numeric({p},0)"),
             // MySQL's default precision and scale.
