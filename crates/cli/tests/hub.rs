@@ -481,14 +481,21 @@ fn p1_postgres_agent_refusals_replays_first_start_download_and_verify() {
     assert_eq!(position(port), applied, "a refused push moved the position");
     assert_eq!(items_sum(&pg, "shop").unwrap(), expected);
 
-    // A push replayed below the hub's seq is answered with that seq and applied nothing.
+    // A push replayed below the hub's seq is answered with that seq and applied nothing,
+    // whether plain JSON or gzip.
     let replay = encode_batch(&one_insert("erp_items", "items", applied, 900_002));
-    let (got, text) = http(port, "POST", "/v1/agent/batches", &[auth], &replay);
-    assert_eq!(got, 200, "{text}");
-    assert!(
-        text.contains(&format!("\"applied_through\":{applied}")),
-        "{text}"
-    );
+    let gzip = compress(&replay, Encoding::Gzip);
+    for (headers, body) in [
+        (vec![auth], &replay),
+        (vec![auth, ("Content-Encoding", "gzip")], &gzip),
+    ] {
+        let (got, text) = http(port, "POST", "/v1/agent/batches", &headers, body);
+        assert_eq!(got, 200, "{text}");
+        assert!(
+            text.contains(&format!("\"applied_through\":{applied}")),
+            "{text}"
+        );
+    }
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(items_sum(&pg, "shop").unwrap(), expected);
 
