@@ -260,7 +260,10 @@ fn pg_hub_config(dir: &Path, pg: &Postgres, port: u16) -> std::path::PathBuf {
          [pipelines.erp_items]\nsource = \"erp\"\nsinks = [\"shop\"]\n\n\
          [pipelines.old_items]\nsource = \"old\"\nsinks = [\"shop\"]\n\n\
          [agents.store1]\ntoken = \"{TOKEN}\"\npipeline = \"erp_items\"\n\n\
-         [agents.old]\ntoken = \"revoked-token-0123456789\"\npipeline = \"old_items\"\nrevoked = true\n",
+         [agents.old]\ntoken = \"revoked-token-0123456789\"\npipeline = \"old_items\"\nrevoked = true\n\n\
+         [sources.rogue]\nurl = \"{erp}\"\nmode = \"diff\"\ntables = [\"odd\"]\n\n\
+         [pipelines.rogue_items]\nsource = \"rogue\"\nsinks = [\"shop\"]\n\n\
+         [agents.rogue]\ntoken = \"rogue-token-0123456789ab\"\npipeline = \"rogue_items\"\n",
         state = dir.join("hub/hub.db").display(),
         erp = pg.url("erp"),
         shop = pg.url("shop"),
@@ -480,6 +483,51 @@ fn p1_postgres_agent_refusals_replays_first_start_download_and_verify() {
     }
     assert_eq!(position(port), applied, "a refused push moved the position");
     assert_eq!(items_sum(&pg, "shop").unwrap(), expected);
+
+    // An agent whose data its target refuses (text into an integer column) stops only its
+    // own pipeline: the hub goes on serving the others (the rest of this test).
+    let rogue = ("Authorization", "Bearer rogue-token-0123456789ab");
+    let schemas = serde_json::json!({"schemas": [{
+        "name": "odd",
+        "columns": [
+            {"name": "id", "type_name": "int8", "nullable": false},
+            {"name": "n", "type_name": "int4", "nullable": true}
+        ],
+        "key": ["id"],
+        "dialect": "postgres"
+    }]});
+    let (got, text) = http(
+        port,
+        "PUT",
+        "/v1/agent/schemas",
+        &[rogue],
+        schemas.to_string().as_bytes(),
+    );
+    assert_eq!(got, 200, "{text}");
+    let mut bad = one_insert("rogue_items", "odd", 1, 1);
+    bad.entries[0].change.after = Some(Row(vec![
+        ("id".to_owned(), Value::Int(1)),
+        ("n".to_owned(), Value::Text("not a number".to_owned())),
+    ]));
+    let (got, text) = http(
+        port,
+        "POST",
+        "/v1/agent/batches",
+        &[rogue],
+        &encode_batch(&bad),
+    );
+    assert_eq!(got, 200, "{text}");
+    wait_logged(
+        "the rogue pipeline's failure",
+        Duration::from_secs(30),
+        &logs,
+        || {
+            log_text(&hub_log)
+                .contains("the agent's pipeline stopped; the hub serves the other agents")
+                .then_some(())
+        },
+    );
+    assert_eq!(position(port), applied);
 
     // A push replayed below the hub's seq is answered with that seq and applied nothing,
     // whether plain JSON or gzip.

@@ -230,8 +230,16 @@ pub async fn serve(
     first_error.map_or(Ok(()), Err)
 }
 
+/// How long an agent's pipeline that failed waits before it starts again.
+const RESTART_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs an agent's pipeline, restarting it when the agent sends other schemas (a stream
 /// added or changed on the hub's side), so that its sinks open with them.
+///
+/// An agent's data comes from outside: when its pipeline fails (e.g. a value its target
+/// column refuses), the error is logged and the pipeline starts again after
+/// [`RESTART_AFTER_FAILURE`], while the hub goes on serving the other agents. The agent's
+/// pushes keep landing in the hub's log until `max_lag`, then wait (503).
 async fn supervise(
     config: &Config,
     pipeline: &tidesync_engine::PipelineConfig,
@@ -246,26 +254,44 @@ async fn supervise(
         let run = tidesync_engine::build_pipeline(config, pipeline, store, Some(source))
             .run(run_cancel.clone());
         tokio::pin!(run);
-        loop {
+        let result = loop {
             let changed = inbox.schemas_changed.notified();
             tokio::select! {
-                result = &mut run => {
-                    result?;
-                    return Ok(());
-                }
+                result = &mut run => break Some(result),
                 () = changed => {
                     let now = inbox.schemas();
                     if opened_with.is_none() {
                         // A new agent's first schemas: the waiting source opens with them.
                         opened_with = now;
                     } else if now != opened_with {
-                        break;
+                        break None;
                     }
                 }
             }
+        };
+        let result = match result {
+            Some(result) => result,
+            None => {
+                tracing::info!(pipeline = %pipeline.name, "the agent's schemas changed: restarting the pipeline");
+                run_cancel.cancel();
+                (&mut run).await
+            }
+        };
+        match result {
+            Ok(()) if cancel.is_cancelled() => return Ok(()),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(
+                    pipeline = %pipeline.name,
+                    error = %tidesync_core::with_causes(&e),
+                    retry_in_s = RESTART_AFTER_FAILURE.as_secs(),
+                    "the agent's pipeline stopped; the hub serves the other agents meanwhile"
+                );
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(RESTART_AFTER_FAILURE) => {}
+                }
+            }
         }
-        tracing::info!(pipeline = %pipeline.name, "the agent's schemas changed: restarting the pipeline");
-        run_cancel.cancel();
-        (&mut run).await?;
     }
 }
