@@ -241,6 +241,28 @@ fn p1_example_mariadb_erp_through_an_agent_into_a_postgres_hub_survives_kills() 
         &logs,
         || (shop_products(&pg).as_deref() == Some(expected.as_str())).then_some(()),
     );
+    // verify reads the ERP's query through the mapping and compares it with the shop.
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["verify", config, "--settle-secs", "1"];
+        args.extend_from_slice(extra);
+        let out = run(&args, &env);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = verify(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    pg.psql(
+        "shop",
+        "UPDATE products SET title = 'drift' WHERE sku = 'A000007'",
+    )
+    .unwrap();
+    let (code, text) = verify(&[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("A000007"), "{text}");
     stop_cleanly(&mut agent, &agent_log);
     stop_cleanly(&mut hub, &hub_log);
     for log in [&hub_log, &agent_log] {

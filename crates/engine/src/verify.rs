@@ -413,17 +413,12 @@ pub async fn verify(
         )
         .for_diff_source(matches!(spec, SourceSpec::Diff { .. }));
         // Streams of a diff source that read a query (or map fields) have no table of the
-        // same shape to compare with.
-        let unreadable = |table: &str| match spec {
+        // same shape: their model rows are read into a SQLite file first (`materialize`),
+        // which is then the source side.
+        let query_stream = |table: &str| match spec {
             SourceSpec::Diff { streams, .. } => streams
                 .iter()
-                .find(|s| s.name == table && (s.query.is_some() || !s.fields.is_empty()))
-                .map(|_| {
-                    format!(
-                        "stream {table} reads a query (or maps fields): verify compares \
-                         tables, so it cannot check this stream yet"
-                    )
-                }),
+                .find(|s| s.name == table && (s.query.is_some() || !s.fields.is_empty())),
             _ => None,
         };
         let mut out = PipelineReport {
@@ -433,14 +428,23 @@ pub async fn verify(
             tables: Vec::new(),
         };
         for table in tables {
+            // A query stream's rows, read once for all sinks; the guard removes the file.
+            let materialized = match query_stream(table) {
+                None => None,
+                Some(stream) => Some(materialize(config, spec, stream, options).await),
+            };
             for sink in &pipeline.sinks {
                 let started = Instant::now();
                 let mut result = TableReport::new(table, sink);
-                if let Some(e) = unreadable(table) {
-                    result.error = Some(e);
-                    out.tables.push(result);
-                    continue;
-                }
+                let (source, settle) = match &materialized {
+                    None => (&source, Some((&mut settle, sink.as_str()))),
+                    Some(Ok((_, rows))) => (rows, None),
+                    Some(Err(e)) => {
+                        result.error = Some(e.to_string());
+                        out.tables.push(result);
+                        continue;
+                    }
+                };
                 let target = match sink_endpoint(&config.sinks[sink].spec) {
                     Ok(t) => t,
                     Err(e) => {
@@ -459,12 +463,12 @@ pub async fn verify(
                     })
                 };
                 let run = table::run(
-                    &source,
+                    source,
                     &target,
                     table,
                     config.sinks[sink].renames.get(table),
                     options,
-                    Some((&mut settle, sink.as_str())),
+                    settle,
                     &shown,
                     &mut result,
                 )
@@ -484,6 +488,170 @@ pub async fn verify(
         report.pipelines.push(out);
     }
     Ok(report)
+}
+
+/// The model rows of `stream` (a stream of the `diff` source `spec` that reads a query or
+/// maps fields) as they are now, in a table of that name in a temporary SQLite file: one
+/// comparison run of the stream, by the same reader, mapping and SQLite sink the pipeline
+/// code uses, into a throwaway store. That file is then the source side of the comparison,
+/// so every target gets the canonical comparison of a SQLite source (`canon`). The rows are
+/// a snapshot: a difference still in flight is reported as found (no re-check).
+async fn materialize(
+    config: &Config,
+    spec: &SourceSpec,
+    stream: &tidesync_capture::diff::StreamSpec,
+    options: &VerifyOptions,
+) -> Result<(tempfile::TempDir, Endpoint), VerifyError> {
+    use crate::config::{PipelineConfig, SinkConfig, SourceConfig, StoreConfig};
+    const PIPELINE: &str = "verify";
+    let SourceSpec::Diff { db, .. } = spec else {
+        return Err(VerifyError::Task(format!(
+            "stream {} is not of a diff source",
+            stream.name
+        )));
+    };
+    let task = |e: std::io::Error| VerifyError::Task(format!("a temporary folder: {e}"));
+    let dir = tempfile::Builder::new()
+        .prefix("tidesync-verify-")
+        .tempdir()
+        .map_err(task)?;
+    let rows = dir.path().join("rows.db");
+    let store_path = dir.path().join("store.db");
+    let mini = Config {
+        file: config.file.clone(),
+        store: StoreConfig {
+            path: store_path.clone(),
+            retention: Duration::ZERO,
+        },
+        sources: [(
+            "query".to_owned(),
+            SourceConfig {
+                name: "query".to_owned(),
+                spec: SourceSpec::Diff {
+                    db: db.clone(),
+                    tables: vec![stream.name.clone()],
+                    streams: vec![stream.clone()],
+                    // One run: every row compared (no watermark), none after it.
+                    interval: Duration::from_secs(365 * 86_400),
+                    chunk_rows: options.chunk_rows,
+                    incremental: None,
+                },
+            },
+        )]
+        .into(),
+        sinks: [(
+            "rows".to_owned(),
+            SinkConfig {
+                name: "rows".to_owned(),
+                spec: SinkSpec::Sqlite {
+                    path: rows.clone(),
+                    create_tables: true,
+                },
+                renames: Default::default(),
+            },
+        )]
+        .into(),
+        pipelines: vec![PipelineConfig {
+            name: PIPELINE.to_owned(),
+            source: "query".to_owned(),
+            sinks: vec!["rows".to_owned()],
+            batch_size: 10_000,
+            max_lag: u64::MAX,
+            direct_stream: false,
+        }],
+        hub: None,
+        agents: Default::default(),
+    };
+    let store =
+        tidesync_store::SqliteStore::open(&store_path).map_err(|source| VerifyError::Store {
+            path: store_path.clone(),
+            source,
+        })?;
+    let mut pipeline = crate::build_pipeline(&mini, &mini.pipelines[0], &store, None);
+    pipeline.source = Box::new(AsStored(pipeline.source));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(pipeline.run(cancel.clone()));
+    // Done once the run is complete (its position is stored) and the sink has applied the
+    // log up to there.
+    loop {
+        if running.is_finished() {
+            let ended = running
+                .await
+                .map_err(|e| VerifyError::Task(format!("reading stream {}: {e}", stream.name)))?;
+            return Err(VerifyError::Task(match ended {
+                Ok(()) => format!("reading stream {}: stopped early", stream.name),
+                Err(e) => format!("reading stream {}: {}", stream.name, e.source),
+            }));
+        }
+        let status = store
+            .status_blocking(PIPELINE)
+            .map_err(|source| VerifyError::Store {
+                path: store_path.clone(),
+                source,
+            })?;
+        let complete =
+            matches!(status.position, Some(Position::DiffRun { started_us, .. }) if started_us > 0);
+        let applied = status
+            .cursors
+            .iter()
+            .any(|(name, seq)| name == "rows" && *seq >= status.head);
+        if complete && applied {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+    let _ = running.await;
+    Ok((dir, Endpoint::Sqlite { path: rows }))
+}
+
+/// A source whose tables are created without column types: SQLite then keeps every value
+/// exactly as the sink binds it (a decimal's text with its scale, not a REAL), which is what
+/// the pipeline sent to its targets. For [`materialize`].
+struct AsStored(Box<dyn tidesync_core::Source>);
+
+impl tidesync_core::Source for AsStored {
+    fn open(
+        &mut self,
+        from: Option<Position>,
+    ) -> tidesync_core::BoxFuture<'_, Result<tidesync_core::Opened, tidesync_core::StageError>>
+    {
+        Box::pin(async move {
+            let mut opened = self.0.open(from).await?;
+            for schema in &mut opened.schemas {
+                schema.dialect = tidesync_core::Dialect::Sqlite;
+                for column in &mut schema.columns {
+                    // No declared type: no affinity, nothing converted.
+                    column.type_name = String::new();
+                }
+            }
+            Ok(opened)
+        })
+    }
+
+    fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> tidesync_core::BoxFuture<
+        '_,
+        Result<Option<tidesync_core::Captured>, tidesync_core::StageError>,
+    > {
+        self.0.poll(max, wait)
+    }
+
+    fn ack(
+        &mut self,
+        position: Position,
+    ) -> tidesync_core::BoxFuture<'_, Result<(), tidesync_core::StageError>> {
+        self.0.ack(position)
+    }
+
+    fn remove(
+        &mut self,
+    ) -> tidesync_core::BoxFuture<'_, Result<Vec<String>, tidesync_core::StageError>> {
+        self.0.remove()
+    }
 }
 
 /// Compares `table` of `source` with the table of the same stream name in `target`, with no
