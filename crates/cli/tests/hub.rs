@@ -518,6 +518,20 @@ fn p1_postgres_agent_refusals_replays_first_start_download_and_verify() {
         "key": ["id"],
         "dialect": "postgres"
     }]});
+    // Schemas come from outside: a type name that could smuggle SQL into the target's
+    // CREATE TABLE is refused.
+    let smuggled = schemas
+        .to_string()
+        .replace("\"int4\"", "\"int4); DROP TABLE items; --\"");
+    let (got, text) = http(
+        port,
+        "PUT",
+        "/v1/agent/schemas",
+        &[rogue],
+        smuggled.as_bytes(),
+    );
+    assert_eq!(got, 422, "{text}");
+    assert!(text.contains("bad_schema"), "{text}");
     let (got, text) = http(
         port,
         "PUT",

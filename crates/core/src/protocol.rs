@@ -87,8 +87,8 @@ pub struct ErrorBody {
     /// What went wrong, for people; never contains a token.
     pub error: String,
     /// A stable word for programs: `unauthorized`, `revoked`, `forbidden_stream`, `bad_json`,
-    /// `bad_encoding`, `unsupported_encoding`, `too_large`, `bad_batch`, `gap`, `unavailable`,
-    /// `unknown_stream`, `bad_request`.
+    /// `bad_encoding`, `unsupported_encoding`, `too_large`, `bad_batch`, `bad_schema`, `gap`,
+    /// `no_schemas`, `unavailable`, `unknown_stream`, `bad_request`, `internal`.
     pub code: String,
     /// With `gap`: where the agent must resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]

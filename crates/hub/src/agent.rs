@@ -287,11 +287,16 @@ async fn download(
                 path.push_str(a);
             }
             let never = |_| false;
-            let Some(page) = client
-                .get_retrying::<RowsPage>(&path, cancel, &never)
-                .await?
-            else {
-                return Err(AgentError::Cancelled);
+            let page = match client.get_retrying::<RowsPage>(&path, cancel, &never).await {
+                Ok(Some(page)) => page,
+                Ok(None) => return Err(AgentError::Cancelled),
+                // The hub lost what it knew of this stream's shape (its schemas file): nothing
+                // to download, the first comparison sends every row of it instead.
+                Err(AgentError::Refused { code, message, .. }) if code == "no_schemas" => {
+                    tracing::warn!(%stream, %message, "the hub has no rows of this stream to download");
+                    break;
+                }
+                Err(e) => return Err(e),
             };
             if page.applied_through != progress.applied_through {
                 return Err(AgentError::Download {

@@ -306,6 +306,22 @@ async fn put_schemas_inner(hub: &Hub, headers: &HeaderMap, body: Body) -> Result
                 schema.name
             )));
         }
+        if let Some(column) = schema
+            .columns
+            .iter()
+            .find(|c| !plain_type_name(&c.type_name))
+        {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_schema",
+                format!(
+                    "stream {}: column {:?} has type {:?}, not a plain type name (letters, \
+                     digits, spaces and _, then at most one (digits) or (digits,digits) and \
+                     []); cast it to text in the stream's fields",
+                    schema.name, column.name, column.type_name
+                ),
+            ));
+        }
         if schema.key.is_empty()
             || schema
                 .key
@@ -337,6 +353,43 @@ async fn put_schemas_inner(hub: &Hub, headers: &HeaderMap, body: Body) -> Result
         tracing::info!(agent = %agent.name, streams = n, restart = had, "agent sent its schemas");
     }
     Ok(n)
+}
+
+/// Whether an agent's column type name is one a sink may put into `CREATE TABLE`: the
+/// schemas come from outside the hub, so only the shape of a built-in type name passes
+/// (`bigint`, `numeric(12,2)`, `timestamp with time zone`, `text[]`, `int unsigned`), nothing
+/// that could end the column list or the statement. Empty is allowed (no declared type).
+fn plain_type_name(name: &str) -> bool {
+    if name.len() > 64 {
+        return false;
+    }
+    let (head, rest) = match name.split_once('(') {
+        None => (name, None),
+        Some((head, rest)) => (head, Some(rest)),
+    };
+    let word = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_')
+    };
+    let tail_ok = |s: &str| {
+        let s = s.strip_suffix("[]").unwrap_or(s);
+        word(s)
+    };
+    match rest {
+        None => tail_ok(head),
+        Some(rest) => {
+            let Some((args, tail)) = rest.split_once(')') else {
+                return false;
+            };
+            word(head)
+                && !head.trim().is_empty()
+                && !args.is_empty()
+                && args
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == ',' || c == ' ')
+                && tail_ok(tail)
+        }
+    }
 }
 
 /// Writes the schemas file atomically (a temporary file, synced, renamed).
@@ -500,6 +553,40 @@ fn check_batch(agent: &Agent, batch: &Batch, schemas: &[TableSchema]) -> Result<
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_type_name;
+
+    #[test]
+    fn only_plain_type_names_pass() {
+        for ok in [
+            "",
+            "bigint",
+            "numeric(12,2)",
+            "decimal(65, 30)",
+            "timestamp with time zone",
+            "text[]",
+            "int unsigned",
+            "varchar(20)",
+            "double precision",
+        ] {
+            assert!(plain_type_name(ok), "{ok}");
+        }
+        for bad in [
+            "int); DROP TABLE items; --",
+            "int) INHERITS (items",
+            "enum('a','b')",
+            "int -- comment",
+            "numeric(12,2))",
+            "numeric((12)",
+            "text/*x*/",
+            "()",
+        ] {
+            assert!(!plain_type_name(bad), "{bad}");
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
