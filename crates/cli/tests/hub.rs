@@ -613,6 +613,15 @@ fn p1_postgres_agent_refusals_replays_first_start_download_and_verify() {
         || (log_text(&agent_log).matches("diff run complete").count() >= 3).then_some(()),
     );
     assert_eq!(position(port), applied + 3);
+    // The agent's own status, from the configuration it writes for that.
+    let out = run(
+        &["status", agent_dir.join("agent.toml").to_str().unwrap()],
+        &agent_env,
+    );
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{status}");
+    assert!(status.contains("pipeline erp_items"), "{status}");
+    assert!(status.contains("sink hub"), "{status}");
 
     // Killed hub: the agent keeps capturing, retries, and catches up once the hub is back.
     hub.kill().unwrap();

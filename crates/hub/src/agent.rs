@@ -214,6 +214,24 @@ fn save_settings(client: &Client, dir: &Path, settings: &AgentSettings) -> Resul
     })
 }
 
+/// `DIR/agent.toml`: the configuration the agent runs, with its folder and the hub's URL
+/// filled in and the token left as `${TIDESYNC_AGENT_TOKEN}`, so that
+/// `TIDESYNC_AGENT_TOKEN=... tidesync status DIR/agent.toml` shows the agent's log and cursor.
+fn write_status_config(dir: &Path, hub: &str, settings: &AgentSettings) -> Result<(), AgentError> {
+    let literal = |s: &str| s.replace("${", "$${");
+    let text = settings
+        .config
+        .replace(
+            &format!("${{{AGENT_DIR_VAR}}}"),
+            &literal(&dir.to_string_lossy()),
+        )
+        .replace(&format!("${{{HUB_URL_VAR}}}"), &literal(hub));
+    write_atomic(&dir.join("agent.toml"), text.as_bytes()).map_err(|source| AgentError::Dir {
+        dir: dir.to_path_buf(),
+        source,
+    })
+}
+
 /// Where a first-start download got to.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Download {
@@ -392,6 +410,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
     };
     let mut config = Config::from_str(&settings.config, &dir.join("agent.json"), &env)?;
     loop {
+        write_status_config(&dir, &hub, &settings)?;
         let store = SqliteStore::open(&config.store.path)?;
         download(&client, &config, &store, &dir, &cancel).await?;
         drop(store);
