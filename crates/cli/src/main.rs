@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "tidesync", version, about, long_about = None)]
 struct Args {
     /// Log filter, e.g. `info`, `debug`, `tidesync_engine=debug` (also TIDESYNC_LOG).
-    /// Default: `info`, or `warn` for `demo`, whose progress lines say what happens.
+    /// Default: `info`, or `warn` for `demo` and `verify`, whose own lines say what happens.
     #[arg(long, global = true, env = "TIDESYNC_LOG")]
     log: Option<String>,
     #[command(subcommand)]
@@ -167,7 +167,9 @@ fn usage(error: impl Into<anyhow::Error>) -> Failure {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let default_log = if matches!(args.command, Command::Demo { .. }) {
+    // verify prints its own progress and report; the info lines of the pipelines it runs
+    // inside (a query stream is read through a comparison run) would only be noise there.
+    let default_log = if matches!(args.command, Command::Demo { .. } | Command::Verify { .. }) {
         "warn"
     } else {
         "info"
