@@ -16,6 +16,9 @@ declare -A PROGRAMS=(
     [redis-server]="/usr/bin/redis-server"
     [rabbitmq-server]="/usr/lib/rabbitmq/bin/rabbitmq-server /usr/lib/rabbitmq/bin/rabbitmqctl /usr/bin/epmd"
     [memcached]="/usr/bin/memcached"
+    # The agent's https:// test: a TLS front for the hub, and its certificates.
+    [socat]="/usr/bin/socat"
+    [openssl]="/usr/bin/openssl"
 )
 # System services the packages may start, and the processes behind them.
 SERVICES=(postgresql mariadb nats-server redis-server rabbitmq-server memcached epmd.socket epmd)

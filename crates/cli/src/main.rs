@@ -124,6 +124,10 @@ enum Command {
         /// restarts with them).
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         config_poll_secs: u64,
+        /// A PEM file of certificate authorities to trust for an https:// hub, besides the
+        /// public ones (a hub whose certificate a private CA signed).
+        #[arg(long, value_name = "PEM")]
+        ca_cert: Option<PathBuf>,
     },
     /// Run a shop master -> replica sync on this machine (SQLite, no other service needed),
     /// then check that the replica equals the master row by row.
@@ -295,6 +299,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             token,
             dir,
             config_poll_secs,
+            ca_cert,
         } => {
             let rt = runtime()?;
             rt.block_on(async {
@@ -305,6 +310,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
                     token,
                     dir,
                     config_poll: std::time::Duration::from_secs(config_poll_secs),
+                    ca_cert,
                 };
                 let result = tidesync_hub::agent::run(options, cancel).await;
                 signals.abort();

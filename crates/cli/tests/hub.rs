@@ -671,3 +671,183 @@ fn p1_postgres_agent_refusals_replays_first_start_download_and_verify() {
     stop_cleanly(&mut agent, &agent_log);
     stop_cleanly(&mut hub, &hub_log);
 }
+
+/// Runs `program args` to success (test set-up tools: openssl).
+fn tool(dir: &Path, program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (installed by .ci/install-servers.sh)"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A hub behind TLS (socat terminating it with a certificate of a private CA): the agent
+/// reaches it over https:// with `--ca-cert`; without, it refuses the certificate. The
+/// example's query on a SQLite ERP into a SQLite shop.
+#[test]
+fn p1_agent_over_https_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tool(
+        d,
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tidesync test CA",
+        ],
+    );
+    tool(
+        d,
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    tool(
+        d,
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let erp = d.join("erp.db");
+    rusqlite::Connection::open(&erp)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE articles (art_no TEXT PRIMARY KEY, art_name TEXT, unit_price NUMERIC, \
+               stock_qty INTEGER, modified TEXT NOT NULL); \
+             WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 300) \
+             INSERT INTO articles SELECT printf('A%05d', i), 'Article ' || i, i * 0.25, i % 100, \
+               '2026-01-01 00:00:00' FROM g;",
+        )
+        .unwrap();
+    let (hub_port, tls_port) = (free_port(), free_port());
+    let (shop, state, listen) = (
+        d.join("shop.db"),
+        d.join("hub"),
+        format!("127.0.0.1:{hub_port}"),
+    );
+    let env = [
+        ("SOURCE_URL", erp.as_path()),
+        ("TARGET_URL", shop.as_path()),
+        ("STATE_DIR", state.as_path()),
+        ("HUB_LISTEN", Path::new(&listen)),
+        ("AGENT_TOKEN", Path::new(TOKEN)),
+    ];
+    let config = example("hub.toml");
+    let hub_log = d.join("hub.log");
+    let mut hub = spawn(&["serve", config.to_str().unwrap()], &env, &hub_log);
+    let socat = std::process::Command::new("socat")
+        .arg(format!(
+            "OPENSSL-LISTEN:{tls_port},reuseaddr,fork,cert={},key={},verify=0",
+            d.join("server.pem").display(),
+            d.join("server.key").display()
+        ))
+        .arg(format!("TCP:127.0.0.1:{hub_port}"))
+        .spawn()
+        .expect("socat (installed by .ci/install-servers.sh)");
+    let _socat = KilledOnDrop(socat);
+    let url = format!("https://localhost:{tls_port}");
+    let token_env = [("TIDESYNC_AGENT_TOKEN", Path::new(TOKEN))];
+    let (trusting, untrusting) = (d.join("agent.log"), d.join("agent2.log"));
+    let ca = d.join("ca.pem");
+    let agent_dir = d.join("agent");
+    let mut agent = spawn(
+        &[
+            "agent",
+            "--hub",
+            &url,
+            "--dir",
+            agent_dir.to_str().unwrap(),
+            "--ca-cert",
+            ca.to_str().unwrap(),
+        ],
+        &token_env,
+        &trusting,
+    );
+    let other_dir = d.join("agent2");
+    let mut other = spawn(
+        &["agent", "--hub", &url, "--dir", other_dir.to_str().unwrap()],
+        &token_env,
+        &untrusting,
+    );
+    let logs = [hub_log.as_path(), trusting.as_path(), untrusting.as_path()];
+    wait_logged(
+        "the articles in the shop over https",
+        Duration::from_secs(60),
+        &logs,
+        || {
+            sqlite_lines(&shop, "SELECT count(*) || ':' || sum(stock) FROM products")
+                .filter(|s| s == "300:14850")
+                .map(|_| ())
+        },
+    );
+    wait_logged(
+        "the untrusting agent's refusal",
+        Duration::from_secs(30),
+        &logs,
+        || {
+            log_text(&untrusting)
+                .contains("invalid peer certificate: UnknownIssuer")
+                .then_some(())
+        },
+    );
+    stop_cleanly(&mut other, &untrusting);
+    stop_cleanly(&mut agent, &trusting);
+    stop_cleanly(&mut hub, &hub_log);
+}
+
+/// A helper process (socat) stopped when the test ends, passed or not.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        // Best effort in a drop: it may have exited already, and nothing is left to report to.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -50,6 +50,36 @@ pub enum HubError {
     },
 }
 
+/// The agent's HTTP client: `timeout` per request, TLS by rustls with the public roots and,
+/// when given, the certificate authorities of the PEM file `ca_cert`.
+pub fn http_client(
+    timeout: Duration,
+    ca_cert: Option<&std::path::Path>,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("tidesync-agent/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read the CA certificates {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            format!(
+                "{} holds no PEM certificates: {}",
+                path.display(),
+                with_causes(&e)
+            )
+        })?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no PEM certificates", path.display()));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| with_causes(&e))
+}
+
 /// Pushes one pipeline's batches to a hub.
 #[derive(Debug)]
 pub struct HubSink {
@@ -57,6 +87,7 @@ pub struct HubSink {
     token: String,
     pipeline: String,
     encoding: Encoding,
+    ca_cert: Option<std::path::PathBuf>,
     client: Option<reqwest::Client>,
 }
 
@@ -68,8 +99,15 @@ impl HubSink {
             token: token.to_owned(),
             pipeline: pipeline.to_owned(),
             encoding: Encoding::Zstd,
+            ca_cert: None,
             client: None,
         }
+    }
+
+    /// Also trusts the certificate authorities in this PEM file for an `https://` hub.
+    pub fn with_ca_cert(mut self, ca_cert: Option<std::path::PathBuf>) -> HubSink {
+        self.ca_cert = ca_cert;
+        self
     }
 
     /// Pushes with `encoding` instead of zstd (gzip for hubs behind proxies that only know it;
@@ -83,18 +121,13 @@ impl HubSink {
         if let Some(client) = &self.client {
             return Ok(client.clone());
         }
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("tidesync-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|source| {
-                StageError::definite(HubError::Http {
-                    url: self.url.clone(),
-                    what: "building the HTTP client",
-                    message: with_causes(&source),
-                })
-            })?;
+        let client = http_client(REQUEST_TIMEOUT, self.ca_cert.as_deref()).map_err(|message| {
+            StageError::definite(HubError::Http {
+                url: self.url.clone(),
+                what: "building the HTTP client",
+                message,
+            })
+        })?;
         self.client = Some(client.clone());
         Ok(client)
     }

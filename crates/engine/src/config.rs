@@ -278,6 +278,9 @@ pub enum SinkSpec {
         url: String,
         /// The agent's bearer token, secrets substituted.
         token: String,
+        /// A PEM file of certificate authorities trusted for an `https://` hub besides the
+        /// public ones (`ca_cert`).
+        ca_cert: Option<PathBuf>,
     },
 }
 
@@ -536,6 +539,8 @@ struct RawSink {
     url: Spanned<String>,
     /// Hub sinks only.
     token: Option<Spanned<String>>,
+    /// Hub sinks only.
+    ca_cert: Option<Spanned<String>>,
     create_tables: Option<bool>,
     /// Stream -> how it is renamed in this sink.
     #[serde(default)]
@@ -1137,15 +1142,22 @@ impl Resolver<'_> {
                 spec: SinkSpec::Hub {
                     url: url.trim_end_matches('/').to_owned(),
                     token: self.string(token, &format!("{at}.token"))?,
+                    ca_cert: raw
+                        .ca_cert
+                        .as_ref()
+                        .map(|c| self.string(c, &format!("{at}.ca_cert")).map(PathBuf::from))
+                        .transpose()?,
                 },
                 renames: BTreeMap::new(),
             });
         }
-        if let Some(token) = &raw.token {
-            return Err(self.doc.error(
-                token.span(),
-                format!("{at}.token: only hub sinks (http:// or https://) take a token"),
-            ));
+        for (key, value) in [("token", &raw.token), ("ca_cert", &raw.ca_cert)] {
+            if let Some(value) = value {
+                return Err(self.doc.error(
+                    value.span(),
+                    format!("{at}.{key}: only hub sinks (http:// or https://) take a {key}"),
+                ));
+            }
         }
         let kind = self.kind(&raw.url, &format!("{at}.url"))?;
         let create_tables = raw.create_tables.unwrap_or(true);
@@ -2758,7 +2770,8 @@ pipeline = "erp_shop"
             agent_config.sinks["hub"].spec,
             SinkSpec::Hub {
                 url: "http://hub:1".to_owned(),
-                token: "t".to_owned()
+                token: "t".to_owned(),
+                ca_cert: None,
             }
         );
     }

@@ -142,11 +142,14 @@ fn build_sink(config: &Config, pipeline: &PipelineConfig, sink: &str) -> Box<dyn
         SinkSpec::Mysql { url, create_tables } => Box::new(
             tidesync_deliver::mysql::MysqlSink::new(url, &pipeline.name, sink, *create_tables),
         ),
-        SinkSpec::Hub { url, token } => Box::new(tidesync_deliver::hub::HubSink::new(
+        SinkSpec::Hub {
             url,
             token,
-            &pipeline.name,
-        )),
+            ca_cert,
+        } => Box::new(
+            tidesync_deliver::hub::HubSink::new(url, token, &pipeline.name)
+                .with_ca_cert(ca_cert.clone()),
+        ),
     }
 }
 

@@ -70,6 +70,9 @@ pub struct AgentOptions {
     /// How often it asks the hub whether its settings changed (it restarts its pipeline with
     /// the new ones).
     pub config_poll: Duration,
+    /// A PEM file of certificate authorities to trust for an `https://` hub, besides the
+    /// public ones.
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// How a request to the hub failed.
@@ -212,6 +215,15 @@ fn save_settings(client: &Client, dir: &Path, settings: &AgentSettings) -> Resul
         dir: dir.to_path_buf(),
         source,
     })
+}
+
+/// The agent's `--ca-cert` for its hub sinks.
+fn trust(config: &mut Config, ca: &Option<PathBuf>) {
+    for sink in config.sinks.values_mut() {
+        if let tidesync_engine::config::SinkSpec::Hub { ca_cert, .. } = &mut sink.spec {
+            ca_cert.clone_from(ca);
+        }
+    }
 }
 
 /// `DIR/agent.toml`: the configuration the agent runs, with its folder and the hub's URL
@@ -387,14 +399,12 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         source,
     })?;
     let hub = options.hub.trim_end_matches('/').to_owned();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| AgentError::Protocol {
-            hub: hub.clone(),
-            message: format!("building the HTTP client: {e}"),
-        })?;
+    let http =
+        tidesync_deliver::hub::http_client(Duration::from_secs(60), options.ca_cert.as_deref())
+            .map_err(|message| AgentError::Protocol {
+                hub: hub.clone(),
+                message: format!("building the HTTP client: {message}"),
+            })?;
     let client = Client {
         http,
         hub: hub.clone(),
@@ -409,6 +419,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         _ => None,
     };
     let mut config = Config::from_str(&settings.config, &dir.join("agent.json"), &env)?;
+    trust(&mut config, &options.ca_cert);
     loop {
         write_status_config(&dir, &hub, &settings)?;
         let store = SqliteStore::open(&config.store.path)?;
@@ -430,7 +441,10 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
             match client.get::<AgentSettings>(protocol::CONFIG_PATH).await {
                 Ok(new) if new.config != settings.config => {
                     match Config::from_str(&new.config, &dir.join("agent.json"), &env) {
-                        Ok(parsed) => break (new, parsed),
+                        Ok(mut parsed) => {
+                            trust(&mut parsed, &options.ca_cert);
+                            break (new, parsed);
+                        }
                         Err(e) => tracing::error!(
                             error = %e,
                             "the hub sent settings this agent cannot use; keeping the current ones"
