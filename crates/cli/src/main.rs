@@ -121,8 +121,9 @@ enum Command {
         #[arg(long, default_value = "tidesync-agent")]
         dir: PathBuf,
         /// How often to ask the hub whether this agent's settings changed (the pipeline then
-        /// restarts with them).
-        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        /// restarts with them); also what keeps this agent's hold on its token while it has
+        /// nothing to push, so at most 240.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=240))]
         config_poll_secs: u64,
         /// A PEM file of certificate authorities to trust for an https:// hub, besides the
         /// public ones (a hub whose certificate a private CA signed).

@@ -635,6 +635,39 @@ fn p1_postgres_agent_refusals_replays_first_start_download_and_verify() {
     let mut hub = spawn(&["serve", config], &[], &hub_log);
     caught_up_and_verified(&pg, config, &logs);
 
+    // A second agent with the same token (another folder, e.g. a copied setup) is refused
+    // while the first one holds the token, so the two cannot number changes alike.
+    let second_dir = dir.path().join("second");
+    let second_log = dir.path().join("second.log");
+    let mut second = spawn(
+        &[
+            "agent",
+            "--hub",
+            &hub_url,
+            "--dir",
+            second_dir.to_str().unwrap(),
+        ],
+        &agent_env,
+        &second_log,
+    );
+    wait_logged(
+        "the second agent refused",
+        Duration::from_secs(30),
+        &logs,
+        || {
+            log_text(&second_log)
+                .contains("run one agent per token")
+                .then_some(())
+        },
+    );
+    pg.psql(
+        "erp",
+        "UPDATE items SET name = 'still the first' WHERE id = 4000",
+    )
+    .unwrap();
+    caught_up_and_verified(&pg, config, &logs);
+    stop_cleanly(&mut second, &second_log);
+
     // Central configuration: the hub's source gets a second table. The running agent sees
     // its new settings, restarts its pipeline with them, and the new stream reaches the shop
     // (the hub restarts its side when the agent's schemas change).

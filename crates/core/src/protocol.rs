@@ -17,11 +17,19 @@ pub const BATCHES_PATH: &str = "/v1/agent/batches";
 /// `GET`: the hub's current rows of one stream of the agent, a page at a time ([`RowsPage`]);
 /// `{stream}` is the stream name.
 pub const ROWS_PATH: &str = "/v1/agent/streams/{stream}/rows";
+/// `DELETE`: the agent instance named by [`AGENT_INSTANCE`] stopped; another may write for
+/// the token at once.
+pub const INSTANCE_PATH: &str = "/v1/agent/instance";
 /// `GET`, no token: `{"status":"ok"}`.
 pub const HEALTH_PATH: &str = "/v1/health";
 
 /// The header naming a push uniquely: `AGENT:FIRST_SEQ-LAST_SEQ`.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The header naming the agent process's folder (`HOST/RANDOM`, made once per agent folder):
+/// while one instance pushes for a token, another is refused (409 `other_instance`), so two
+/// agents sharing a token cannot both number changes from the same seqs.
+pub const AGENT_INSTANCE: &str = "tidesync-agent-instance";
 
 /// The variables an agent's configuration text ([`AgentSettings::config`]) leaves for the
 /// agent to fill: its state folder, the hub's URL as the agent reaches it, and its token
@@ -88,7 +96,8 @@ pub struct ErrorBody {
     pub error: String,
     /// A stable word for programs: `unauthorized`, `revoked`, `forbidden_stream`, `bad_json`,
     /// `bad_encoding`, `unsupported_encoding`, `too_large`, `bad_batch`, `bad_schema`, `gap`,
-    /// `no_schemas`, `unavailable`, `unknown_stream`, `bad_request`, `internal`.
+    /// `no_schemas`, `other_instance`, `stale_instance`, `unavailable`, `unknown_stream`,
+    /// `bad_request`, `internal`.
     pub code: String,
     /// With `gap`: where the agent must resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]

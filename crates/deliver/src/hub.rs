@@ -88,6 +88,7 @@ pub struct HubSink {
     pipeline: String,
     encoding: Encoding,
     ca_cert: Option<std::path::PathBuf>,
+    instance: Option<String>,
     client: Option<reqwest::Client>,
 }
 
@@ -100,20 +101,20 @@ impl HubSink {
             pipeline: pipeline.to_owned(),
             encoding: Encoding::Zstd,
             ca_cert: None,
+            instance: None,
             client: None,
         }
+    }
+
+    /// Sends this agent instance name with every request (see `protocol::AGENT_INSTANCE`).
+    pub fn with_instance(mut self, instance: Option<String>) -> HubSink {
+        self.instance = instance;
+        self
     }
 
     /// Also trusts the certificate authorities in this PEM file for an `https://` hub.
     pub fn with_ca_cert(mut self, ca_cert: Option<std::path::PathBuf>) -> HubSink {
         self.ca_cert = ca_cert;
-        self
-    }
-
-    /// Pushes with `encoding` instead of zstd (gzip for hubs behind proxies that only know it;
-    /// identity to measure what compression saves).
-    pub fn with_encoding(mut self, encoding: Encoding) -> HubSink {
-        self.encoding = encoding;
         self
     }
 
@@ -157,10 +158,22 @@ impl HubSink {
             code,
             message,
         };
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        // Another instance holding the token may be a dead one whose lease runs out.
+        let other_instance =
+            matches!(&error, HubError::Refused { code, .. } if code == "other_instance");
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || other_instance {
             StageError::transient(error)
         } else {
             StageError::definite(error)
+        }
+    }
+
+    /// `request` with the token and, when set, the instance name.
+    fn identified(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let request = request.bearer_auth(&self.token);
+        match &self.instance {
+            Some(instance) => request.header(protocol::AGENT_INSTANCE, instance),
+            None => request,
         }
     }
 
@@ -170,8 +183,8 @@ impl HubSink {
         what: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, StageError> {
-        let response = request
-            .bearer_auth(&self.token)
+        let response = self
+            .identified(request)
             .send()
             .await
             .map_err(self.http_error(what))?;
@@ -260,9 +273,8 @@ impl HubSink {
         if encoding != Encoding::Identity {
             request = request.header(reqwest::header::CONTENT_ENCODING, encoding.as_str());
         }
-        let response = request
-            .body(body)
-            .bearer_auth(&self.token)
+        let response = self
+            .identified(request.body(body))
             .send()
             .await
             .map_err(self.http_error(what))?;

@@ -281,6 +281,9 @@ pub enum SinkSpec {
         /// A PEM file of certificate authorities trusted for an `https://` hub besides the
         /// public ones (`ca_cert`).
         ca_cert: Option<PathBuf>,
+        /// The agent folder's instance name, sent with every request (set by
+        /// `tidesync agent`, not a file key; see `tidesync_core::protocol::AGENT_INSTANCE`).
+        instance: Option<String>,
     },
 }
 
@@ -1147,6 +1150,7 @@ impl Resolver<'_> {
                         .as_ref()
                         .map(|c| self.string(c, &format!("{at}.ca_cert")).map(PathBuf::from))
                         .transpose()?,
+                    instance: None,
                 },
                 renames: BTreeMap::new(),
             });
@@ -2772,6 +2776,7 @@ pipeline = "erp_shop"
                 url: "http://hub:1".to_owned(),
                 token: "t".to_owned(),
                 ca_cert: None,
+                instance: None,
             }
         );
     }

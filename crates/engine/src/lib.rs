@@ -146,9 +146,11 @@ fn build_sink(config: &Config, pipeline: &PipelineConfig, sink: &str) -> Box<dyn
             url,
             token,
             ca_cert,
+            instance,
         } => Box::new(
             tidesync_deliver::hub::HubSink::new(url, token, &pipeline.name)
-                .with_ca_cert(ca_cert.clone()),
+                .with_ca_cert(ca_cert.clone())
+                .with_instance(instance.clone()),
         ),
     }
 }

@@ -87,6 +87,8 @@ struct Client {
     http: reqwest::Client,
     hub: String,
     token: String,
+    /// This agent folder's instance name (`protocol::AGENT_INSTANCE`).
+    instance: String,
 }
 
 impl Client {
@@ -95,6 +97,7 @@ impl Client {
             .http
             .get(format!("{}{path}", self.hub))
             .bearer_auth(&self.token)
+            .header(protocol::AGENT_INSTANCE, &self.instance)
             .send()
             .await
             .map_err(|e| Failure::Retry(format!("{}: {}", self.hub, with_causes(&e))))?;
@@ -110,8 +113,15 @@ impl Client {
                 String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
             )));
         }
+        let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
+        if let Some(body) = body.as_ref().filter(|b| b.code == "other_instance") {
+            // Another agent holds this token; it may be a dead one whose lease runs out.
+            return Err(Failure::Retry(format!(
+                "{} refused: {}",
+                self.hub, body.error
+            )));
+        }
         if !status.is_success() {
-            let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
             return Err(Failure::Fatal(AgentError::Refused {
                 hub: self.hub.clone(),
                 status: status.as_u16(),
@@ -127,6 +137,21 @@ impl Client {
                 message: format!("{path}: {e}"),
             })
         })
+    }
+
+    /// Tells the hub this instance stopped, so that another may write for the token at once
+    /// (best effort: an unreachable hub lets the lease run out instead).
+    async fn release(&self) {
+        let sent = self
+            .http
+            .delete(format!("{}{}", self.hub, protocol::INSTANCE_PATH))
+            .bearer_auth(&self.token)
+            .header(protocol::AGENT_INSTANCE, &self.instance)
+            .send()
+            .await;
+        if let Err(e) = sent {
+            tracing::info!(error = %with_causes(&e), "could not tell the hub this agent stopped");
+        }
     }
 
     /// [`Self::get`], retried with backoff (1 s doubling to 60 s, with jitter) until it
@@ -149,7 +174,7 @@ impl Client {
                         tracing::warn!(error = %why, "the hub is unreachable");
                         return Ok(None);
                     }
-                    tracing::warn!(attempt, retry_in_s = delay.as_secs(), error = %why, "the hub is unreachable; retrying");
+                    tracing::warn!(attempt, retry_in_s = delay.as_secs(), error = %why, "the hub is unreachable or busy; retrying");
                     tokio::select! {
                         () = cancel.cancelled() => return Err(AgentError::Cancelled),
                         () = tokio::time::sleep(delay.mul_f64(tidesync_engine::jitter())) => {}
@@ -217,13 +242,53 @@ fn save_settings(client: &Client, dir: &Path, settings: &AgentSettings) -> Resul
     })
 }
 
-/// The agent's `--ca-cert` for its hub sinks.
-fn trust(config: &mut Config, ca: &Option<PathBuf>) {
+/// What only the agent knows about its hub sinks: its `--ca-cert` and its instance name.
+fn local_settings(config: &mut Config, ca: &Option<PathBuf>, name: &str) {
     for sink in config.sinks.values_mut() {
-        if let tidesync_engine::config::SinkSpec::Hub { ca_cert, .. } = &mut sink.spec {
+        if let tidesync_engine::config::SinkSpec::Hub {
+            ca_cert, instance, ..
+        } = &mut sink.spec
+        {
             ca_cert.clone_from(ca);
+            *instance = Some(name.to_owned());
         }
     }
+}
+
+/// The name of this agent folder (`DIR/instance`, made on first use): the host's name and a
+/// random number, sent with every write so that the hub refuses a second agent that shares
+/// the token (see `protocol::AGENT_INSTANCE`).
+fn instance_name(dir: &Path) -> Result<String, AgentError> {
+    let file = dir.join("instance");
+    if let Ok(name) = std::fs::read_to_string(&file) {
+        let name = name.trim();
+        if !name.is_empty() {
+            return Ok(name.to_owned());
+        }
+    }
+    use std::hash::{BuildHasher, Hasher};
+    // A randomly seeded hasher over the clock and the process id: unique enough, no RNG crate.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.write_u32(std::process::id());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let name = format!(
+        "{}/{:016x}",
+        if host.is_empty() { "host" } else { &host },
+        hasher.finish()
+    );
+    write_atomic(&file, name.as_bytes()).map_err(|source| AgentError::Dir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(name)
 }
 
 /// `DIR/agent.toml`: the configuration the agent runs, with its folder and the hub's URL
@@ -405,10 +470,12 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
                 hub: hub.clone(),
                 message: format!("building the HTTP client: {message}"),
             })?;
+    let instance = instance_name(&dir)?;
     let client = Client {
         http,
         hub: hub.clone(),
         token: options.token.clone(),
+        instance: instance.clone(),
     };
     let mut settings = settings(&client, &dir, &cancel).await?;
     let dir_text = dir.to_string_lossy().into_owned();
@@ -419,7 +486,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
         _ => None,
     };
     let mut config = Config::from_str(&settings.config, &dir.join("agent.json"), &env)?;
-    trust(&mut config, &options.ca_cert);
+    local_settings(&mut config, &options.ca_cert, &instance);
     loop {
         write_status_config(&dir, &hub, &settings)?;
         let store = SqliteStore::open(&config.store.path)?;
@@ -434,6 +501,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
             tokio::select! {
                 result = &mut running => {
                     result?;
+                    client.release().await;
                     return Ok(());
                 }
                 () = tokio::time::sleep(options.config_poll) => {}
@@ -442,7 +510,7 @@ pub async fn run(options: AgentOptions, cancel: CancellationToken) -> Result<(),
                 Ok(new) if new.config != settings.config => {
                     match Config::from_str(&new.config, &dir.join("agent.json"), &env) {
                         Ok(mut parsed) => {
-                            trust(&mut parsed, &options.ca_cert);
+                            local_settings(&mut parsed, &options.ca_cert, &instance);
                             break (new, parsed);
                         }
                         Err(e) => tracing::error!(

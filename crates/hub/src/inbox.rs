@@ -30,6 +30,10 @@ use tokio::sync::{Notify, watch};
 /// How long a push waits for the hub's log to take it before it is answered 503.
 pub const PUSH_WAIT: Duration = Duration::from_secs(60);
 
+/// How long after an agent instance's last write or settings poll another instance is
+/// refused (agents poll every 60 s by default, at most every 240 s).
+pub const INSTANCE_LEASE: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Captured>,
@@ -61,6 +65,19 @@ pub struct Inbox {
     queued_notify: Notify,
     /// The agent sent new schemas.
     pub schemas_changed: Notify,
+    /// The agent instance that wrote last (see [`Inbox::claim`]).
+    instance: Mutex<Option<Lease>>,
+}
+
+/// Which agent instance holds an agent's token.
+#[derive(Debug)]
+struct Lease {
+    instance: String,
+    /// Its last write or settings poll; `None`: it stopped (released).
+    at: Option<tokio::time::Instant>,
+    /// The durable seq when it took over from another instance (0: it did not): its pushes
+    /// must start after it, or its log numbers changes the other one numbered too.
+    since: u64,
 }
 
 impl Inbox {
@@ -78,7 +95,44 @@ impl Inbox {
             durable: watch::Sender::new(durable),
             queued_notify: Notify::new(),
             schemas_changed: Notify::new(),
+            instance: Mutex::new(None),
         }
+    }
+
+    /// `instance` stopped: another may take over at once.
+    pub fn release(&self, instance: &str) {
+        let mut held = self.instance.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lease) = held.as_mut().filter(|l| l.instance == instance) {
+            lease.at = None;
+        }
+    }
+
+    /// Lets `instance` write for this agent unless another instance wrote (or polled) less
+    /// than [`INSTANCE_LEASE`] ago; `Err` names that one and how long ago. `Ok` gives the
+    /// seq `instance`'s pushes must start after: the durable seq when it took over from
+    /// another instance, else 0.
+    pub fn claim(&self, instance: &str) -> Result<u64, (String, Duration)> {
+        let mut held = self.instance.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        let since = match held.as_ref() {
+            None => 0,
+            Some(lease) if lease.instance == instance => lease.since,
+            Some(lease) => {
+                if let Some(at) = lease.at {
+                    let ago = now.duration_since(at);
+                    if ago < INSTANCE_LEASE {
+                        return Err((lease.instance.clone(), ago));
+                    }
+                }
+                self.durable()
+            }
+        };
+        *held = Some(Lease {
+            instance: instance.to_owned(),
+            at: Some(now),
+            since,
+        });
+        Ok(since)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -377,6 +431,26 @@ mod tests {
         let mut source = inbox.source();
         source.open(Some(Position::Agent { seq: 2 })).await.unwrap();
         assert_eq!(inbox.push(batch(1, 2)).await, Ok(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_instance_writes_at_a_time() {
+        let inbox = Inbox::new("p", 7, None);
+        assert_eq!(inbox.claim("host-a/1"), Ok(0));
+        assert_eq!(inbox.claim("host-a/1"), Ok(0));
+        let (other, _) = inbox.claim("host-b/2").unwrap_err();
+        assert_eq!(other, "host-a/1");
+        // The first one went silent: after the lease the second takes over, from seq 7 on,
+        // and then the first is the one refused.
+        tokio::time::advance(INSTANCE_LEASE + Duration::from_secs(1)).await;
+        assert_eq!(inbox.claim("host-b/2"), Ok(7));
+        assert_eq!(inbox.claim("host-b/2"), Ok(7));
+        assert!(inbox.claim("host-a/1").is_err());
+        // A stopped instance releases at once; releasing another's lease does nothing.
+        inbox.release("host-a/1");
+        assert!(inbox.claim("host-a/1").is_err());
+        inbox.release("host-b/2");
+        assert_eq!(inbox.claim("host-a/1"), Ok(7));
     }
 
     #[tokio::test]

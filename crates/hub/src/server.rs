@@ -133,6 +133,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route(protocol::POSITION_PATH, get(position))
         .route(protocol::BATCHES_PATH, post(push))
         .route(protocol::ROWS_PATH, get(rows))
+        .route(protocol::INSTANCE_PATH, axum::routing::delete(release))
         // Bodies are read by `read_body`, which applies the limit itself.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(hub)
@@ -148,6 +149,31 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Refuses a write from another instance of the agent than the one writing (see
+/// [`protocol::AGENT_INSTANCE`]); requests without the header are not checked. Returns the
+/// seq the instance's pushes must start after (0: any).
+fn claim(agent: &Agent, headers: &HeaderMap) -> Result<u64, ApiError> {
+    let Some(instance) = headers
+        .get(protocol::AGENT_INSTANCE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(0);
+    };
+    agent.inbox.claim(instance).map_err(|(other, ago)| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "other_instance",
+            format!(
+                "another agent ({other}) wrote for agent {} {} s ago; run one agent per token \
+                 (this one may take over {} s after the other stopped)",
+                agent.name,
+                ago.as_secs(),
+                crate::inbox::INSTANCE_LEASE.as_secs()
+            ),
+        )
+    })
 }
 
 impl Hub {
@@ -251,10 +277,28 @@ async fn read_body(
 }
 
 async fn agent_config(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
-    match hub.agent(&headers) {
+    // An agent's settings poll keeps its instance's lease while it has nothing to push.
+    match hub
+        .agent(&headers)
+        .and_then(|agent| claim(agent, &headers).map(|_| agent))
+    {
         Ok(agent) => json(StatusCode::OK, &agent.settings),
         Err(e) => e.into_response(),
     }
+}
+
+async fn release(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    let agent = match hub.agent(&headers) {
+        Ok(agent) => agent,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(instance) = headers
+        .get(protocol::AGENT_INSTANCE)
+        .and_then(|v| v.to_str().ok())
+    {
+        agent.inbox.release(instance);
+    }
+    json(StatusCode::OK, &serde_json::json!({ "released": true }))
 }
 
 async fn position(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
@@ -278,6 +322,7 @@ async fn put_schemas(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body
 
 async fn put_schemas_inner(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<usize, ApiError> {
     let agent = hub.agent(headers)?;
+    claim(agent, headers)?;
     let (bytes, _) = read_body(headers, body, hub.max_body_bytes).await?;
     let schemas: Schemas = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
@@ -421,6 +466,7 @@ async fn push(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) -> Re
 
 async fn push_inner(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<u64, ApiError> {
     let agent = hub.agent(headers)?;
+    let since = claim(agent, headers)?;
     let (bytes, wire_bytes) = read_body(headers, body, hub.max_body_bytes).await?;
     let json_bytes = bytes.len();
     let batch = decode_batch(&bytes).map_err(|e| {
@@ -442,6 +488,22 @@ async fn push_inner(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<u64, A
         ));
     };
     check_batch(agent, &batch, &schemas)?;
+    if batch.first_seq.0 <= since {
+        return Err(ApiError {
+            applied_through: Some(agent.inbox.durable()),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "stale_instance",
+                format!(
+                    "another agent wrote for agent {} up to seq {since} while this one was \
+                     away, and this one's log numbers seqs from {} on: its changes would be \
+                     taken for that agent's. Stop it, delete its folder, and start it again: it \
+                     then downloads the hub's rows and sends what differs",
+                    agent.name, batch.first_seq
+                ),
+            )
+        });
+    }
     let key = headers
         .get(protocol::IDEMPOTENCY_KEY)
         .and_then(|v| v.to_str().ok())
