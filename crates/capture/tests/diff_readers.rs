@@ -92,6 +92,22 @@ fn text(s: &str) -> Value {
     Value::Text(s.into())
 }
 
+/// The definite error of a `read_changed` of `query` by column `changed` since `since`.
+async fn changed_error(
+    reader: &mut impl QueryReader,
+    query: &str,
+    columns: &[QueryColumn],
+    changed: usize,
+    since: &Value,
+) -> String {
+    let (tx, _rx) = mpsc::channel(4);
+    let e = reader
+        .read_changed(query, columns, changed, Some(since), &[0], 10, tx)
+        .await
+        .unwrap_err();
+    definite(&e)
+}
+
 fn definite(e: &StageError) -> String {
     assert!(!e.is_transient(), "expected a definite error, got {e}");
     e.to_string()
@@ -525,22 +541,12 @@ async fn mysql_read_changed_bad_queries_are_definite_errors_naming_them() {
         .await
         .unwrap();
     let query = "SELECT id, nope FROM events";
-    let (tx, _rx) = mpsc::channel(4);
-    let e = reader
-        .read_changed(query, &columns, 1, Some(&since), &[0], 10, tx)
-        .await
-        .unwrap_err();
-    let msg = definite(&e);
+    let msg = changed_error(&mut reader, query, &columns, 1, &since).await;
     assert!(msg.contains("query `SELECT id, nope FROM events`"), "{msg}");
     assert!(msg.contains("nope"), "{msg}");
 
     let query = "SELECT id, updated_at FROM events";
-    let (tx, _rx) = mpsc::channel(4);
-    let e = reader
-        .read_changed(query, &columns, 1, Some(&Value::Null), &[0], 10, tx)
-        .await
-        .unwrap_err();
-    let msg = definite(&e);
+    let msg = changed_error(&mut reader, query, &columns, 1, &Value::Null).await;
     assert!(
         msg.contains(&format!("query `{query}` column updated_at")),
         "{msg}"
@@ -859,31 +865,16 @@ async fn sqlite_read_changed_bad_queries_are_definite_errors_naming_them() {
         .unwrap();
     let since = text("2024-03-01T10:00:00.500000Z");
     let query = "SELECT id, nope FROM events";
-    let (tx, _rx) = mpsc::channel(4);
-    let e = reader
-        .read_changed(query, &columns, 1, Some(&since), &[0], 10, tx)
-        .await
-        .unwrap_err();
-    let msg = definite(&e);
+    let msg = changed_error(&mut reader, query, &columns, 1, &since).await;
     assert!(msg.contains("query `SELECT id, nope FROM events`"), "{msg}");
     assert!(msg.contains("nope"), "{msg}");
 
     let query = "SELECT id, updated_at FROM events";
-    let (tx, _rx) = mpsc::channel(4);
-    let e = reader
-        .read_changed(query, &columns, 5, Some(&since), &[0], 10, tx)
-        .await
-        .unwrap_err();
-    let msg = definite(&e);
+    let msg = changed_error(&mut reader, query, &columns, 5, &since).await;
     assert!(msg.contains(&format!("query `{query}`")), "{msg}");
     assert!(msg.contains("column position 5 of 2"), "{msg}");
 
-    let (tx, _rx) = mpsc::channel(4);
-    let e = reader
-        .read_changed(query, &columns, 1, Some(&Value::Timestamp(0)), &[0], 10, tx)
-        .await
-        .unwrap_err();
-    let msg = definite(&e);
+    let msg = changed_error(&mut reader, query, &columns, 1, &Value::Timestamp(0)).await;
     assert!(msg.contains("column updated_at"), "{msg}");
     // The reader is still usable.
     let pages = read_changed_pages(&mut reader, query, 1, Some(&since), &[0], 10).await;

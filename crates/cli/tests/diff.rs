@@ -167,15 +167,12 @@ fn a_postgres_table_polled_by_its_change_column_survives_kills_and_verifies_equa
         ("STATE_DIR", state.as_path()),
     ];
     // The example, with deletes found every 4 s instead of every hour.
-    let example_text =
-        std::fs::read_to_string(example("postgres-incremental-to-sqlite.toml")).unwrap();
-    assert!(example_text.contains("deletes_every_secs = 3600"));
-    let config = dir.path().join("incremental.toml");
-    std::fs::write(
-        &config,
-        example_text.replace("deletes_every_secs = 3600", "deletes_every_secs = 4"),
-    )
-    .unwrap();
+    let config = example_with(
+        dir.path(),
+        "postgres-incremental-to-sqlite.toml",
+        "deletes_every_secs = 3600",
+        "deletes_every_secs = 4",
+    );
     let config = config.to_str().unwrap();
     let log = dir.path().join("run.log");
     let mut rng = Rng(seed());

@@ -21,6 +21,16 @@ pub fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// examples/NAME with `from` replaced by `to` (which must be there), written into `dir`: an
+/// example as written, with a setting a test needs shorter.
+pub fn example_with(dir: &Path, name: &str, from: &str, to: &str) -> PathBuf {
+    let text = std::fs::read_to_string(example(name)).unwrap();
+    assert!(text.contains(from), "{from:?} not in examples/{name}");
+    let path = dir.join(name);
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    path
+}
+
 /// Runs the binary to completion with the three example variables set.
 pub fn run(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = tidesync();

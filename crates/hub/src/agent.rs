@@ -337,7 +337,11 @@ async fn download(
     }
     let progress_file = dir.join("download.json");
     let mut progress: Download = match std::fs::read(&progress_file) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            // Only progress: the download starts over (it replaces what it wrote).
+            tracing::warn!(file = %progress_file.display(), error = %e, "unreadable download progress; starting the download over");
+            Download::default()
+        }),
         Err(_) => Download::default(),
     };
     if progress.applied_through == 0 {
@@ -449,7 +453,10 @@ async fn download(
 }
 
 fn save(file: &Path, progress: &Download, dir: &Path) -> Result<(), AgentError> {
-    let bytes = serde_json::to_vec(progress).unwrap_or_default();
+    let bytes = serde_json::to_vec(progress).map_err(|e| AgentError::Dir {
+        dir: dir.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
     write_atomic(file, &bytes).map_err(|source| AgentError::Dir {
         dir: dir.to_path_buf(),
         source,

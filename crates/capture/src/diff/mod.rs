@@ -519,15 +519,7 @@ impl DiffSource {
         let read = tokio::spawn(async move {
             let mut reader = reader.lock().await;
             let read = if let (ScanKind::Changed { since }, Some(changed)) = (&read_kind, changed) {
-                let (tx, mut rx) = mpsc::channel(1);
-                let forward = async {
-                    while let Some(page) = rx.recv().await {
-                        if raw_tx.send(RawPage::Rows(page)).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                let (read, ()) = tokio::join!(
+                forward_pages(&raw_tx, RawPage::Rows, |tx| {
                     reader.read_changed(
                         &query,
                         &columns,
@@ -535,40 +527,21 @@ impl DiffSource {
                         since.as_ref(),
                         &order,
                         page_rows,
-                        tx
-                    ),
-                    forward
-                );
-                read
+                        tx,
+                    )
+                })
+                .await
             } else if let (ScanKind::Full { values }, true) = (&read_kind, hashes) {
                 let values = *values;
-                let (tx, mut rx) = mpsc::channel(1);
-                let forward = async {
-                    while let Some(page) = rx.recv().await {
-                        if raw_tx.send(RawPage::Hashed(page)).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                let (read, ()) = tokio::join!(
-                    reader.read_hashes(&query, &columns, &order, values, page_rows, tx),
-                    forward
-                );
-                read
+                forward_pages(&raw_tx, RawPage::Hashed, |tx| {
+                    reader.read_hashes(&query, &columns, &order, values, page_rows, tx)
+                })
+                .await
             } else {
-                let (tx, mut rx) = mpsc::channel(1);
-                let forward = async {
-                    while let Some(page) = rx.recv().await {
-                        if raw_tx.send(RawPage::Rows(page)).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                let (read, ()) = tokio::join!(
-                    reader.read(&query, &columns, &order, page_rows, tx),
-                    forward
-                );
-                read
+                forward_pages(&raw_tx, RawPage::Rows, |tx| {
+                    reader.read(&query, &columns, &order, page_rows, tx)
+                })
+                .await
             };
             if let Err(e) = read {
                 let _closed = read_errors.send(Err(e)).await;
@@ -1096,6 +1069,28 @@ enum ScanKind {
 enum RawPage {
     Rows(Page),
     Hashed(Vec<HashedRow>),
+}
+
+/// Runs `read` with a sender of its pages and hands each page on to `out` as `wrap` makes it
+/// a [`RawPage`]; stops handing on (and the read then ends early) when `out` is closed.
+async fn forward_pages<T, F>(
+    out: &mpsc::Sender<RawPage>,
+    wrap: fn(T) -> RawPage,
+    read: impl FnOnce(mpsc::Sender<T>) -> F,
+) -> Result<(), StageError>
+where
+    F: std::future::Future<Output = Result<(), StageError>>,
+{
+    let (tx, mut rx) = mpsc::channel(1);
+    let forward = async {
+        while let Some(page) = rx.recv().await {
+            if out.send(wrap(page)).await.is_err() {
+                return;
+            }
+        }
+    };
+    let (read, ()) = tokio::join!(read(tx), forward);
+    read
 }
 
 /// The model row of a query row's values: its key's order form, the key, the values and

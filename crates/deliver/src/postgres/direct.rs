@@ -38,6 +38,22 @@ const TABLE_TYPES: &str = "SELECT attname::text, format_type(atttypid, atttypmod
 
 const CLEAR_COPIED: &str = "DELETE FROM _tidesync_copied WHERE pipeline = $1 AND sink = $2";
 
+/// Creates `_tidesync_copied` if missing, under the setup lock (see `sql::locked_ddl`).
+async fn create_copied(
+    conn: &super::Conn,
+    target: &str,
+    context: &str,
+    err: &impl Fn(tokio_postgres::Error) -> PostgresSinkError,
+) -> Result<(), PostgresSinkError> {
+    within(
+        target,
+        context,
+        conn.client.batch_execute(&sql::locked_ddl(CREATE_COPIED)),
+    )
+    .await?
+    .map_err(err)
+}
+
 /// The chunk's rows as a `Bytes` without copying them.
 struct ChunkData(Arc<CopyChunk>);
 
@@ -54,6 +70,8 @@ pub(super) struct PgCopyWriter {
     chunk: Option<Arc<CopyChunk>>,
     /// A commit failed without saying whether it happened.
     uncertain: bool,
+    /// `_tidesync_copied` is known to exist (created once per writer, not per chunk).
+    has_copied_table: bool,
 }
 
 impl PgCopyWriter {
@@ -62,6 +80,7 @@ impl PgCopyWriter {
             conn: PostgresSink::new(&sink.url, &sink.pipeline, &sink.sink, false),
             chunk: None,
             uncertain: false,
+            has_copied_table: false,
         }
     }
 
@@ -78,13 +97,10 @@ impl PgCopyWriter {
         conn.dirty = true;
         // Created outside the chunk's transaction: created inside it, the table would make
         // every other writer wait for this commit.
-        within(
-            &target,
-            &context,
-            conn.client.batch_execute(&sql::locked_ddl(CREATE_COPIED)),
-        )
-        .await?
-        .map_err(&err)?;
+        if !self.has_copied_table {
+            create_copied(conn, &target, &context, &err).await?;
+            self.has_copied_table = true;
+        }
         within(&target, &context, conn.client.batch_execute("BEGIN"))
             .await?
             .map_err(&err)?;
@@ -231,13 +247,7 @@ impl PostgresSink {
         let context = "reading the direct copy's position";
         let err = self.query_error(context);
         let conn = self.connect().await?;
-        within(
-            &target,
-            context,
-            conn.client.batch_execute(&sql::locked_ddl(CREATE_COPIED)),
-        )
-        .await?
-        .map_err(&err)?;
+        create_copied(conn, &target, context, &err).await?;
         let row = within(
             &target,
             context,
@@ -303,13 +313,7 @@ impl PostgresSink {
         let context = "clearing the direct copy's position";
         let err = self.query_error(context);
         let conn = self.connect().await?;
-        within(
-            &target,
-            context,
-            conn.client.batch_execute(&sql::locked_ddl(CREATE_COPIED)),
-        )
-        .await?
-        .map_err(&err)?;
+        create_copied(conn, &target, context, &err).await?;
         let n = within(
             &target,
             context,
