@@ -26,11 +26,13 @@
 //! Blocking SQLite calls run on tokio's blocking pool; one connection writes and another
 //! reads, so WAL lets sinks read the log while the source appends.
 
+mod chunks;
 mod param;
 mod requests;
 mod rows;
 mod schema;
 
+pub use chunks::StoredChunk;
 pub use param::SqliteParam;
 pub use requests::{RequestInfo, RequestState};
 
@@ -340,6 +342,8 @@ impl SqliteStore {
             "cursors",
             "positions",
             "requests",
+            // Before the fingerprints: their triggers then have no chunk to update.
+            "chunks",
             "fingerprints",
         ] {
             let n = tx
@@ -392,33 +396,39 @@ impl SqliteStore {
         requests::state(&lock(&self.inner.writer), pipeline, id)
     }
 
-    /// Up to `limit` fingerprints of `stream` (a `diff` source's rows) after `after` (an
-    /// order-preserving key, exclusive; `None`: from the start), in that order.
+    /// Up to `limit` fingerprints of `stream` (a `diff` source's rows) from `start` (an
+    /// order-preserving key, included or excluded) and before `end` (exclusive; `None`: to
+    /// the end), in that order.
     pub fn fingerprints(
         &self,
         pipeline: &str,
         stream: &str,
-        after: Option<&[u8]>,
+        start: std::ops::Bound<&[u8]>,
+        end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<StoredFingerprint>, StoreError> {
+        use std::ops::Bound;
         let conn = lock(&self.inner.reader);
-        let e = StoreError::sqlite("reading fingerprints");
+        let e = || StoreError::sqlite("reading fingerprints");
+        let (from, start) = match start {
+            Bound::Included(ord) => (">=", ord),
+            Bound::Excluded(ord) => (">", ord),
+            Bound::Unbounded => (">=", &[][..]),
+        };
+        let to = if end.is_some() { "AND ord < ?5" } else { "" };
         let mut st = conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT ord, hash, raw FROM fingerprints WHERE pipeline = ?1 AND stream = ?2
-                 AND ord > ?3 ORDER BY ord LIMIT ?4",
-            )
-            .map_err(e)?;
-        let after: &[u8] = after.unwrap_or(&[]);
-        let mut rows = st
-            .query(params![pipeline, stream, after, limit as i64])
-            .map_err(StoreError::sqlite("reading fingerprints"))?;
+                 AND ord {from} ?3 {to} ORDER BY ord LIMIT ?4"
+            ))
+            .map_err(e())?;
+        let mut rows = match end {
+            None => st.query(params![pipeline, stream, start, limit as i64]),
+            Some(end) => st.query(params![pipeline, stream, start, limit as i64, end]),
+        }
+        .map_err(e())?;
         let mut out = Vec::with_capacity(limit.min(16_384));
-        while let Some(r) = rows
-            .next()
-            .map_err(StoreError::sqlite("reading fingerprints"))?
-        {
-            let e = || StoreError::sqlite("reading fingerprints");
+        while let Some(r) = rows.next().map_err(e())? {
             let ord = r
                 .get_ref(0)
                 .and_then(|v| v.as_blob().map_err(Into::into))
@@ -429,6 +439,32 @@ impl SqliteStore {
             out.push(StoredFingerprint { ord, hash, raw });
         }
         Ok(out)
+    }
+
+    /// `stream`'s fingerprints as key ranges with their counts and hash sums, in key order;
+    /// empty when the stream has none (see [`StoredChunk`]).
+    pub fn chunks(&self, pipeline: &str, stream: &str) -> Result<Vec<StoredChunk>, StoreError> {
+        chunks::list(&lock(&self.inner.reader), pipeline, stream)
+    }
+
+    /// Cuts `stream`'s fingerprints into chunks of `chunk_rows` anew, in one transaction;
+    /// returns how many (none for a stream of fewer than two chunks' worth of rows).
+    pub fn rechunk(
+        &self,
+        pipeline: &str,
+        stream: &str,
+        chunk_rows: u64,
+    ) -> Result<usize, StoreError> {
+        chunks::rechunk(&mut lock(&self.inner.writer), pipeline, stream, chunk_rows)
+    }
+
+    /// `(chunks, rows of the largest, rows in all)` of `stream`.
+    pub fn chunk_balance(
+        &self,
+        pipeline: &str,
+        stream: &str,
+    ) -> Result<(u64, u64, u64), StoreError> {
+        chunks::balance(&lock(&self.inner.reader), pipeline, stream)
     }
 
     /// The key of the fingerprinted row `ord` of `stream` (for a delete), if there is one.

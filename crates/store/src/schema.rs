@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// Bumped whenever the tables change; a store from a newer build is refused.
-const VERSION: i64 = 2;
+const VERSION: i64 = 3;
 
 pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -23,7 +23,10 @@ pub(crate) fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Version 2 added `fingerprints` (the `diff` capture mode's row hashes); a version 1 store
-/// gets the table, nothing else changes.
+/// gets the table, nothing else changes. Version 3 added `chunks` (per key range of a
+/// stream's fingerprints, their count and the XOR of their database hashes) and the triggers
+/// that keep it equal to `fingerprints` in every transaction that writes them; a version 2
+/// store gets them with no chunks, which the `diff` source makes after its next full run.
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let e = StoreError::sqlite;
     let found: i64 = conn
@@ -63,5 +66,7 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
          PRAGMA user_version = 2;
          COMMIT;",
     )
-    .map_err(e("creating tables"))
+    .map_err(e("creating tables"))?;
+    conn.execute_batch(crate::chunks::CREATE)
+        .map_err(e("creating the fingerprint chunks"))
 }

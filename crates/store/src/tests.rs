@@ -433,7 +433,9 @@ fn fingerprints_skip_known_versions_and_decide_insert_or_update() {
     assert_eq!(ops(Seq(0)), [(Op::Insert, key(1)), (Op::Insert, key(2))]);
     // The same batch again logs nothing (a retried append, a repeated run).
     assert_eq!(s.append_blocking("p", &first).unwrap(), None);
-    let stored = s.fingerprints("p", "items", None, 10).unwrap();
+    let stored = s
+        .fingerprints("p", "items", std::ops::Bound::Unbounded, None, 10)
+        .unwrap();
     assert_eq!(stored.len(), 2);
     assert_eq!((stored[0].hash, stored[0].raw), (10, Some(100)));
     // An "insert" of a known row with a new hash is an update; a known hash with a new
@@ -447,7 +449,9 @@ fn fingerprints_skip_known_versions_and_decide_insert_or_update() {
         Some((Seq(3), Seq(3)))
     );
     assert_eq!(ops(Seq(2)), [(Op::Update, key(1))]);
-    let stored = s.fingerprints("p", "items", None, 10).unwrap();
+    let stored = s
+        .fingerprints("p", "items", std::ops::Bound::Unbounded, None, 10)
+        .unwrap();
     assert_eq!((stored[1].hash, stored[1].raw), (20, Some(200)));
     let third = fingerprinted(vec![
         (change(Op::Delete, 2, None), None, None),
@@ -477,7 +481,9 @@ fn fingerprints_skip_known_versions_and_decide_insert_or_update() {
     };
     assert_eq!(s.append_blocking("p", &refresh).unwrap(), None);
     assert_eq!(
-        s.fingerprints("p", "items", None, 10).unwrap()[0].raw,
+        s.fingerprints("p", "items", std::ops::Bound::Unbounded, None, 10)
+            .unwrap()[0]
+            .raw,
         Some(999)
     );
     // Fingerprints not one per change are refused, and nothing is written.
@@ -503,4 +509,128 @@ fn fingerprints_skip_known_versions_and_decide_insert_or_update() {
     s.drop_pipeline("p").unwrap();
     assert_eq!(s.fingerprint_count("p", "items").unwrap(), 0);
     assert!(!s.has_fingerprints("p", "items").unwrap());
+}
+
+/// Checks every chunk of `items` against its fingerprints, recounted.
+fn assert_chunks_exact(s: &SqliteStore) {
+    let chunks = s.chunks("p", "items").unwrap();
+    let all = s
+        .fingerprints("p", "items", std::ops::Bound::Unbounded, None, 100_000)
+        .unwrap();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let hi = chunks.get(i + 1).map(|c| c.lo.clone());
+        let inside: Vec<_> = all
+            .iter()
+            .filter(|f| f.ord >= chunk.lo && hi.as_ref().is_none_or(|hi| f.ord < *hi))
+            .collect();
+        let sum = inside.iter().filter_map(|f| f.raw).fold(0, |a, r| a ^ r);
+        let unknown = inside.iter().filter(|f| f.raw.is_none()).count() as u64;
+        assert_eq!(
+            (chunk.rows, chunk.sum, chunk.unknown),
+            (inside.len() as u64, sum, unknown),
+            "chunk {i} from {:?}",
+            chunk.lo
+        );
+    }
+}
+
+#[test]
+fn chunks_keep_exact_sums_through_every_kind_of_write() {
+    let (_dir, s) = store();
+    let key = |i: i64| Key(vec![Value::Int(i)]);
+    // Database hashes at the extremes of i64 too: the store's XOR must not overflow.
+    let raw = |i: i64, v: i64| -> i64 {
+        match i % 5 {
+            0 => i64::MIN + v,
+            1 => i64::MAX - v,
+            2 => -1 - v,
+            _ => i
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as i64)
+                .wrapping_add(v),
+        }
+    };
+    let rows: Vec<_> = (10..110)
+        .map(|i| (change(Op::Insert, i, Some(0)), Some(i), Some(raw(i, 0))))
+        .collect();
+    s.append_blocking("p", &fingerprinted(rows)).unwrap();
+    assert!(s.chunks("p", "items").unwrap().is_empty());
+    assert_eq!(s.rechunk("p", "items", 30).unwrap(), 4);
+    let chunks = s.chunks("p", "items").unwrap();
+    assert_eq!(
+        chunks.iter().map(|c| c.rows).collect::<Vec<_>>(),
+        [30, 30, 30, 10]
+    );
+    assert_eq!(
+        (chunks[0].lo.clone(), chunks[0].bound.clone()),
+        (Vec::new(), None)
+    );
+    assert_eq!(chunks[1].bound, Some(key(40)));
+    assert_chunks_exact(&s);
+    // A chunk's rows read as a range: its first row included, the next chunk's excluded.
+    let second = s
+        .fingerprints(
+            "p",
+            "items",
+            std::ops::Bound::Included(&chunks[1].lo),
+            Some(&chunks[2].lo),
+            100,
+        )
+        .unwrap();
+    assert_eq!(second.len(), 30);
+    assert_eq!(
+        (second[0].ord.clone(), second[29].ord.clone()),
+        (40_i64.to_be_bytes().to_vec(), 69_i64.to_be_bytes().to_vec())
+    );
+    assert_eq!(s.chunk_balance("p", "items").unwrap(), (4, 30, 100));
+    // Updates (new database hashes), inserts before the first row, between rows and after
+    // the last, deletes, a row without a database hash, then a refresh that gives it one.
+    let batch = fingerprinted(vec![
+        (change(Op::Update, 10, Some(1)), Some(-10), Some(raw(10, 1))),
+        (change(Op::Update, 45, Some(1)), Some(-45), Some(raw(45, 7))),
+        (change(Op::Insert, 1, Some(1)), Some(1), Some(raw(1, 0))),
+        (
+            change(Op::Insert, 500, Some(1)),
+            Some(500),
+            Some(raw(500, 0)),
+        ),
+        (change(Op::Insert, 200, Some(1)), Some(200), None),
+        (change(Op::Delete, 41, None), None, None),
+        (change(Op::Delete, 109, None), None, None),
+    ]);
+    s.append_blocking("p", &batch).unwrap();
+    assert_chunks_exact(&s);
+    let last = s.chunks("p", "items").unwrap()[3].clone();
+    assert_eq!((last.rows, last.unknown), (11, 1));
+    s.append_blocking(
+        "p",
+        &Captured {
+            refreshed: vec![tidesync_core::RawRefresh {
+                stream: "items".into(),
+                ord: 200_i64.to_be_bytes().to_vec(),
+                raw: 12345,
+            }],
+            ..captured(Vec::new(), 0)
+        },
+    )
+    .unwrap();
+    assert_chunks_exact(&s);
+    assert_eq!(s.chunks("p", "items").unwrap()[3].unknown, 0);
+    // Seeded fingerprints have no database hash.
+    s.seed_fingerprints(
+        "p",
+        "items",
+        &[(60_i64.to_be_bytes().to_vec(), key(60), 60)],
+    )
+    .unwrap();
+    assert_chunks_exact(&s);
+    assert_eq!(s.chunks("p", "items").unwrap()[1].unknown, 1);
+    // Cut again: the sums are recomputed, not carried.
+    assert_eq!(s.rechunk("p", "items", 25).unwrap(), 5);
+    assert_chunks_exact(&s);
+    // Too few rows for two chunks: none, and the stream is compared row by row.
+    assert_eq!(s.rechunk("p", "items", 60).unwrap(), 0);
+    assert!(s.chunks("p", "items").unwrap().is_empty());
+    s.rechunk("p", "items", 25).unwrap();
+    s.drop_pipeline("p").unwrap();
+    assert!(s.chunks("p", "items").unwrap().is_empty());
 }

@@ -12,6 +12,10 @@
 //!   the table size.
 //! - A row costs its read, its mapping and one hash; only a changed row builds a change. An
 //!   unchanged page of rows produces nothing and writes nothing.
+//! - Where the database hashes rows and the key is one column, the store keeps per key range
+//!   (chunk) of the fingerprints their count and the XOR of their database hashes, and a
+//!   full run first asks the database for the same sums per range ([`QueryReader::chunk_sums`]):
+//!   only ranges that differ are then read row by row, and an unchanged stream reads no row.
 //! - A row's fingerprint is the store's own row hash of the model row (field names and
 //!   values), so a changed query or mapping that yields the same rows changes nothing, and a
 //!   changed field list updates every row once.
@@ -31,7 +35,7 @@ pub mod pg;
 pub mod reader;
 pub mod sqlite;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +49,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
 use self::map::{Cast, FieldFrom, FieldSpec, Mapping, Resolved};
-use self::reader::{HashedRow, Page, QueryColumn, QueryReader};
+use self::reader::{ChunkFilter, HashedRow, Page, QueryColumn, QueryReader};
 
 /// How often a long run logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -163,6 +167,8 @@ struct Scan {
     stored_rows: VecDeque<StoredFingerprint>,
     stored_done: bool,
     counts: Counts,
+    /// `(chunks, chunks read row by row)` when the stream's chunk sums were compared first.
+    chunks: Option<(usize, usize)>,
     /// Merge steps taken (rows of either side).
     compared: u64,
     started: Instant,
@@ -223,6 +229,9 @@ pub struct DiffSource {
     /// A run failed part-way: the next poll runs again at once instead of at the next
     /// interval.
     rerun: bool,
+    /// Streams compared whole since their chunks were last checked: before the next run,
+    /// their chunks are cut again where they grew or shrank too far.
+    rebalance: BTreeSet<usize>,
 }
 
 impl std::fmt::Debug for DiffSource {
@@ -265,6 +274,7 @@ impl DiffSource {
             marks: BTreeMap::new(),
             run: None,
             rerun: false,
+            rebalance: BTreeSet::new(),
         }
     }
 
@@ -501,8 +511,28 @@ impl DiffSource {
     /// tasks of their own, a few pages ahead. Where the database hashes rows, only keys and
     /// hashes are read, unless `values` (the store has no row of the stream yet: every row
     /// is new, so reading them all at once beats reading them by key).
-    fn start_scan(&self, i: usize, kind: ScanKind) -> Scan {
+    fn start_scan(&self, i: usize, kind: ScanKind, plan: ChunkPlan, started: Instant) -> Scan {
         let prepared = &self.prepared[i];
+        let read_nothing = matches!(plan, ChunkPlan::Equal { .. });
+        let (filter, ranges, skipped_rows, chunks) = match plan {
+            ChunkPlan::Whole { chunks } => (None, None, 0, chunks.map(|n| (n, n))),
+            ChunkPlan::Some {
+                filter,
+                ranges,
+                skipped_rows,
+                chunks,
+            } => {
+                let reread = filter.chunks.len();
+                (
+                    Some(filter),
+                    Some(ranges),
+                    skipped_rows,
+                    Some((chunks, reread)),
+                )
+            }
+            // Every chunk agrees: neither side is read.
+            ChunkPlan::Equal { rows, chunks } => (None, Some(Vec::new()), rows, Some((chunks, 0))),
+        };
         let page_rows = self.opts.chunk_rows.max(1);
         let (raw_tx, mut raw_rx) = mpsc::channel::<RawPage>(2);
         let (rows_tx, rows_rx) = mpsc::channel(2);
@@ -517,6 +547,9 @@ impl DiffSource {
         let changed = prepared.changed;
         let read_kind = kind.clone();
         let read = tokio::spawn(async move {
+            if read_nothing {
+                return;
+            }
             let mut reader = reader.lock().await;
             let read = if let (ScanKind::Changed { since }, Some(changed)) = (&read_kind, changed) {
                 forward_pages(&raw_tx, RawPage::Rows, |tx| {
@@ -534,7 +567,15 @@ impl DiffSource {
             } else if let (ScanKind::Full { values }, true) = (&read_kind, hashes) {
                 let values = *values;
                 forward_pages(&raw_tx, RawPage::Hashed, |tx| {
-                    reader.read_hashes(&query, &columns, &order, values, page_rows, tx)
+                    reader.read_hashes(
+                        &query,
+                        &columns,
+                        &order,
+                        values,
+                        filter.as_ref(),
+                        page_rows,
+                        tx,
+                    )
                 })
                 .await
             } else {
@@ -577,29 +618,43 @@ impl DiffSource {
                 // itself skips what it already has.
                 return;
             }
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let (store, pipeline, stream, from) = (
-                    store.clone(),
-                    pipeline.clone(),
-                    stream.clone(),
-                    after.clone(),
-                );
-                let page = tokio::task::spawn_blocking(move || {
-                    store.fingerprints(&pipeline, &stream, from.as_deref(), page_rows)
-                })
-                .await
-                .map_err(|e| StageError::transient(format!("fingerprint reader failed: {e}")))
-                .and_then(|r| r.map_err(StageError::from));
-                let last_page = match &page {
-                    Ok(rows) => {
-                        after = rows.last().map(|r| r.ord.clone());
-                        rows.len() < page_rows
+            // The key ranges to read: all of them, or the chunks whose sums differ.
+            let ranges = ranges.unwrap_or_else(|| vec![(Vec::new(), None)]);
+            for (lo, hi) in ranges {
+                // `None`: from `lo`, included; then after the last row of the page before.
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let (store, pipeline, stream, lo, hi, from) = (
+                        store.clone(),
+                        pipeline.clone(),
+                        stream.clone(),
+                        lo.clone(),
+                        hi.clone(),
+                        after.clone(),
+                    );
+                    let page = tokio::task::spawn_blocking(move || {
+                        let start = match &from {
+                            Some(after) => std::ops::Bound::Excluded(after.as_slice()),
+                            None => std::ops::Bound::Included(lo.as_slice()),
+                        };
+                        store.fingerprints(&pipeline, &stream, start, hi.as_deref(), page_rows)
+                    })
+                    .await
+                    .map_err(|e| StageError::transient(format!("fingerprint reader failed: {e}")))
+                    .and_then(|r| r.map_err(StageError::from));
+                    let (last_page, failed) = match &page {
+                        Ok(rows) => {
+                            after = rows.last().map(|r| r.ord.clone());
+                            (rows.len() < page_rows, false)
+                        }
+                        Err(_) => (true, true),
+                    };
+                    if stored_tx.send(page).await.is_err() || failed {
+                        return;
                     }
-                    Err(_) => true,
-                };
-                if stored_tx.send(page).await.is_err() || last_page {
-                    return;
+                    if last_page {
+                        break;
+                    }
                 }
             }
         });
@@ -613,11 +668,160 @@ impl DiffSource {
             query_done: false,
             stored_rows: VecDeque::new(),
             stored_done: false,
-            counts: Counts::default(),
+            counts: Counts {
+                read: skipped_rows,
+                ..Counts::default()
+            },
+            chunks,
             compared: 0,
-            started: Instant::now(),
+            started,
             last_progress: Instant::now(),
         }
+    }
+
+    /// Whether stream `i` can be compared chunk by chunk: the database hashes rows, and the
+    /// key is one query column taken as it is (the stored keys are then the database's own
+    /// values, to cut the query's rows at).
+    fn chunkable(&self, i: usize) -> bool {
+        let mapping = &self.prepared[i].mapping;
+        self.hashes
+            && mapping.key_at.len() == 1
+            && matches!(
+                mapping.fields[mapping.key_at[0]],
+                Resolved::Column { cast: None, .. }
+            )
+    }
+
+    /// Compares stream `i`'s chunk sums (the store's and the database's), where it has
+    /// chunks: which key ranges must be compared row by row.
+    async fn plan_chunks(&self, i: usize) -> Result<ChunkPlan, StageError> {
+        if !self.chunkable(i) {
+            return Ok(ChunkPlan::Whole { chunks: None });
+        }
+        let prepared = &self.prepared[i];
+        let store = self.store.clone();
+        let (pipeline, stream) = (self.opts.pipeline.clone(), prepared.mapping.stream.clone());
+        let chunks = tokio::task::spawn_blocking(move || store.chunks(&pipeline, &stream))
+            .await
+            .map_err(|e| StageError::transient(format!("chunk reader failed: {e}")))?
+            .map_err(StageError::from)?;
+        if chunks.len() < 2 {
+            return Ok(ChunkPlan::Whole { chunks: None });
+        }
+        let bounds: Option<Vec<Value>> = chunks[1..]
+            .iter()
+            .map(|c| c.bound.as_ref().and_then(|k| k.0.first().cloned()))
+            .collect();
+        let Some(bounds) = bounds else {
+            return Ok(ChunkPlan::Whole { chunks: None });
+        };
+        let sums = self
+            .reader
+            .lock()
+            .await
+            .chunk_sums(&prepared.query, &prepared.columns, &prepared.order, &bounds)
+            .await?;
+        let Some(sums) = sums else {
+            return Ok(ChunkPlan::Whole { chunks: None });
+        };
+        let n = chunks.len();
+        let mut found = vec![(0_i64, 0_i64); n];
+        for sum in sums {
+            match sum.chunk.and_then(|c| usize::try_from(c).ok()) {
+                Some(c) if c < n => found[c] = (sum.rows, sum.sum),
+                // Rows with a null key: compared row by row, which names the problem.
+                _ => return Ok(ChunkPlan::Whole { chunks: Some(n) }),
+            }
+        }
+        let differ: Vec<usize> = (0..n)
+            .filter(|&c| {
+                let stored = &chunks[c];
+                stored.unknown > 0 || found[c].0 != stored.rows as i64 || found[c].1 != stored.sum
+            })
+            .collect();
+        let skipped_rows: u64 = (0..n)
+            .filter(|c| !differ.contains(c))
+            .map(|c| found[c].0 as u64)
+            .sum();
+        if differ.is_empty() {
+            return Ok(ChunkPlan::Equal {
+                rows: skipped_rows,
+                chunks: n,
+            });
+        }
+        if differ.len() == n {
+            return Ok(ChunkPlan::Whole { chunks: Some(n) });
+        }
+        // Neighbouring chunks are read as one range.
+        let mut ranges: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut previous: Option<usize> = None;
+        for &c in &differ {
+            let hi = chunks.get(c + 1).map(|next| next.lo.clone());
+            match (previous, ranges.last_mut()) {
+                (Some(p), Some(last)) if p + 1 == c => last.1 = hi,
+                _ => ranges.push((chunks[c].lo.clone(), hi)),
+            }
+            previous = Some(c);
+        }
+        Ok(ChunkPlan::Some {
+            filter: ChunkFilter {
+                bounds,
+                chunks: differ.iter().map(|&c| c as i64).collect(),
+            },
+            ranges,
+            skipped_rows,
+            chunks: n,
+        })
+    }
+
+    /// Cuts the chunks of the streams compared whole since the last check anew where they
+    /// grew or shrank too far (or have none yet), so that a chunk stays about `chunk_rows`
+    /// rows. Sums stay exact whatever is cut (the store keeps them); this only keeps the
+    /// ranges even.
+    async fn rebalance_chunks(&mut self) -> Result<(), StageError> {
+        let streams = std::mem::take(&mut self.rebalance);
+        let rows = self.opts.chunk_rows.max(1) as u64;
+        for i in streams {
+            if i >= self.prepared.len() || !self.chunkable(i) {
+                continue;
+            }
+            let store = self.store.clone();
+            let (pipeline, stream) = (
+                self.opts.pipeline.clone(),
+                self.prepared[i].mapping.stream.clone(),
+            );
+            let started = Instant::now();
+            let cut = tokio::task::spawn_blocking(move || {
+                let (n, largest, total) = store.chunk_balance(&pipeline, &stream)?;
+                // Cut when there are no chunks yet but two chunks' worth of rows, when a chunk
+                // grew past twice the size, or when they shrank to a quarter on average (or
+                // to too few rows for two).
+                let needed = match total.checked_div(n) {
+                    None => store.fingerprint_count(&pipeline, &stream)? >= 2 * rows,
+                    Some(average) => largest > 2 * rows || total < 2 * rows || average < rows / 4,
+                };
+                if !needed {
+                    return Ok(None);
+                }
+                store
+                    .rechunk(&pipeline, &stream, rows)
+                    .map(|made| Some((made, store.fingerprint_count(&pipeline, &stream))))
+            })
+            .await
+            .map_err(|e| StageError::transient(format!("chunk cutter failed: {e}")))?
+            .map_err(StageError::from)?;
+            if let Some((made, total)) = cut {
+                tracing::info!(
+                    source = %self.target,
+                    stream = %self.prepared[i].mapping.stream,
+                    chunks = made,
+                    rows = total.map_err(StageError::from)?,
+                    ms = started.elapsed().as_millis() as u64,
+                    "cut the stream's fingerprints into chunks"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The key of the stored row `ord` of `stream` (the row is deleted).
@@ -781,17 +985,25 @@ impl DiffSource {
             }
             let stream_index = run.stream;
             if run.scan.is_none() {
-                let kind = if run.full {
-                    ScanKind::Full {
-                        values: !self.hashes || !self.has_stored(stream_index).await?,
-                    }
+                let started = Instant::now();
+                let (kind, plan) = if run.full {
+                    let values = !self.hashes || !self.has_stored(stream_index).await?;
+                    let plan = if values {
+                        ChunkPlan::Whole { chunks: None }
+                    } else {
+                        self.plan_chunks(stream_index).await?
+                    };
+                    self.rebalance.insert(stream_index);
+                    (ScanKind::Full { values }, plan)
                 } else {
                     let stream = &self.prepared[stream_index].mapping.stream;
-                    ScanKind::Changed {
-                        since: self.marks.get(stream).map(|m| self.below(m)),
-                    }
+                    let since = self.marks.get(stream).map(|m| self.below(m));
+                    (
+                        ScanKind::Changed { since },
+                        ChunkPlan::Whole { chunks: None },
+                    )
                 };
-                let scan = self.start_scan(stream_index, kind);
+                let scan = self.start_scan(stream_index, kind, plan, started);
                 if let Some(run) = self.run.as_mut() {
                     run.scan = Some(scan);
                 }
@@ -885,6 +1097,7 @@ impl DiffSource {
             let order = match (scan.query_rows.front(), scan.stored_rows.front()) {
                 (None, None) => {
                     let c = scan.counts;
+                    let (chunks, reread) = scan.chunks.unwrap_or((0, 0));
                     tracing::info!(
                         source = %self.target,
                         stream = %mapping.stream,
@@ -892,6 +1105,8 @@ impl DiffSource {
                         inserts = c.inserts,
                         updates = c.updates,
                         deletes = c.deletes,
+                        chunks,
+                        reread,
                         ms = scan.started.elapsed().as_millis() as u64,
                         "compared stream"
                     );
@@ -1054,6 +1269,23 @@ fn upsert(mapping: &Mapping, op: Op, key: Key, values: Vec<Value>, now_us: i64) 
 
 /// A page of mapped rows, with the greatest change-column value among them (`incremental`).
 type MappedPage = (Vec<QueryRow>, Option<MarkValue>);
+
+/// How a full comparison of a stream reads it, after comparing its chunk sums.
+#[derive(Debug)]
+enum ChunkPlan {
+    /// Every row (`chunks`: how many chunks it has, when their sums were compared).
+    Whole { chunks: Option<usize> },
+    /// Every chunk's sums agree: nothing to read.
+    Equal { rows: u64, chunks: usize },
+    /// Only the chunks in `filter` (the key `ranges` of the store's rows); `skipped_rows` are
+    /// in the others.
+    Some {
+        filter: ChunkFilter,
+        ranges: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        skipped_rows: u64,
+        chunks: usize,
+    },
+}
 
 /// What a stream's scan reads.
 #[derive(Debug, Clone)]
@@ -1303,6 +1535,10 @@ impl Source for DiffSource {
         wait: Duration,
     ) -> BoxFuture<'_, Result<Option<Captured>, StageError>> {
         Box::pin(async move {
+            if self.run.is_none() && !self.rebalance.is_empty() {
+                // Between runs: the last run's batches are in the store by now.
+                self.rebalance_chunks().await?;
+            }
             if self.run.is_none() {
                 let now = tidesync_core::time::now_us();
                 let interval_us = self.opts.interval.as_micros() as i64;

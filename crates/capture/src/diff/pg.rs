@@ -15,7 +15,8 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, NoTls};
 
 use super::reader::{
-    HashedRow, Page, Pager, QueryColumn, QueryReader, derived, short_query, subquery,
+    ChunkFilter, ChunkSum, HashedRow, Page, Pager, QueryColumn, QueryReader, derived, short_query,
+    subquery,
 };
 use crate::pg::copy_text::unescape;
 use crate::pg::pgoutput::Oid;
@@ -276,6 +277,7 @@ impl QueryReader for PgQueryReader {
         columns: &'a [QueryColumn],
         order: &'a [usize],
         values: bool,
+        only: Option<&'a ChunkFilter>,
         page_rows: usize,
         out: mpsc::Sender<Vec<HashedRow>>,
     ) -> BoxFuture<'a, Result<(), StageError>> {
@@ -285,6 +287,23 @@ impl QueryReader for PgQueryReader {
             let target = self.target.clone();
             let client = self.client().await?;
             let types = types_of(client, query, columns, &target, &err).await?;
+            // COPY takes no parameters: the chunks travel as settings of the session, set
+            // through bound parameters, and the statement reads them back.
+            let filter = match only {
+                None => String::new(),
+                Some(only) => {
+                    let bucket = chunk_of(columns, &types, order).ok_or_else(|| {
+                        StageError::definite(format!(
+                            "source {target}: query {shown}: its key cannot be read in chunks"
+                        ))
+                    })?;
+                    set_chunk_settings(client, &only.bounds, Some(&only.chunks), &err).await?;
+                    format!(
+                        " WHERE {bucket} IN (SELECT c::int4 FROM json_array_elements_text(\
+                         current_setting('{CHUNKS_SETTING}')::json) AS c)"
+                    )
+                }
+            };
             let selected: Vec<String> = if values {
                 vec!["q.*".to_owned()]
             } else {
@@ -294,7 +313,7 @@ impl QueryReader for PgQueryReader {
                     .collect()
             };
             let sql = format!(
-                "COPY (SELECT {}, {} FROM {} ORDER BY {}) TO STDOUT",
+                "COPY (SELECT {}, {} FROM {}{filter} ORDER BY {}) TO STDOUT",
                 selected.join(", "),
                 row_hash_sql(columns, &types),
                 subquery(query),
@@ -311,6 +330,66 @@ impl QueryReader for PgQueryReader {
                 |line| hashed_line(line, width, values, &types, columns, order),
             )
             .await
+        })
+    }
+
+    fn chunk_sums<'a>(
+        &'a mut self,
+        query: &'a str,
+        columns: &'a [QueryColumn],
+        order: &'a [usize],
+        bounds: &'a [Value],
+    ) -> BoxFuture<'a, Result<Option<Vec<ChunkSum>>, StageError>> {
+        Box::pin(async move {
+            let shown = format!("`{}`", short_query(query));
+            let err = self.error(&format!("summing query {shown} in chunks"));
+            let target = self.target.clone();
+            let client = self.client().await?;
+            let types = types_of(client, query, columns, &target, &err).await?;
+            let Some(bucket) = chunk_of(columns, &types, order) else {
+                return Ok(None);
+            };
+            if bounds.is_empty() {
+                return Ok(None);
+            }
+            let sql = format!(
+                "SELECT {bucket}, count(*)::int8, coalesce(bit_xor({}), 0)::int8 FROM {} GROUP BY 1",
+                row_hash_sql(columns, &types),
+                subquery(query),
+            );
+            // The planner takes the chunk expression for as many groups as keys and would
+            // sort a million rows to group them into a hundred: hashing (and a parallel scan
+            // where the server allows one) is what this statement wants. Local to its own
+            // read-only transaction.
+            client
+                .batch_execute(
+                    "BEGIN READ ONLY; SET LOCAL jit = off; SET LOCAL enable_sort = off; \
+                     SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0",
+                )
+                .await
+                .map_err(&err)?;
+            let summed = async {
+                set_chunk_settings(client, bounds, None, &err).await?;
+                let rows = client.query(sql.as_str(), &[]).await.map_err(&err)?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(ChunkSum {
+                            chunk: row
+                                .try_get::<_, Option<i32>>(0)
+                                .map_err(&err)?
+                                .map(i64::from),
+                            rows: row.try_get(1).map_err(&err)?,
+                            sum: row.try_get(2).map_err(&err)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StageError>>()
+            }
+            .await;
+            let end = if summed.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            let ended = client.batch_execute(end).await.map_err(&err);
+            let sums = summed?;
+            ended?;
+            Ok(Some(sums))
         })
     }
 
@@ -437,6 +516,74 @@ async fn copy_rows<T>(
     }
     pager.finish().await;
     Ok(())
+}
+
+/// The session settings [`chunk_of`] and a chunk filter read: JSON arrays of the chunks'
+/// bounds (as text) and of the chunks wanted.
+const BOUNDS_SETTING: &str = "tidesync.chunk_bounds";
+const CHUNKS_SETTING: &str = "tidesync.chunks";
+
+/// Sets the session's [`BOUNDS_SETTING`] (and [`CHUNKS_SETTING`]) through bound parameters.
+async fn set_chunk_settings(
+    client: &Client,
+    bounds: &[Value],
+    chunks: Option<&[i64]>,
+    err: &impl Fn(tokio_postgres::Error) -> StageError,
+) -> Result<(), StageError> {
+    let bounds: Vec<String> = bounds.iter().map(tidesync_core::pg::input_text).collect();
+    let bounds = serde_json::to_string(&bounds)
+        .map_err(|e| StageError::definite(format!("encoding chunk bounds: {e}")))?;
+    let chunks = serde_json::to_string(chunks.unwrap_or(&[]))
+        .map_err(|e| StageError::definite(format!("encoding chunks: {e}")))?;
+    client
+        .execute(
+            &format!(
+                "SELECT set_config('{BOUNDS_SETTING}', $1, false), \
+                 set_config('{CHUNKS_SETTING}', $2, false)"
+            ),
+            &[&bounds, &chunks],
+        )
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The SQL of a row's chunk number under the session's [`BOUNDS_SETTING`], for a key of one
+/// column whose type PostgreSQL compares in the order tidesync keeps keys in ([`order_by`]'s,
+/// and [`super::ord`]'s); `None` for any other key.
+fn chunk_of(columns: &[QueryColumn], types: &[Type], order: &[usize]) -> Option<String> {
+    let [i] = order else {
+        return None;
+    };
+    let ty = &types[*i];
+    let chunkable = matches!(
+        *ty,
+        Type::INT2
+            | Type::INT4
+            | Type::INT8
+            | Type::NUMERIC
+            | Type::TEXT
+            | Type::VARCHAR
+            | Type::DATE
+            | Type::TIMESTAMP
+            | Type::TIMESTAMPTZ
+    );
+    if !chunkable {
+        return None;
+    }
+    let column = format!("q.{}", quote_ident(&columns[*i].name));
+    let operand = if collatable(ty) {
+        format!("{column} COLLATE \"C\"")
+    } else {
+        column
+    };
+    // One evaluation per statement (a scalar subquery), not per row.
+    Some(format!(
+        "width_bucket({operand}, (SELECT array_agg(b.v::{} ORDER BY b.n) FROM \
+         json_array_elements_text(current_setting('{BOUNDS_SETTING}')::json) \
+         WITH ORDINALITY AS b(v, n)))",
+        ty.name()
+    ))
 }
 
 /// The `ORDER BY` list for the key columns at `order`: text in byte order.

@@ -31,6 +31,26 @@ pub struct HashedRow {
     pub hash: i64,
 }
 
+/// Some key ranges (chunks) of a query's rows: the ranges are cut at `bounds` (ascending
+/// values of the single key column; chunk 0 is everything below `bounds[0]`, chunk `i` from
+/// `bounds[i - 1]` up to `bounds[i]`, the last from the last bound on), and `chunks` lists the
+/// ones wanted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkFilter {
+    pub bounds: Vec<Value>,
+    pub chunks: Vec<i64>,
+}
+
+/// One chunk's rows as the database counts and hashes them ([`QueryReader::chunk_sums`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkSum {
+    /// The chunk's number (see [`ChunkFilter`]); `None` for rows whose key is null.
+    pub chunk: Option<i64>,
+    pub rows: i64,
+    /// XOR of the rows' hashes (as [`QueryReader::read_hashes`] gives them).
+    pub sum: i64,
+}
+
 /// Reads the rows of the queries of one `diff` source's database.
 ///
 /// Errors are classified as everywhere else: a lost connection or a restarting server is
@@ -107,7 +127,8 @@ pub trait QueryReader: Send {
     }
 
     /// Like [`Self::read`], but each row as a [`HashedRow`]: its key columns' values
-    /// (`order`), the database's hash of the row, and with `values` all its values.
+    /// (`order`), the database's hash of the row, and with `values` all its values. With
+    /// `only`, just the rows of those chunks (a key of one column).
     #[allow(clippy::too_many_arguments)]
     fn read_hashes<'a>(
         &'a mut self,
@@ -115,15 +136,32 @@ pub trait QueryReader: Send {
         columns: &'a [QueryColumn],
         order: &'a [usize],
         values: bool,
+        only: Option<&'a ChunkFilter>,
         page_rows: usize,
         out: mpsc::Sender<Vec<HashedRow>>,
     ) -> BoxFuture<'a, Result<(), StageError>> {
-        let _ = (query, columns, order, values, page_rows, out);
+        let _ = (query, columns, order, values, only, page_rows, out);
         Box::pin(async {
             Err(StageError::definite(
                 "this database cannot hash rows (read_hashes)",
             ))
         })
+    }
+
+    /// Per chunk of `query`'s rows cut at `bounds` (see [`ChunkFilter`]; a key of one column,
+    /// `order`), the number of rows and the XOR of their hashes, computed in the database in
+    /// one pass without sending a row; chunks without rows are left out. `None` when the key
+    /// column's type cannot be cut in the order [`Self::read`] sorts it (then the stream is
+    /// compared row by row).
+    fn chunk_sums<'a>(
+        &'a mut self,
+        query: &'a str,
+        columns: &'a [QueryColumn],
+        order: &'a [usize],
+        bounds: &'a [Value],
+    ) -> BoxFuture<'a, Result<Option<Vec<ChunkSum>>, StageError>> {
+        let _ = (query, columns, order, bounds);
+        Box::pin(async { Ok(None) })
     }
 
     /// The rows of `query` whose key columns (`order`) have one of the values in `keys` (each
