@@ -574,4 +574,31 @@ fn a_postgres_source_compared_chunk_by_chunk_rereads_only_the_chunks_that_change
         "{}",
         log_text(&log)
     );
+
+    // A new mapping that changes every row's values but not one query row (the name comes
+    // from a constant now): every row is updated, though the database's hashes of the query
+    // rows did not move.
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        text.replace(
+            "[sinks.shop]",
+            "[sources.erp.streams.items]\nfields = [{ name = \"id\", column = \"id\" }, \
+             { name = \"name\", value = \"mapped\" }]\n\n[sinks.shop]",
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("run3.log");
+    let mut child = spawn(&["run", config], &env, &log);
+    let rows = pg_count(&pg, DB, "SELECT count(*) FROM items");
+    wait_for("every row mapped anew", Duration::from_secs(60), || {
+        let mapped = sqlite_lines(&target, "SELECT count(*) FROM items WHERE name = 'mapped'")?;
+        (mapped.trim() == rows.to_string()).then_some(())
+    });
+    stop_cleanly(&mut child, &log);
+    assert!(
+        log_text(&log).contains("the stream's mapping changed"),
+        "{}",
+        log_text(&log)
+    );
 }

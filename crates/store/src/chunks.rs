@@ -53,6 +53,9 @@ pub(crate) const CREATE: &str = "BEGIN;
              SELECT lo FROM chunks WHERE pipeline = NEW.pipeline AND stream = NEW.stream
              AND lo <= NEW.ord ORDER BY lo DESC LIMIT 1);
      END;
+     CREATE TABLE IF NOT EXISTS diff_streams (
+         pipeline TEXT NOT NULL, stream TEXT NOT NULL, mapping TEXT NOT NULL,
+         PRIMARY KEY (pipeline, stream)) WITHOUT ROWID;
      PRAGMA user_version = 3;
      COMMIT;";
 
@@ -222,4 +225,57 @@ pub(crate) fn balance(
     })
     .map(|found| found.unwrap_or((0, 0, 0)))
     .map_err(StoreError::sqlite("reading the chunks' balance"))
+}
+
+/// The mapping `stream`'s fingerprints were made with (see [`set_mapping`]).
+pub(crate) fn mapping(
+    conn: &Connection,
+    pipeline: &str,
+    stream: &str,
+) -> Result<Option<String>, StoreError> {
+    conn.prepare_cached("SELECT mapping FROM diff_streams WHERE pipeline = ?1 AND stream = ?2")
+        .and_then(|mut st| {
+            st.query_row(params![pipeline, stream], |r| r.get(0))
+                .optional()
+        })
+        .map_err(StoreError::sqlite("reading a stream's mapping"))
+}
+
+/// Records that `stream`'s rows are mapped by `mapping` from now on. With `forget_raw`, in
+/// the same transaction, every fingerprint of the stream forgets its database hash (which
+/// hashes the query's row, not the mapped one, and so cannot tell that the mapping changed)
+/// and the stream's chunks go: the next comparison reads every row by key once and logs the
+/// rows whose mapped values changed.
+pub(crate) fn set_mapping(
+    conn: &mut Connection,
+    pipeline: &str,
+    stream: &str,
+    mapping: &str,
+    forget_raw: bool,
+) -> Result<(), StoreError> {
+    let e = || StoreError::sqlite("recording a stream's mapping");
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(e())?;
+    if forget_raw {
+        // The chunks first: the fingerprints' triggers then have none to update.
+        tx.execute(
+            "DELETE FROM chunks WHERE pipeline = ?1 AND stream = ?2",
+            params![pipeline, stream],
+        )
+        .map_err(e())?;
+        tx.execute(
+            "UPDATE fingerprints SET raw = NULL WHERE pipeline = ?1 AND stream = ?2
+             AND raw IS NOT NULL",
+            params![pipeline, stream],
+        )
+        .map_err(e())?;
+    }
+    tx.execute(
+        "INSERT INTO diff_streams (pipeline, stream, mapping) VALUES (?1, ?2, ?3)
+         ON CONFLICT (pipeline, stream) DO UPDATE SET mapping = excluded.mapping",
+        params![pipeline, stream, mapping],
+    )
+    .map_err(e())?;
+    tx.commit().map_err(e())
 }

@@ -344,6 +344,7 @@ impl SqliteStore {
             "requests",
             // Before the fingerprints: their triggers then have no chunk to update.
             "chunks",
+            "diff_streams",
             "fingerprints",
         ] {
             let n = tx
@@ -456,6 +457,35 @@ impl SqliteStore {
         chunk_rows: u64,
     ) -> Result<usize, StoreError> {
         chunks::rechunk(&mut lock(&self.inner.writer), pipeline, stream, chunk_rows)
+    }
+
+    /// The mapping `stream`'s fingerprints were made with, as the `diff` source described it
+    /// ([`Self::set_stream_mapping`]); `None` before the first.
+    pub fn stream_mapping(
+        &self,
+        pipeline: &str,
+        stream: &str,
+    ) -> Result<Option<String>, StoreError> {
+        chunks::mapping(&lock(&self.inner.reader), pipeline, stream)
+    }
+
+    /// Records `stream`'s mapping; with `forget_raw`, every fingerprint of the stream forgets
+    /// its database hash in the same transaction (the mapping changed: each row is compared by
+    /// its mapped values once more).
+    pub fn set_stream_mapping(
+        &self,
+        pipeline: &str,
+        stream: &str,
+        mapping: &str,
+        forget_raw: bool,
+    ) -> Result<(), StoreError> {
+        chunks::set_mapping(
+            &mut lock(&self.inner.writer),
+            pipeline,
+            stream,
+            mapping,
+            forget_raw,
+        )
     }
 
     /// `(chunks, rows of the largest, rows in all)` of `stream`.

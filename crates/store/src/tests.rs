@@ -627,10 +627,28 @@ fn chunks_keep_exact_sums_through_every_kind_of_write() {
     // Cut again: the sums are recomputed, not carried.
     assert_eq!(s.rechunk("p", "items", 25).unwrap(), 5);
     assert_chunks_exact(&s);
+    // A changed mapping: every database hash is forgotten and the chunks go, together.
+    assert_eq!(s.stream_mapping("p", "items").unwrap(), None);
+    s.set_stream_mapping("p", "items", "m1", false).unwrap();
+    assert_eq!(s.chunks("p", "items").unwrap().len(), 5);
+    s.set_stream_mapping("p", "items", "m2", true).unwrap();
+    assert_eq!(
+        s.stream_mapping("p", "items").unwrap().as_deref(),
+        Some("m2")
+    );
+    assert!(s.chunks("p", "items").unwrap().is_empty());
+    let all = s
+        .fingerprints("p", "items", std::ops::Bound::Unbounded, None, 1000)
+        .unwrap();
+    assert_eq!(all.len(), 101);
+    assert!(all.iter().all(|f| f.raw.is_none()));
+    assert_eq!(s.rechunk("p", "items", 25).unwrap(), 5);
+    assert_chunks_exact(&s);
     // Too few rows for two chunks: none, and the stream is compared row by row.
     assert_eq!(s.rechunk("p", "items", 60).unwrap(), 0);
     assert!(s.chunks("p", "items").unwrap().is_empty());
     s.rechunk("p", "items", 25).unwrap();
     s.drop_pipeline("p").unwrap();
     assert!(s.chunks("p", "items").unwrap().is_empty());
+    assert_eq!(s.stream_mapping("p", "items").unwrap(), None);
 }

@@ -824,6 +824,46 @@ impl DiffSource {
         Ok(())
     }
 
+    /// Records each stream's mapping with the store. Where it changed (a field renamed, cast
+    /// or added) and the database hashes rows, the stored database hashes are forgotten: they
+    /// hash the query's rows, which a new mapping does not change, so without this an
+    /// unchanged query row would be skipped with its old mapped values.
+    async fn record_mappings(&self) -> Result<(), StageError> {
+        for prepared in &self.prepared {
+            let mapping = &prepared.mapping;
+            let described = format!(
+                "names {:?}; fields {:?}; key {:?}",
+                mapping.names, mapping.fields, mapping.key_at
+            );
+            let store = self.store.clone();
+            let (pipeline, stream) = (self.opts.pipeline.clone(), mapping.stream.clone());
+            let hashes = self.hashes;
+            let forgot = tokio::task::spawn_blocking(move || {
+                let stored = store.stream_mapping(&pipeline, &stream)?;
+                if stored.as_deref() == Some(described.as_str()) {
+                    return Ok(false);
+                }
+                let forget =
+                    hashes && (stored.is_some() || store.has_fingerprints(&pipeline, &stream)?);
+                store
+                    .set_stream_mapping(&pipeline, &stream, &described, forget)
+                    .map(|()| forget)
+            })
+            .await
+            .map_err(|e| StageError::transient(format!("mapping recorder failed: {e}")))?
+            .map_err(StageError::from)?;
+            if forgot {
+                tracing::info!(
+                    source = %self.target,
+                    stream = %mapping.stream,
+                    "the stream's mapping changed: the next run compares every row by its \
+                     mapped values"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The key of the stored row `ord` of `stream` (the row is deleted).
     async fn stored_key(&self, stream: &str, ord: &[u8]) -> Result<Key, StageError> {
         let store = self.store.clone();
@@ -1522,6 +1562,7 @@ impl Source for DiffSource {
                 schemas.push(schema);
             }
             self.prepared = prepared;
+            self.record_mappings().await?;
             Ok(Opened {
                 schemas,
                 start: Some(self.last_position()),
