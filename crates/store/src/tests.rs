@@ -216,6 +216,32 @@ fn a_newer_schema_is_refused() {
     );
 }
 
+#[test]
+fn a_version_2_store_gets_chunks_whose_sums_follow_its_fingerprints() {
+    let (dir, s) = store();
+    let rows: Vec<_> = (1..=40)
+        .map(|i| (change(Op::Insert, i, Some(0)), Some(i), Some(i * 7)))
+        .collect();
+    s.append_blocking("p", &fingerprinted(rows)).unwrap();
+    drop(s);
+    // As a version 2 store was: no chunks, no triggers, no mappings.
+    let path = dir.path().join("state/tidesync.db");
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "DROP TRIGGER chunks_insert; DROP TRIGGER chunks_delete; DROP TRIGGER chunks_update;
+             DROP TABLE chunks; DROP TABLE diff_streams; PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    let s = SqliteStore::open(&path).unwrap();
+    assert!(s.chunks("p", "items").unwrap().is_empty());
+    assert_eq!(s.rechunk("p", "items", 10).unwrap(), 4);
+    let batch = fingerprinted(vec![(change(Op::Update, 5, Some(1)), Some(-5), Some(99))]);
+    s.append_blocking("p", &batch).unwrap();
+    assert_chunks_exact(&s);
+    assert_eq!(s.stream_mapping("p", "items").unwrap(), None);
+}
+
 /// A change of `items` row `id` with a `note` column; the columns in `unchanged` hold the
 /// null placeholder the PostgreSQL source puts in for an unchanged TOASTed value.
 fn noted(op: Op, id: i64, qty: i64, note: &str, unchanged: &[&str]) -> Change {

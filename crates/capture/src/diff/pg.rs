@@ -352,6 +352,15 @@ impl QueryReader for PgQueryReader {
             if bounds.is_empty() {
                 return Ok(None);
             }
+            // `bit_xor` came with PostgreSQL 14: older servers compare row by row.
+            let version: i32 = client
+                .query_one("SELECT current_setting('server_version_num')::int", &[])
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(&err)?;
+            if version < 140_000 {
+                return Ok(None);
+            }
             let sql = format!(
                 "SELECT {bucket}, count(*)::int8, coalesce(bit_xor({}), 0)::int8 FROM {} GROUP BY 1",
                 row_hash_sql(columns, &types),
