@@ -405,8 +405,9 @@ pub trait Log: Send + Sync {
         seq: Seq,
     ) -> BoxFuture<'_, Result<(), StageError>>;
 
-    /// Deletes entries every cursor has passed and that are older than `retain_us` micros;
-    /// returns how many went.
+    /// Deletes the oldest entries, as long as every cursor has passed them and they are older
+    /// than `retain_us` micros (the first one that is not ends the trim: the log stays one
+    /// range of seqs); returns how many went.
     fn trim(&self, pipeline: &str, retain_us: i64) -> BoxFuture<'_, Result<u64, StageError>>;
 
     fn status(&self, pipeline: &str) -> BoxFuture<'_, Result<LogStatus, StageError>>;

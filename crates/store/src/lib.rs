@@ -1192,12 +1192,21 @@ fn status(conn: &Connection, pipeline: &str) -> Result<LogStatus, StoreError> {
 }
 
 fn trim(conn: &Connection, pipeline: &str, retain_us: i64) -> Result<u64, StoreError> {
-    // Only entries that every registered cursor has passed; with no cursor, nothing.
+    // Only entries that every registered cursor has passed (with no cursor, nothing), and
+    // only the oldest run of them older than the retention: the log stays one range of
+    // seqs, and a trim reads only the entries it deletes plus one. (A filter on `commit_us`
+    // over every entry below the cursors read the whole log every time, a million entries
+    // every 10 s, holding the writer meanwhile.)
     let n = conn
         .prepare_cached(
-            "DELETE FROM changes WHERE pipeline = ?1
-               AND seq <= (SELECT min(seq) FROM cursors WHERE pipeline = ?1)
-               AND commit_us < ?2",
+            // One upper bound (SQLite searches by one and filters by any other, which read
+            // every entry below the cursors again); no cursor makes it NULL: nothing goes.
+            "DELETE FROM changes WHERE pipeline = ?1 AND seq < min(
+                 (SELECT min(seq) + 1 FROM cursors WHERE pipeline = ?1),
+                 coalesce(
+                     (SELECT seq FROM changes WHERE pipeline = ?1 AND commit_us >= ?2
+                      ORDER BY seq LIMIT 1),
+                     9223372036854775807))",
         )
         .and_then(|mut st| {
             st.execute(params![

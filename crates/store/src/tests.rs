@@ -173,6 +173,49 @@ async fn trim_keeps_what_the_slowest_cursor_still_needs() {
     assert_eq!(s.cursor("p", "never").await.unwrap(), Seq(0));
 }
 
+#[tokio::test]
+async fn trim_takes_the_oldest_run_of_old_entries_only() {
+    let (dir, s) = store();
+    let now = tidesync_core::time::now_us();
+    let hour = 3_600_000_000;
+    // Commit times: old, old, recent, old, old (a source whose clock went back).
+    let batch = [2 * hour, 2 * hour, 0, 2 * hour, 2 * hour]
+        .iter()
+        .enumerate()
+        .map(|(i, age)| Change {
+            commit_time_us: now - age,
+            ..change(Op::Insert, i as i64 + 1, Some(1))
+        })
+        .collect();
+    s.append("p", Arc::new(captured(batch, 5))).await.unwrap();
+    s.set_cursor("p", "sink", Seq(5)).await.unwrap();
+    assert_eq!(s.trim("p", hour).await.unwrap(), 2);
+    let st = s.status("p").await.unwrap();
+    assert_eq!(
+        (st.tail, st.head),
+        (Seq(3), Seq(5)),
+        "one range of seqs is kept"
+    );
+    assert_eq!(s.trim("p", hour).await.unwrap(), 0);
+    // The trim reads the log from its start only up to the first entry it keeps.
+    let plan: String = Connection::open(dir.path().join("state/tidesync.db"))
+        .unwrap()
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT seq FROM changes WHERE pipeline = 'p' AND commit_us >= 0
+             ORDER BY seq LIMIT 1",
+        )
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>()
+        .join("; ");
+    assert!(
+        plan.contains("USING PRIMARY KEY") && !plan.contains("TEMP B-TREE"),
+        "{plan}"
+    );
+}
+
 #[test]
 fn corrupt_entries_are_named_by_pipeline_and_seq() {
     let (dir, s) = store();
