@@ -112,14 +112,14 @@ pub(crate) fn list(
 
 /// Cuts `stream`'s fingerprints into chunks of `chunk_rows` rows (the last may be smaller), in
 /// one transaction that replaces the old chunks and computes every sum from the fingerprints
-/// themselves. Returns the number of chunks; none when the stream has fewer than two chunks'
+/// themselves. Returns `(chunks, rows)`: no chunks when the stream has fewer than two chunks'
 /// worth of rows (comparing it row by row costs no more).
 pub(crate) fn rechunk(
     conn: &mut Connection,
     pipeline: &str,
     stream: &str,
     chunk_rows: u64,
-) -> Result<usize, StoreError> {
+) -> Result<(usize, u64), StoreError> {
     let e = || StoreError::sqlite("cutting fingerprints into chunks");
     let chunk_rows = chunk_rows.max(1);
     let tx = conn
@@ -139,7 +139,7 @@ pub(crate) fn rechunk(
         .map_err(e())?;
     if (total as u64) < 2 * chunk_rows {
         tx.commit().map_err(e())?;
-        return Ok(0);
+        return Ok((0, total as u64));
     }
     /// A chunk being cut: where it starts, the encoded key there, and its sums so far.
     #[derive(Default)]
@@ -200,7 +200,7 @@ pub(crate) fn rechunk(
         }
     }
     tx.commit().map_err(e())?;
-    Ok(chunks.len())
+    Ok((chunks.len(), total as u64))
 }
 
 /// How `stream`'s chunks stand: `(chunks, the largest chunk's rows, all rows)`.

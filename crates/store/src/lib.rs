@@ -449,13 +449,14 @@ impl SqliteStore {
     }
 
     /// Cuts `stream`'s fingerprints into chunks of `chunk_rows` anew, in one transaction;
-    /// returns how many (none for a stream of fewer than two chunks' worth of rows).
+    /// returns how many chunks (none for a stream of fewer than two chunks' worth of rows)
+    /// and rows.
     pub fn rechunk(
         &self,
         pipeline: &str,
         stream: &str,
         chunk_rows: u64,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(usize, u64), StoreError> {
         chunks::rechunk(&mut lock(&self.inner.writer), pipeline, stream, chunk_rows)
     }
 

@@ -278,7 +278,7 @@ fn a_version_2_store_gets_chunks_whose_sums_follow_its_fingerprints() {
         .unwrap();
     let s = SqliteStore::open(&path).unwrap();
     assert!(s.chunks("p", "items").unwrap().is_empty());
-    assert_eq!(s.rechunk("p", "items", 10).unwrap(), 4);
+    assert_eq!(s.rechunk("p", "items", 10).unwrap(), (4, 40));
     let batch = fingerprinted(vec![(change(Op::Update, 5, Some(1)), Some(-5), Some(99))]);
     s.append_blocking("p", &batch).unwrap();
     assert_chunks_exact(&s);
@@ -623,7 +623,7 @@ fn chunks_keep_exact_sums_through_every_kind_of_write() {
         .collect();
     s.append_blocking("p", &fingerprinted(rows)).unwrap();
     assert!(s.chunks("p", "items").unwrap().is_empty());
-    assert_eq!(s.rechunk("p", "items", 30).unwrap(), 4);
+    assert_eq!(s.rechunk("p", "items", 30).unwrap(), (4, 100));
     let chunks = s.chunks("p", "items").unwrap();
     assert_eq!(
         chunks.iter().map(|c| c.rows).collect::<Vec<_>>(),
@@ -694,7 +694,7 @@ fn chunks_keep_exact_sums_through_every_kind_of_write() {
     assert_chunks_exact(&s);
     assert_eq!(s.chunks("p", "items").unwrap()[1].unknown, 1);
     // Cut again: the sums are recomputed, not carried.
-    assert_eq!(s.rechunk("p", "items", 25).unwrap(), 5);
+    assert_eq!(s.rechunk("p", "items", 25).unwrap(), (5, 101));
     assert_chunks_exact(&s);
     // A changed mapping: every database hash is forgotten and the chunks go, together.
     assert_eq!(s.stream_mapping("p", "items").unwrap(), None);
@@ -711,10 +711,10 @@ fn chunks_keep_exact_sums_through_every_kind_of_write() {
         .unwrap();
     assert_eq!(all.len(), 101);
     assert!(all.iter().all(|f| f.raw.is_none()));
-    assert_eq!(s.rechunk("p", "items", 25).unwrap(), 5);
+    assert_eq!(s.rechunk("p", "items", 25).unwrap(), (5, 101));
     assert_chunks_exact(&s);
     // Too few rows for two chunks: none, and the stream is compared row by row.
-    assert_eq!(s.rechunk("p", "items", 60).unwrap(), 0);
+    assert_eq!(s.rechunk("p", "items", 60).unwrap(), (0, 101));
     assert!(s.chunks("p", "items").unwrap().is_empty());
     s.rechunk("p", "items", 25).unwrap();
     s.drop_pipeline("p").unwrap();

@@ -733,16 +733,11 @@ impl DiffSource {
                 _ => return Ok(ChunkPlan::Whole { chunks: Some(n) }),
             }
         }
-        let differ: Vec<usize> = (0..n)
-            .filter(|&c| {
-                let stored = &chunks[c];
-                stored.unknown > 0 || found[c].0 != stored.rows as i64 || found[c].1 != stored.sum
-            })
-            .collect();
-        let skipped_rows: u64 = (0..n)
-            .filter(|c| !differ.contains(c))
-            .map(|c| found[c].0 as u64)
-            .sum();
+        let (differ, agree): (Vec<usize>, Vec<usize>) = (0..n).partition(|&c| {
+            let stored = &chunks[c];
+            stored.unknown > 0 || found[c].0 != stored.rows as i64 || found[c].1 != stored.sum
+        });
+        let skipped_rows: u64 = agree.iter().map(|&c| found[c].0 as u64).sum();
         if differ.is_empty() {
             return Ok(ChunkPlan::Equal {
                 rows: skipped_rows,
@@ -803,9 +798,7 @@ impl DiffSource {
                 if !needed {
                     return Ok(None);
                 }
-                store
-                    .rechunk(&pipeline, &stream, rows)
-                    .map(|made| Some((made, store.fingerprint_count(&pipeline, &stream))))
+                store.rechunk(&pipeline, &stream, rows).map(Some)
             })
             .await
             .map_err(|e| StageError::transient(format!("chunk cutter failed: {e}")))?
@@ -815,7 +808,7 @@ impl DiffSource {
                     source = %self.target,
                     stream = %self.prepared[i].mapping.stream,
                     chunks = made,
-                    rows = total.map_err(StageError::from)?,
+                    rows = total,
                     ms = started.elapsed().as_millis() as u64,
                     "cut the stream's fingerprints into chunks"
                 );
