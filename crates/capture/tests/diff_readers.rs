@@ -1,15 +1,17 @@
 //! The `diff` mode's query readers (`diff::mysql`, `diff::sqlite`) against a real MariaDB and
 //! real SQLite files: described columns and types, primary keys, every type's values, key
 //! order by bytes whatever the collation, pages, an early stop, and the errors; reads of the
-//! rows changed since a watermark (`read_changed`).
+//! rows changed since a watermark (`read_changed`); PostgreSQL's chunk sums and its reads of
+//! some chunks only (`chunk_sums`, `read_hashes`).
 
 use std::path::Path;
 
 use tidesync_capture::diff::mysql::MysqlQueryReader;
-use tidesync_capture::diff::reader::{Page, QueryColumn, QueryReader};
+use tidesync_capture::diff::pg::PgQueryReader;
+use tidesync_capture::diff::reader::{ChunkFilter, HashedRow, Page, QueryColumn, QueryReader};
 use tidesync_capture::diff::sqlite::SqliteQueryReader;
 use tidesync_core::{Decimal, StageError, Value};
-use tidesync_testkit::MariaDb;
+use tidesync_testkit::{MariaDb, Postgres};
 use tokio::sync::mpsc;
 
 const DB: &str = "shop";
@@ -879,4 +881,107 @@ async fn sqlite_read_changed_bad_queries_are_definite_errors_naming_them() {
     // The reader is still usable.
     let pages = read_changed_pages(&mut reader, query, 1, Some(&since), &[0], 10).await;
     assert_eq!(picked(&pages, &[0]).1.len(), 4);
+}
+
+/// Every hashed row of `query` (keys only), or of the chunks `only`, in key order.
+async fn pg_hashed(
+    reader: &mut PgQueryReader,
+    query: &str,
+    columns: &[QueryColumn],
+    only: Option<&ChunkFilter>,
+) -> Vec<HashedRow> {
+    let (tx, mut rx) = mpsc::channel(64);
+    let read = reader.read_hashes(query, columns, &[0], false, only, 3, tx);
+    let collect = async {
+        let mut all = Vec::new();
+        while let Some(page) = rx.recv().await {
+            all.extend(page);
+        }
+        all
+    };
+    let (read, all) = tokio::join!(read, collect);
+    read.unwrap();
+    all
+}
+
+/// Text keys with the characters an array literal quotes or escapes, and timestamps with a
+/// time zone: the chunk bounds travel as text and are read back through the key's type, so
+/// each row falls in the chunk its bytes (or instant) put it in, and a read of some chunks
+/// gives exactly their rows.
+#[tokio::test]
+async fn pg_chunk_sums_and_chunk_reads_cut_at_awkward_bounds() {
+    let pg = Postgres::start();
+    pg.create_database(DB).unwrap();
+    let keys = [
+        "", " ", "\"", "\"q\"", ",", "a", "a,b", "a\\b", "b", "{x}", "NULL", "z z", "\u{e9}",
+    ];
+    let quoted: Vec<String> = keys
+        .iter()
+        .map(|k| format!("('{}', 1)", k.replace('\'', "''")))
+        .collect();
+    pg.psql(
+        DB,
+        &format!(
+            "CREATE TABLE codes (code text PRIMARY KEY, n int); INSERT INTO codes VALUES {}; \
+             CREATE TABLE times (at timestamptz PRIMARY KEY, n int); \
+             INSERT INTO times SELECT '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 hour', g \
+               FROM generate_series(0, 47) g;",
+            quoted.join(", ")
+        ),
+    )
+    .unwrap();
+    let mut reader = PgQueryReader::new(&pg.url(DB));
+    // Text, in byte order: the bounds themselves are the awkward values.
+    let query = "SELECT code, n FROM codes";
+    let columns = reader.columns(query).await.unwrap();
+    let all = pg_hashed(&mut reader, query, &columns, None).await;
+    let mut sorted: Vec<&str> = keys.to_vec();
+    sorted.sort_unstable();
+    assert_eq!(
+        all.iter().map(|r| r.key[0].clone()).collect::<Vec<_>>(),
+        sorted.iter().map(|k| text(k)).collect::<Vec<_>>()
+    );
+    let bounds = vec![text("\""), text(","), text("a\\b"), text("{x}")];
+    let sums = reader
+        .chunk_sums(query, &columns, &[0], &bounds)
+        .await
+        .unwrap()
+        .expect("text keys are summed in chunks");
+    // "" and " " | "\"" "\"q\"" | "," "NULL" "a" "a,b" | "a\\b" "b" "z z" | "{x}" "é"
+    let mut counts: Vec<(i64, i64)> = sums.iter().map(|s| (s.chunk.unwrap(), s.rows)).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [(0, 2), (1, 2), (2, 4), (3, 3), (4, 2)]);
+    let xor = |rows: &[HashedRow]| rows.iter().fold(0, |a, r| a ^ r.hash);
+    let only = ChunkFilter {
+        bounds: bounds.clone(),
+        chunks: vec![1, 3],
+    };
+    let some = pg_hashed(&mut reader, query, &columns, Some(&only)).await;
+    assert_eq!(
+        some.iter().map(|r| r.key[0].clone()).collect::<Vec<_>>(),
+        ["\"", "\"q\"", "a\\b", "b", "z z"].map(text)
+    );
+    let sum_of = |c: i64| sums.iter().find(|s| s.chunk == Some(c)).unwrap().sum;
+    assert_eq!(xor(&some[..2]), sum_of(1));
+    assert_eq!(xor(&some[2..]), sum_of(3));
+    // Timestamps: bounds as the instants they are, whatever the text's offset.
+    let query = "SELECT at, n FROM times";
+    let columns = reader.columns(query).await.unwrap();
+    let all = pg_hashed(&mut reader, query, &columns, None).await;
+    assert_eq!(all.len(), 48);
+    let bounds = vec![all[10].key[0].clone(), all[30].key[0].clone()];
+    let sums = reader
+        .chunk_sums(query, &columns, &[0], &bounds)
+        .await
+        .unwrap()
+        .expect("timestamps are summed in chunks");
+    let mut counts: Vec<(i64, i64)> = sums.iter().map(|s| (s.chunk.unwrap(), s.rows)).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [(0, 10), (1, 20), (2, 18)]);
+    let only = ChunkFilter {
+        bounds,
+        chunks: vec![2],
+    };
+    let some = pg_hashed(&mut reader, query, &columns, Some(&only)).await;
+    assert_eq!(some, all[30..].to_vec());
 }

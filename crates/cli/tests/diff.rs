@@ -494,8 +494,8 @@ fn a_postgres_source_compared_chunk_by_chunk_rereads_only_the_chunks_that_change
         });
     };
 
-    // The first run reads everything; then the fingerprints are cut into chunks (10 and 6),
-    // and a run with nothing changed reads no row.
+    // The first run reads everything; then the fingerprints are cut into chunks of 10 rows
+    // (500 and 300), and a run with nothing changed reads no row.
     let log = dir.path().join("run1.log");
     let mut child = spawn(&["run", config], &env, &log);
     equal("the first copy");
@@ -504,13 +504,13 @@ fn a_postgres_source_compared_chunk_by_chunk_rereads_only_the_chunks_that_change
         Duration::from_secs(60),
         || {
             let (items, codes) = (compared(&log, "items"), compared(&log, "codes"));
-            (items.last() == Some(&[0, 0, 0, 10, 0]) && codes.last() == Some(&[0, 0, 0, 6, 0]))
+            (items.last() == Some(&[0, 0, 0, 500, 0]) && codes.last() == Some(&[0, 0, 0, 300, 0]))
                 .then_some(())
         },
     );
 
-    // Changes in 4 of items' 10 chunks (one before the first key, one after the last) and 1
-    // of codes' 6: only those are read row by row. The update keeps the row count of its
+    // Changes in 4 of items' 500 chunks (one before the first key, one after the last) and 1
+    // of codes' 300: only those are read row by row. The update keeps the row count of its
     // chunk: the hash sum finds it.
     pg.psql(
         DB,
@@ -531,10 +531,10 @@ fn a_postgres_source_compared_chunk_by_chunk_rereads_only_the_chunks_that_change
     });
     assert_eq!(
         items,
-        [2, 1, 1, 10, 4],
+        [2, 1, 1, 500, 4],
         "inserts, updates, deletes, chunks, reread"
     );
-    assert_eq!(codes, [0, 1, 0, 6, 1]);
+    assert_eq!(codes, [0, 1, 0, 300, 1]);
     equal("the changes applied");
 
     // Killed at once after more changes, some of them logged by now and some not: the next
@@ -553,8 +553,8 @@ fn a_postgres_source_compared_chunk_by_chunk_rereads_only_the_chunks_that_change
     let mut child = spawn(&["run", config], &env, &log);
     equal("the changes applied after a kill");
 
-    // A chunk that grows to more than twice its size is cut again (items: 2,000 new keys
-    // after the last).
+    // A chunk that grows to more than twice its size is cut into pieces (items: 2,000 new
+    // keys after the last, into some 200 chunks more).
     pg.psql(
         DB,
         "INSERT INTO items SELECT g, 'grown ' || g FROM generate_series(200001, 202000) g",
@@ -564,7 +564,7 @@ fn a_postgres_source_compared_chunk_by_chunk_rereads_only_the_chunks_that_change
     wait_for("items cut again", Duration::from_secs(60), || {
         compared(&log, "items")
             .last()
-            .filter(|c| c[..3] == [0, 0, 0] && c[3] > 10)
+            .filter(|c| c[..3] == [0, 0, 0] && c[3] > 690)
             .map(|_| ())
     });
     stop_cleanly(&mut child, &log);

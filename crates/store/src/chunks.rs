@@ -110,21 +110,104 @@ pub(crate) fn list(
     Ok(out)
 }
 
-/// Cuts `stream`'s fingerprints into chunks of `chunk_rows` rows (the last may be smaller), in
-/// one transaction that replaces the old chunks and computes every sum from the fingerprints
-/// themselves. Returns `(chunks, rows)`: no chunks when the stream has fewer than two chunks'
-/// worth of rows (comparing it row by row costs no more).
-pub(crate) fn rechunk(
-    conn: &mut Connection,
+/// A chunk being cut: where it starts, the encoded key there, and its sums.
+#[derive(Default)]
+struct Cut {
+    lo: Vec<u8>,
+    bound: Option<Vec<u8>>,
+    rows: i64,
+    sum: i64,
+    unknown: i64,
+}
+
+/// Cuts the fingerprints of `stream` from `lo` (included; its chunk keeps `lo` and `bound`)
+/// to `hi` (excluded; `None`: to the end) into pieces of `piece` rows (the last may be
+/// smaller), summing each from the fingerprints themselves.
+fn cut_range(
+    tx: &rusqlite::Transaction<'_>,
+    pipeline: &str,
+    stream: &str,
+    (lo, bound, hi): (&[u8], Option<&[u8]>, Option<&[u8]>),
+    piece: u64,
+) -> Result<Vec<Cut>, StoreError> {
+    let e = || StoreError::sqlite("cutting fingerprints into chunks");
+    let piece = piece.max(1);
+    let to = if hi.is_some() { "AND ord < ?4" } else { "" };
+    let mut st = tx
+        .prepare_cached(&format!(
+            "SELECT ord, key, raw FROM fingerprints WHERE pipeline = ?1 AND stream = ?2
+             AND ord >= ?3 {to} ORDER BY ord"
+        ))
+        .map_err(e())?;
+    let mut rows = match hi {
+        None => st.query(params![pipeline, stream, lo]),
+        Some(hi) => st.query(params![pipeline, stream, lo, hi]),
+    }
+    .map_err(e())?;
+    let mut cuts: Vec<Cut> = Vec::new();
+    let mut n: u64 = 0;
+    while let Some(r) = rows.next().map_err(e())? {
+        if n.is_multiple_of(piece) {
+            cuts.push(if n == 0 {
+                Cut {
+                    lo: lo.to_vec(),
+                    bound: bound.map(<[u8]>::to_vec),
+                    ..Cut::default()
+                }
+            } else {
+                Cut {
+                    lo: r.get(0).map_err(e())?,
+                    bound: Some(r.get(1).map_err(e())?),
+                    ..Cut::default()
+                }
+            });
+        }
+        n += 1;
+        let raw: Option<i64> = r.get(2).map_err(e())?;
+        let cut = cuts
+            .last_mut()
+            .unwrap_or_else(|| unreachable!("a piece starts at the first row"));
+        cut.rows += 1;
+        match raw {
+            Some(raw) => cut.sum ^= raw,
+            None => cut.unknown += 1,
+        }
+    }
+    Ok(cuts)
+}
+
+fn insert_cuts(
+    tx: &rusqlite::Transaction<'_>,
+    pipeline: &str,
+    stream: &str,
+    cuts: &[Cut],
+) -> Result<(), StoreError> {
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO chunks (pipeline, stream, lo, bound, rows, sum, unknown)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(StoreError::sqlite("writing fingerprint chunks"))?;
+    for c in cuts {
+        insert
+            .execute(params![
+                pipeline, stream, c.lo, c.bound, c.rows, c.sum, c.unknown
+            ])
+            .map_err(StoreError::sqlite("writing fingerprint chunks"))?;
+    }
+    Ok(())
+}
+
+/// Replaces `stream`'s chunks with a cut of all its fingerprints into chunks of `chunk_rows`
+/// rows, in `tx`; none when it has fewer than two chunks' worth. Returns `(chunks, rows)`.
+fn cut_all(
+    tx: &rusqlite::Transaction<'_>,
     pipeline: &str,
     stream: &str,
     chunk_rows: u64,
 ) -> Result<(usize, u64), StoreError> {
     let e = || StoreError::sqlite("cutting fingerprints into chunks");
     let chunk_rows = chunk_rows.max(1);
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(e())?;
     tx.execute(
         "DELETE FROM chunks WHERE pipeline = ?1 AND stream = ?2",
         params![pipeline, stream],
@@ -138,69 +221,214 @@ pub(crate) fn rechunk(
         )
         .map_err(e())?;
     if (total as u64) < 2 * chunk_rows {
-        tx.commit().map_err(e())?;
         return Ok((0, total as u64));
     }
-    /// A chunk being cut: where it starts, the encoded key there, and its sums so far.
-    #[derive(Default)]
-    struct Cut {
-        lo: Vec<u8>,
-        bound: Option<Vec<u8>>,
-        rows: i64,
-        sum: i64,
-        unknown: i64,
+    let cuts = cut_range(tx, pipeline, stream, (&[], None, None), chunk_rows)?;
+    insert_cuts(tx, pipeline, stream, &cuts)?;
+    Ok((cuts.len(), total as u64))
+}
+
+/// Cuts `stream`'s fingerprints into chunks of `chunk_rows` rows (the last may be smaller), in
+/// one transaction that replaces the old chunks and computes every sum from the fingerprints
+/// themselves. Returns `(chunks, rows)`: no chunks when the stream has fewer than two chunks'
+/// worth of rows (comparing it row by row costs no more).
+pub(crate) fn rechunk(
+    conn: &mut Connection,
+    pipeline: &str,
+    stream: &str,
+    chunk_rows: u64,
+) -> Result<(usize, u64), StoreError> {
+    let e = || StoreError::sqlite("cutting fingerprints into chunks");
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(e())?;
+    let made = cut_all(&tx, pipeline, stream, chunk_rows)?;
+    tx.commit().map_err(e())?;
+    Ok(made)
+}
+
+/// What [`rebalance`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rebalanced {
+    /// Chunks afterwards (none: the stream is compared row by row).
+    pub chunks: usize,
+    /// Rows in them (or in the stream, when it has none).
+    pub rows: u64,
+    /// The rows per chunk aimed at.
+    pub target: u64,
+    /// The stream had no chunks, or too few rows for two: it was cut (or uncut) whole.
+    pub whole: bool,
+    /// Chunks that had grown past twice `target` and were cut into pieces.
+    pub split: usize,
+    /// Chunks that had shrunk below a quarter of `target` (or whose neighbour had) and were
+    /// merged into the chunk before them.
+    pub merged: usize,
+}
+
+impl Rebalanced {
+    /// Whether any chunk changed.
+    pub fn changed(&self) -> bool {
+        self.whole || self.split > 0 || self.merged > 0
     }
-    let mut chunks: Vec<Cut> = Vec::new();
+}
+
+/// Keeps `stream`'s chunks near `target(rows)` rows each, in one transaction, touching only
+/// what needs it: a stream without chunks is cut whole (once it has two chunks' worth of
+/// rows); a chunk that grew past twice the target (rows inserted into its range) is cut
+/// into even pieces from its own fingerprints; a chunk below a quarter of the target (rows
+/// deleted), or following one, is merged into the chunk before it (sums add up: no
+/// fingerprint is read) while the two stay within twice the target. A stream that shrank
+/// below two chunks' worth loses its chunks.
+pub(crate) fn rebalance(
+    conn: &mut Connection,
+    pipeline: &str,
+    stream: &str,
+    target: &dyn Fn(u64) -> u64,
+) -> Result<Rebalanced, StoreError> {
+    let e = || StoreError::sqlite("rebalancing fingerprint chunks");
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(e())?;
+    let (n, largest, smallest, total): (i64, i64, i64, i64) = tx
+        .query_row(
+            "SELECT count(*), coalesce(max(rows), 0), coalesce(min(rows), 0),
+                 coalesce(sum(rows), 0)
+             FROM chunks WHERE pipeline = ?1 AND stream = ?2",
+            params![pipeline, stream],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .map_err(e())?;
+    let mut done = Rebalanced::default();
+    if n == 0 {
+        let rows: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM fingerprints WHERE pipeline = ?1 AND stream = ?2",
+                params![pipeline, stream],
+                |r| r.get(0),
+            )
+            .map_err(e())?;
+        done.target = target(rows as u64).max(1);
+        done.rows = rows as u64;
+        if done.rows >= 2 * done.target {
+            (done.chunks, done.rows) = cut_all(&tx, pipeline, stream, done.target)?;
+            done.whole = true;
+        }
+        tx.commit().map_err(e())?;
+        return Ok(done);
+    }
+    let t = target(total as u64).max(1);
+    done.target = t;
+    done.rows = total as u64;
+    done.chunks = n as usize;
+    if (total as u64) < 2 * t {
+        tx.execute(
+            "DELETE FROM chunks WHERE pipeline = ?1 AND stream = ?2",
+            params![pipeline, stream],
+        )
+        .map_err(e())?;
+        done.chunks = 0;
+        done.whole = true;
+        tx.commit().map_err(e())?;
+        return Ok(done);
+    }
+    let too_small = |rows: i64| (rows as u64) * 4 < t;
+    if (largest as u64) <= 2 * t && !(n > 1 && too_small(smallest)) {
+        return Ok(done);
+    }
+    let mut chunks: Vec<Cut> = Vec::with_capacity(n as usize);
     {
         let mut st = tx
-            .prepare(
-                "SELECT ord, key, raw FROM fingerprints WHERE pipeline = ?1 AND stream = ?2
-                 ORDER BY ord",
+            .prepare_cached(
+                "SELECT lo, bound, rows, sum, unknown FROM chunks
+                 WHERE pipeline = ?1 AND stream = ?2 ORDER BY lo",
             )
             .map_err(e())?;
         let mut rows = st.query(params![pipeline, stream]).map_err(e())?;
-        let mut n: u64 = 0;
         while let Some(r) = rows.next().map_err(e())? {
-            if n.is_multiple_of(chunk_rows) {
-                chunks.push(if n == 0 {
-                    Cut::default()
-                } else {
-                    Cut {
-                        lo: r.get(0).map_err(e())?,
-                        bound: Some(r.get(1).map_err(e())?),
-                        ..Cut::default()
-                    }
-                });
-            }
-            n += 1;
-            let raw: Option<i64> = r.get(2).map_err(e())?;
-            let chunk = chunks
-                .last_mut()
-                .unwrap_or_else(|| unreachable!("a chunk starts at the first row"));
-            chunk.rows += 1;
-            match raw {
-                Some(raw) => chunk.sum ^= raw,
-                None => chunk.unknown += 1,
-            }
+            chunks.push(Cut {
+                lo: r.get(0).map_err(e())?,
+                bound: r.get(1).map_err(e())?,
+                rows: r.get(2).map_err(e())?,
+                sum: r.get(3).map_err(e())?,
+                unknown: r.get(4).map_err(e())?,
+            });
         }
     }
-    {
-        let mut insert = tx
-            .prepare(
-                "INSERT INTO chunks (pipeline, stream, lo, bound, rows, sum, unknown)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
+    // Splits: each oversized chunk is replaced by its pieces, in place.
+    let mut balanced: Vec<Cut> = Vec::with_capacity(chunks.len());
+    let mut delete = tx
+        .prepare_cached("DELETE FROM chunks WHERE pipeline = ?1 AND stream = ?2 AND lo = ?3")
+        .map_err(e())?;
+    let mut next_lo: Vec<Option<Vec<u8>>> =
+        chunks.iter().skip(1).map(|c| Some(c.lo.clone())).collect();
+    next_lo.push(None);
+    for (chunk, hi) in chunks.into_iter().zip(next_lo) {
+        if (chunk.rows as u64) <= 2 * t {
+            balanced.push(chunk);
+            continue;
+        }
+        // Even pieces of at most `t` rows.
+        let pieces = (chunk.rows as u64).div_ceil(t);
+        let piece = (chunk.rows as u64).div_ceil(pieces);
+        let cuts = cut_range(
+            &tx,
+            pipeline,
+            stream,
+            (&chunk.lo, chunk.bound.as_deref(), hi.as_deref()),
+            piece,
+        )?;
+        delete
+            .execute(params![pipeline, stream, chunk.lo])
             .map_err(e())?;
-        for c in &chunks {
-            insert
-                .execute(params![
-                    pipeline, stream, c.lo, c.bound, c.rows, c.sum, c.unknown
-                ])
-                .map_err(e())?;
-        }
+        insert_cuts(&tx, pipeline, stream, &cuts)?;
+        done.split += 1;
+        balanced.extend(cuts);
     }
+    // Merges: into the last chunk kept, while the two stay within twice the target.
+    let mut update = tx
+        .prepare_cached(
+            "UPDATE chunks SET rows = ?4, sum = ?5, unknown = ?6
+             WHERE pipeline = ?1 AND stream = ?2 AND lo = ?3",
+        )
+        .map_err(e())?;
+    let mut kept: Vec<Cut> = Vec::with_capacity(balanced.len());
+    let mut grown: Vec<bool> = Vec::with_capacity(balanced.len());
+    for chunk in balanced {
+        if let Some(keeper) = kept.last_mut()
+            && (too_small(chunk.rows) || too_small(keeper.rows))
+            && ((keeper.rows + chunk.rows) as u64) <= 2 * t
+        {
+            keeper.rows += chunk.rows;
+            keeper.sum ^= chunk.sum;
+            keeper.unknown += chunk.unknown;
+            if let Some(g) = grown.last_mut() {
+                *g = true;
+            }
+            delete
+                .execute(params![pipeline, stream, chunk.lo])
+                .map_err(e())?;
+            done.merged += 1;
+            continue;
+        }
+        kept.push(chunk);
+        grown.push(false);
+    }
+    for (keeper, _) in kept.iter().zip(&grown).filter(|(_, g)| **g) {
+        update
+            .execute(params![
+                pipeline,
+                stream,
+                keeper.lo,
+                keeper.rows,
+                keeper.sum,
+                keeper.unknown
+            ])
+            .map_err(e())?;
+    }
+    done.chunks = kept.len();
+    drop((delete, update));
     tx.commit().map_err(e())?;
-    Ok((chunks.len(), total as u64))
+    Ok(done)
 }
 
 /// How `stream`'s chunks stand: `(chunks, the largest chunk's rows, all rows)`.

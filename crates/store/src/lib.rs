@@ -32,7 +32,7 @@ mod requests;
 mod rows;
 mod schema;
 
-pub use chunks::StoredChunk;
+pub use chunks::{Rebalanced, StoredChunk};
 pub use param::SqliteParam;
 pub use requests::{RequestInfo, RequestState};
 
@@ -458,6 +458,18 @@ impl SqliteStore {
         chunk_rows: u64,
     ) -> Result<(usize, u64), StoreError> {
         chunks::rechunk(&mut lock(&self.inner.writer), pipeline, stream, chunk_rows)
+    }
+
+    /// Keeps `stream`'s chunks near `target(rows in the stream)` rows each, in one
+    /// transaction: cuts a stream without chunks whole, splits the chunks that grew past twice
+    /// the target and merges those that shrank below a quarter of it (see [`Rebalanced`]).
+    pub fn rebalance_chunks(
+        &self,
+        pipeline: &str,
+        stream: &str,
+        target: &dyn Fn(u64) -> u64,
+    ) -> Result<Rebalanced, StoreError> {
+        chunks::rebalance(&mut lock(&self.inner.writer), pipeline, stream, target)
     }
 
     /// The mapping `stream`'s fingerprints were made with, as the `diff` source described it

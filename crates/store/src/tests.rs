@@ -721,3 +721,72 @@ fn chunks_keep_exact_sums_through_every_kind_of_write() {
     assert!(s.chunks("p", "items").unwrap().is_empty());
     assert_eq!(s.stream_mapping("p", "items").unwrap(), None);
 }
+
+#[test]
+fn rebalancing_splits_grown_chunks_and_merges_shrunk_ones_locally() {
+    let (_dir, s) = store();
+    let raw = |i: i64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as i64);
+    let insert = |ids: &mut dyn Iterator<Item = i64>| {
+        let rows: Vec<_> = ids
+            .map(|i| (change(Op::Insert, i, Some(0)), Some(i), Some(raw(i))))
+            .collect();
+        s.append_blocking("p", &fingerprinted(rows)).unwrap();
+    };
+    let sizes = |s: &SqliteStore| -> Vec<u64> {
+        s.chunks("p", "items")
+            .unwrap()
+            .iter()
+            .map(|c| c.rows)
+            .collect()
+    };
+    let ten = |_: u64| 10;
+    // Too few rows for two chunks: nothing is cut.
+    insert(&mut (100..119));
+    let done = s.rebalance_chunks("p", "items", &ten).unwrap();
+    assert_eq!((done.chunks, done.rows, done.changed()), (0, 19, false));
+    // Two chunks' worth: cut whole.
+    insert(&mut (119..150));
+    let done = s.rebalance_chunks("p", "items", &ten).unwrap();
+    assert_eq!((done.chunks, done.rows, done.whole), (5, 50, true));
+    assert_eq!(sizes(&s), [10, 10, 10, 10, 10]);
+    assert_chunks_exact(&s);
+    // Nothing out of balance: nothing changes, however often asked.
+    let done = s.rebalance_chunks("p", "items", &ten).unwrap();
+    assert!(!done.changed(), "{done:?}");
+    // Rows appended after the last key grow the last chunk; rows before the first, the
+    // first. Each is cut into pieces of at most 10 rows, as even as whole pieces go; the
+    // others stay as they were.
+    let before = s.chunks("p", "items").unwrap();
+    insert(&mut (150..175));
+    insert(&mut (50..62));
+    let done = s.rebalance_chunks("p", "items", &ten).unwrap();
+    assert_eq!((done.split, done.merged, done.whole), (2, 0, false));
+    assert_eq!(sizes(&s), [8, 8, 6, 10, 10, 10, 9, 9, 9, 8]);
+    let after = s.chunks("p", "items").unwrap();
+    assert_eq!(after[0].lo, Vec::<u8>::new());
+    assert_eq!(after[0].bound, None);
+    assert_eq!(&after[3..6], &before[1..4]);
+    assert_chunks_exact(&s);
+    // Deletes empty a chunk in the middle and shrink the first: the empty one merges into
+    // the chunk before it, the first takes its successor, and the sums stay exact.
+    let deletes: Vec<_> = (120..130)
+        .chain(50..57)
+        .map(|i| (change(Op::Delete, i, None), None, None))
+        .collect();
+    s.append_blocking("p", &fingerprinted(deletes)).unwrap();
+    assert_eq!(sizes(&s), [1, 8, 6, 10, 0, 10, 9, 9, 9, 8]);
+    let done = s.rebalance_chunks("p", "items", &ten).unwrap();
+    assert_eq!((done.split, done.merged), (0, 2));
+    assert_eq!(sizes(&s), [9, 6, 10, 10, 9, 9, 9, 8]);
+    assert_chunks_exact(&s);
+    // A larger target (the stream grew): chunks now under a quarter of it merge into the
+    // chunk before them, while the two stay within twice the target.
+    let done = s.rebalance_chunks("p", "items", &|_| 35).unwrap();
+    assert_eq!((done.target, done.merged), (35, 2));
+    assert_eq!(sizes(&s), [15, 10, 10, 9, 9, 17]);
+    assert_chunks_exact(&s);
+    // Shrunk below two chunks' worth: the chunks go.
+    let done = s.rebalance_chunks("p", "items", &|_| 100).unwrap();
+    assert_eq!((done.chunks, done.whole), (0, true));
+    assert!(s.chunks("p", "items").unwrap().is_empty());
+}

@@ -299,8 +299,8 @@ impl QueryReader for PgQueryReader {
                     })?;
                     set_chunk_settings(client, &only.bounds, Some(&only.chunks), &err).await?;
                     format!(
-                        " WHERE {bucket} IN (SELECT c::int4 FROM json_array_elements_text(\
-                         current_setting('{CHUNKS_SETTING}')::json) AS c)"
+                        " WHERE {bucket} IN (SELECT unnest(current_setting('{CHUNKS_SETTING}')\
+                         ::int4[]))"
                     )
                 }
             };
@@ -527,10 +527,31 @@ async fn copy_rows<T>(
     Ok(())
 }
 
-/// The session settings [`chunk_of`] and a chunk filter read: JSON arrays of the chunks'
-/// bounds (as text) and of the chunks wanted.
+/// The session settings [`chunk_of`] and a chunk filter read: array literals of the chunks'
+/// bounds (as text, read back through the key's type) and of the chunks wanted.
 const BOUNDS_SETTING: &str = "tidesync.chunk_bounds";
 const CHUNKS_SETTING: &str = "tidesync.chunks";
+
+/// `values` as a PostgreSQL array literal of quoted elements (`{"a","b\"c"}`), which reads
+/// back through any element type's input function.
+fn array_literal(values: impl IntoIterator<Item = String>) -> String {
+    let mut out = String::from("{");
+    for (i, v) in values.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in v.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
 
 /// Sets the session's [`BOUNDS_SETTING`] (and [`CHUNKS_SETTING`]) through bound parameters.
 async fn set_chunk_settings(
@@ -539,11 +560,8 @@ async fn set_chunk_settings(
     chunks: Option<&[i64]>,
     err: &impl Fn(tokio_postgres::Error) -> StageError,
 ) -> Result<(), StageError> {
-    let bounds: Vec<String> = bounds.iter().map(tidesync_core::pg::input_text).collect();
-    let bounds = serde_json::to_string(&bounds)
-        .map_err(|e| StageError::definite(format!("encoding chunk bounds: {e}")))?;
-    let chunks = serde_json::to_string(chunks.unwrap_or(&[]))
-        .map_err(|e| StageError::definite(format!("encoding chunks: {e}")))?;
+    let bounds = array_literal(bounds.iter().map(tidesync_core::pg::input_text));
+    let chunks = array_literal(chunks.unwrap_or(&[]).iter().map(i64::to_string));
     client
         .execute(
             &format!(
@@ -588,9 +606,7 @@ fn chunk_of(columns: &[QueryColumn], types: &[Type], order: &[usize]) -> Option<
     };
     // One evaluation per statement (a scalar subquery), not per row.
     Some(format!(
-        "width_bucket({operand}, (SELECT array_agg(b.v::{} ORDER BY b.n) FROM \
-         json_array_elements_text(current_setting('{BOUNDS_SETTING}')::json) \
-         WITH ORDINALITY AS b(v, n)))",
+        "width_bucket({operand}, (SELECT current_setting('{BOUNDS_SETTING}')::{}[]))",
         ty.name()
     ))
 }
