@@ -391,29 +391,26 @@ pub(crate) fn rebalance(
              WHERE pipeline = ?1 AND stream = ?2 AND lo = ?3",
         )
         .map_err(e())?;
-    let mut kept: Vec<Cut> = Vec::with_capacity(balanced.len());
-    let mut grown: Vec<bool> = Vec::with_capacity(balanced.len());
+    // Each chunk kept, and whether it took others in (its row must then be written).
+    let mut kept: Vec<(Cut, bool)> = Vec::with_capacity(balanced.len());
     for chunk in balanced {
-        if let Some(keeper) = kept.last_mut()
+        if let Some((keeper, grew)) = kept.last_mut()
             && (too_small(chunk.rows) || too_small(keeper.rows))
             && ((keeper.rows + chunk.rows) as u64) <= 2 * t
         {
             keeper.rows += chunk.rows;
             keeper.sum ^= chunk.sum;
             keeper.unknown += chunk.unknown;
-            if let Some(g) = grown.last_mut() {
-                *g = true;
-            }
+            *grew = true;
             delete
                 .execute(params![pipeline, stream, chunk.lo])
                 .map_err(e())?;
             done.merged += 1;
             continue;
         }
-        kept.push(chunk);
-        grown.push(false);
+        kept.push((chunk, false));
     }
-    for (keeper, _) in kept.iter().zip(&grown).filter(|(_, g)| **g) {
+    for (keeper, _) in kept.iter().filter(|(_, grew)| *grew) {
         update
             .execute(params![
                 pipeline,
@@ -429,30 +426,6 @@ pub(crate) fn rebalance(
     drop((delete, update));
     tx.commit().map_err(e())?;
     Ok(done)
-}
-
-/// How `stream`'s chunks stand: `(chunks, the largest chunk's rows, all rows)`.
-pub(crate) fn balance(
-    conn: &Connection,
-    pipeline: &str,
-    stream: &str,
-) -> Result<(u64, u64, u64), StoreError> {
-    conn.prepare_cached(
-        "SELECT count(*), coalesce(max(rows), 0), coalesce(sum(rows), 0) FROM chunks
-         WHERE pipeline = ?1 AND stream = ?2",
-    )
-    .and_then(|mut st| {
-        st.query_row(params![pipeline, stream], |r| {
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                r.get::<_, i64>(1)? as u64,
-                r.get::<_, i64>(2)? as u64,
-            ))
-        })
-        .optional()
-    })
-    .map(|found| found.unwrap_or((0, 0, 0)))
-    .map_err(StoreError::sqlite("reading the chunks' balance"))
 }
 
 /// The mapping `stream`'s fingerprints were made with (see [`set_mapping`]).

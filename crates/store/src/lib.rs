@@ -501,15 +501,6 @@ impl SqliteStore {
         )
     }
 
-    /// `(chunks, rows of the largest, rows in all)` of `stream`.
-    pub fn chunk_balance(
-        &self,
-        pipeline: &str,
-        stream: &str,
-    ) -> Result<(u64, u64, u64), StoreError> {
-        chunks::balance(&lock(&self.inner.reader), pipeline, stream)
-    }
-
     /// The key of the fingerprinted row `ord` of `stream` (for a delete), if there is one.
     pub fn fingerprint_key(
         &self,

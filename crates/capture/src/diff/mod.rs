@@ -669,9 +669,9 @@ impl DiffSource {
                     stream.clone(),
                     ranges.clone(),
                 );
-                let mut cursor = at.clone();
+                let mut at_page = std::mem::take(&mut at);
                 let page = tokio::task::spawn_blocking(move || {
-                    let at = &mut cursor;
+                    let at = &mut at_page;
                     let mut rows: Vec<StoredFingerprint> = Vec::new();
                     while at.0 < ranges.len() && rows.len() < page_rows {
                         let (lo, hi) = &ranges[at.0];
@@ -689,7 +689,7 @@ impl DiffSource {
                         }
                         rows.extend(got);
                     }
-                    Ok::<_, tidesync_store::StoreError>((rows, cursor))
+                    Ok::<_, tidesync_store::StoreError>((rows, at_page))
                 })
                 .await
                 .map_err(|e| StageError::transient(format!("fingerprint reader failed: {e}")))
