@@ -26,6 +26,7 @@
 //! Blocking SQLite calls run on tokio's blocking pool; one connection writes and another
 //! reads, so WAL lets sinks read the log while the source appends.
 
+mod checkpoint;
 mod chunks;
 mod param;
 mod requests;
@@ -131,6 +132,8 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    /// Checkpoints the write-ahead log off the writer's path; `None` when read-only.
+    _checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
@@ -166,7 +169,7 @@ impl SqliteStore {
                 ))
             })?;
         }
-        let writer = Connection::open(path).map_err(open_err)?;
+        let mut writer = Connection::open(path).map_err(open_err)?;
         // An append prepares up to seven multi-row statement texts for the log and seven for
         // the current state (see `rows`), besides its own: rusqlite's default of 16 cached
         // statements would make batches of varying sizes re-parse them.
@@ -178,11 +181,15 @@ impl SqliteStore {
             .map_err(StoreError::sqlite("creating the requests table"))?;
         let reader = Connection::open_with_flags(path, reader_flags()).map_err(open_err)?;
         schema::configure_reader(&reader).map_err(open_err)?;
+        let checkpointer =
+            checkpoint::Checkpointer::start(path, &mut writer, checkpoint::Limits::default())
+                .map_err(open_err)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
+                _checkpointer: Some(checkpointer),
             }),
         })
     }
@@ -211,6 +218,7 @@ impl SqliteStore {
                 path: path.to_owned(),
                 writer: Mutex::new(open()?),
                 reader: Mutex::new(open()?),
+                _checkpointer: None,
             }),
         })
     }
