@@ -129,11 +129,16 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     )?;
     let log = dir.join("tidesync.log");
     // The run lines the results come from are logged at info level: `env` sets it for the
-    // child alone.
+    // child alone. A `TIDESYNC_LOG` of the harness's own (e.g. `debug`, for where a run
+    // waited) is passed on instead; it must keep info lines.
+    let level = format!(
+        "TIDESYNC_LOG={}",
+        std::env::var("TIDESYNC_LOG").unwrap_or_else(|_| "info".to_owned())
+    );
     let mut child = Tidesync::spawn(
         Path::new("/usr/bin/env"),
         &[
-            std::ffi::OsStr::new("TIDESYNC_LOG=info"),
+            std::ffi::OsStr::new(&level),
             binary.as_os_str(),
             std::ffi::OsStr::new("run"),
             config.as_os_str(),

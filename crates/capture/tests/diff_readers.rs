@@ -985,3 +985,85 @@ async fn pg_chunk_sums_and_chunk_reads_cut_at_awkward_bounds() {
     let some = pg_hashed(&mut reader, query, &columns, Some(&only)).await;
     assert_eq!(some, all[30..].to_vec());
 }
+
+/// A sample of chunk sums (`sample_sums`) equals those chunks' sums among every chunk's, where
+/// an index on the key finds the sampled rows alone; without one (the sample would scan every
+/// row) the reader declines; a chunk without both bounds is a definite error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_sample_sums_agree_with_every_chunks_sums_and_need_an_index() {
+    let pg = Postgres::start();
+    pg.create_database(DB).unwrap();
+    pg.psql(
+        DB,
+        "CREATE TABLE indexed (id bigint PRIMARY KEY, v text); \
+         INSERT INTO indexed SELECT g, 'v' || g FROM generate_series(1, 100000) g; \
+         CREATE TABLE heap (id bigint NOT NULL, v text); \
+         INSERT INTO heap SELECT id, v FROM indexed; \
+         ANALYZE indexed; ANALYZE heap;",
+    )
+    .unwrap();
+    let mut reader = PgQueryReader::new(&pg.url(DB));
+    // 1,000 chunks of 100 rows: chunk c holds ids 100c+1 ..= 100c+100.
+    let bounds: Vec<Value> = (1..1000).map(|b| Value::Int(100 * b + 1)).collect();
+    let sample = ChunkFilter {
+        bounds: bounds.clone(),
+        chunks: vec![1, 57, 100, 998],
+    };
+    let query = "SELECT id, v FROM indexed";
+    let columns = reader.columns(query).await.unwrap();
+    let every = reader
+        .chunk_sums(query, &columns, &[0], &bounds)
+        .await
+        .unwrap()
+        .expect("integer keys are summed in chunks");
+    assert_eq!(every.len(), 1000);
+    let mut sampled = reader
+        .sample_sums(query, &columns, &[0], &sample)
+        .await
+        .unwrap()
+        .expect("an index on the key finds the sampled chunks");
+    sampled.sort_by_key(|s| s.chunk);
+    let expected: Vec<_> = sample
+        .chunks
+        .iter()
+        .map(|&c| *every.iter().find(|s| s.chunk == Some(c)).unwrap())
+        .collect();
+    assert_eq!(sampled, expected);
+    assert!(sampled.iter().all(|s| s.rows == 100));
+    // A change in a sampled chunk shows in its sum.
+    pg.psql(DB, "UPDATE indexed SET v = 'changed' WHERE id = 5701")
+        .unwrap();
+    let again = reader
+        .sample_sums(query, &columns, &[0], &sample)
+        .await
+        .unwrap()
+        .unwrap();
+    let of = |sums: &[tidesync_capture::diff::reader::ChunkSum], c| {
+        sums.iter().find(|s| s.chunk == Some(c)).copied().unwrap()
+    };
+    assert_ne!(of(&again, 57).sum, of(&sampled, 57).sum);
+    assert_eq!(of(&again, 100), of(&sampled, 100));
+    // No index: the sample would read every row.
+    let query = "SELECT id, v FROM heap";
+    let columns = reader.columns(query).await.unwrap();
+    assert_eq!(
+        reader
+            .sample_sums(query, &columns, &[0], &sample)
+            .await
+            .unwrap(),
+        None
+    );
+    // The first and the last chunk have one bound each.
+    let edge = ChunkFilter {
+        bounds,
+        chunks: vec![0],
+    };
+    let err = reader
+        .sample_sums("SELECT id, v FROM indexed", &columns, &[0], &edge)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StageError::Definite(_)) && err.to_string().contains("chunk 0 of 1000"),
+        "{err}"
+    );
+}

@@ -72,6 +72,12 @@ const MAX_CHUNKS: u64 = 10_000;
 /// filtered one that must finish before its first row, and comparing from the first row on
 /// lets the log's writes overlap the read.
 const REREAD_WHOLE_ABOVE: f64 = 0.25;
+/// Chunks whose sums are read first, where the database can find them alone (see
+/// [`QueryReader::sample_sums`]): when the sampled chunks that differ hold more than
+/// [`REREAD_WHOLE_ABOVE`] of the sampled rows, the whole stream is read at once, without
+/// summing every chunk first (changes spread over the table: summing would only confirm
+/// it). Evenly spaced, so that a change of one in a hundred rows anywhere shows.
+const SAMPLE_CHUNKS: usize = 64;
 
 /// The rows per chunk for a stream of `rows` rows: as few as [`MIN_CHUNK_ROWS`], so that a
 /// few changes in a large table leave nearly every chunk equal, and more only to keep a
@@ -192,6 +198,8 @@ struct Scan {
     counts: Counts,
     /// `(chunks, chunks read row by row)` when the stream's chunk sums were compared first.
     chunks: Option<(usize, usize)>,
+    /// A sample of the chunk sums sent it to read every row (see [`SAMPLE_CHUNKS`]).
+    sampled: bool,
     /// Merge steps taken (rows of either side).
     compared: u64,
     started: Instant,
@@ -551,8 +559,9 @@ impl DiffSource {
     fn start_scan(&self, i: usize, kind: ScanKind, plan: ChunkPlan, started: Instant) -> Scan {
         let prepared = &self.prepared[i];
         let read_nothing = matches!(plan, ChunkPlan::Equal { .. });
+        let sampled = matches!(plan, ChunkPlan::Whole { sampled: true, .. });
         let (filter, ranges, skipped_rows, chunks) = match plan {
-            ChunkPlan::Whole { chunks } => (None, None, 0, chunks.map(|n| (n, n))),
+            ChunkPlan::Whole { chunks, .. } => (None, None, 0, chunks.map(|n| (n, n))),
             ChunkPlan::Some {
                 filter,
                 ranges,
@@ -719,6 +728,7 @@ impl DiffSource {
                 ..Counts::default()
             },
             chunks,
+            sampled,
             compared: 0,
             started,
             last_progress: Instant::now(),
@@ -742,7 +752,10 @@ impl DiffSource {
     /// chunks: which key ranges must be compared row by row.
     async fn plan_chunks(&self, i: usize) -> Result<ChunkPlan, StageError> {
         if !self.chunkable(i) {
-            return Ok(ChunkPlan::Whole { chunks: None });
+            return Ok(ChunkPlan::Whole {
+                chunks: None,
+                sampled: false,
+            });
         }
         let prepared = &self.prepared[i];
         let store = self.store.clone();
@@ -753,16 +766,26 @@ impl DiffSource {
             .map_err(|e| StageError::transient(format!("chunk reader failed: {e}")))?
             .map_err(StageError::from)?;
         if chunks.len() < 2 {
-            return Ok(ChunkPlan::Whole { chunks: None });
+            return Ok(ChunkPlan::Whole {
+                chunks: None,
+                sampled: false,
+            });
         }
         let bounds: Option<Vec<Value>> = chunks[1..]
             .iter()
             .map(|c| c.bound.as_ref().and_then(|k| k.0.first().cloned()))
             .collect();
         let Some(bounds) = bounds else {
-            return Ok(ChunkPlan::Whole { chunks: None });
+            return Ok(ChunkPlan::Whole {
+                chunks: None,
+                sampled: false,
+            });
         };
         let read_store = started.elapsed();
+        if let Some(plan) = self.sample_chunks(i, &chunks, &bounds).await? {
+            return Ok(plan);
+        }
+        let sampled = started.elapsed();
         let sums = self
             .reader
             .lock()
@@ -774,11 +797,15 @@ impl DiffSource {
             stream = %prepared.mapping.stream,
             chunks = chunks.len(),
             store_ms = read_store.as_millis() as u64,
-            sums_ms = (started.elapsed() - read_store).as_millis() as u64,
+            sample_ms = (sampled - read_store).as_millis() as u64,
+            sums_ms = (started.elapsed() - sampled).as_millis() as u64,
             "read the chunk sums"
         );
         let Some(sums) = sums else {
-            return Ok(ChunkPlan::Whole { chunks: None });
+            return Ok(ChunkPlan::Whole {
+                chunks: None,
+                sampled: false,
+            });
         };
         let n = chunks.len();
         let mut found = vec![(0_i64, 0_i64); n];
@@ -786,13 +813,16 @@ impl DiffSource {
             match sum.chunk.and_then(|c| usize::try_from(c).ok()) {
                 Some(c) if c < n => found[c] = (sum.rows, sum.sum),
                 // Rows with a null key: compared row by row, which names the problem.
-                _ => return Ok(ChunkPlan::Whole { chunks: Some(n) }),
+                _ => {
+                    return Ok(ChunkPlan::Whole {
+                        chunks: Some(n),
+                        sampled: false,
+                    });
+                }
             }
         }
-        let (differ, agree): (Vec<usize>, Vec<usize>) = (0..n).partition(|&c| {
-            let stored = &chunks[c];
-            stored.unknown > 0 || found[c].0 != stored.rows as i64 || found[c].1 != stored.sum
-        });
+        let (differ, agree): (Vec<usize>, Vec<usize>) =
+            (0..n).partition(|&c| differs(&chunks[c], found[c]));
         let skipped_rows: u64 = agree.iter().map(|&c| found[c].0 as u64).sum();
         if differ.is_empty() {
             return Ok(ChunkPlan::Equal {
@@ -803,7 +833,10 @@ impl DiffSource {
         let all_rows: u64 = found.iter().map(|f| f.0 as u64).sum();
         let differ_rows = all_rows - skipped_rows;
         if differ.len() == n || differ_rows as f64 > REREAD_WHOLE_ABOVE * all_rows as f64 {
-            return Ok(ChunkPlan::Whole { chunks: Some(n) });
+            return Ok(ChunkPlan::Whole {
+                chunks: Some(n),
+                sampled: false,
+            });
         }
         // Neighbouring chunks are read as one range.
         let mut ranges: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
@@ -825,6 +858,79 @@ impl DiffSource {
             skipped_rows,
             chunks: n,
         })
+    }
+
+    /// Reads the sums of [`SAMPLE_CHUNKS`] of stream `i`'s `chunks` (cut at `bounds`), where
+    /// the database can do that cheaply: [`ChunkPlan::Whole`] when the sample says most
+    /// rows are to be read anyway, else `None` (every chunk's sums decide).
+    async fn sample_chunks(
+        &self,
+        i: usize,
+        chunks: &[tidesync_store::StoredChunk],
+        bounds: &[Value],
+    ) -> Result<Option<ChunkPlan>, StageError> {
+        let n = chunks.len();
+        // Fewer chunks: their sums cost little, and a sample would be most of them.
+        if n < 4 * SAMPLE_CHUNKS {
+            return Ok(None);
+        }
+        // Evenly spaced, never the first nor the last chunk (each has a bound missing).
+        let step = (n - 2) / SAMPLE_CHUNKS;
+        let picked: Vec<usize> = (0..SAMPLE_CHUNKS)
+            .map(|k| 1 + k * step + step / 2)
+            .collect();
+        let prepared = &self.prepared[i];
+        let started = Instant::now();
+        let filter = ChunkFilter {
+            bounds: bounds.to_vec(),
+            chunks: picked.iter().map(|&c| c as i64).collect(),
+        };
+        let Some(sums) = self
+            .reader
+            .lock()
+            .await
+            .sample_sums(&prepared.query, &prepared.columns, &prepared.order, &filter)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut found: std::collections::HashMap<usize, (i64, i64)> =
+            picked.iter().map(|&c| (c, (0, 0))).collect();
+        for sum in sums {
+            match sum.chunk.and_then(|c| usize::try_from(c).ok()) {
+                Some(c) if found.contains_key(&c) => {
+                    found.insert(c, (sum.rows, sum.sum));
+                }
+                // Rows outside the sampled chunks (a key the database compares otherwise
+                // than its bounds): let every chunk's sums decide.
+                _ => return Ok(None),
+            }
+        }
+        let (mut sampled_rows, mut differ_rows, mut differ) = (0_u64, 0_u64, 0_usize);
+        for &c in &picked {
+            let stored = &chunks[c];
+            let rows = stored.rows.max(found[&c].0.max(0) as u64);
+            sampled_rows += rows;
+            if differs(stored, found[&c]) {
+                differ += 1;
+                differ_rows += rows;
+            }
+        }
+        let whole = differ_rows as f64 > REREAD_WHOLE_ABOVE * sampled_rows as f64;
+        tracing::debug!(
+            source = %self.target,
+            stream = %prepared.mapping.stream,
+            chunks = n,
+            sampled = picked.len(),
+            differ,
+            whole,
+            ms = started.elapsed().as_millis() as u64,
+            "sampled the chunk sums"
+        );
+        Ok(whole.then_some(ChunkPlan::Whole {
+            chunks: Some(n),
+            sampled: true,
+        }))
     }
 
     /// Keeps the chunks of the streams compared whole since the last check near
@@ -1083,7 +1189,10 @@ impl DiffSource {
                 let (kind, plan) = if run.full {
                     let values = !self.hashes || !self.has_stored(stream_index).await?;
                     let plan = if values {
-                        ChunkPlan::Whole { chunks: None }
+                        ChunkPlan::Whole {
+                            chunks: None,
+                            sampled: false,
+                        }
                     } else {
                         self.plan_chunks(stream_index).await?
                     };
@@ -1094,7 +1203,10 @@ impl DiffSource {
                     let since = self.marks.get(stream).map(|m| self.below(m));
                     (
                         ScanKind::Changed { since },
-                        ChunkPlan::Whole { chunks: None },
+                        ChunkPlan::Whole {
+                            chunks: None,
+                            sampled: false,
+                        },
                     )
                 };
                 let scan = self.start_scan(stream_index, kind, plan, started);
@@ -1208,6 +1320,7 @@ impl DiffSource {
                         deletes = c.deletes,
                         chunks,
                         reread,
+                        sampled = scan.sampled,
                         ms = scan.started.elapsed().as_millis() as u64,
                         "compared stream"
                     );
@@ -1340,6 +1453,12 @@ impl Found {
     }
 }
 
+/// Whether a stored chunk's sums disagree with the database's `(rows, sum)` of its range
+/// (or are not known: rows without a database hash).
+fn differs(stored: &tidesync_store::StoredChunk, (rows, sum): (i64, i64)) -> bool {
+    stored.unknown > 0 || rows != stored.rows as i64 || sum != stored.sum
+}
+
 fn delete(mapping: &Mapping, key: Key, now_us: i64) -> Change {
     Change {
         stream: mapping.stream.clone(),
@@ -1374,8 +1493,12 @@ type MappedPage = (Vec<QueryRow>, Option<MarkValue>);
 /// How a full comparison of a stream reads it, after comparing its chunk sums.
 #[derive(Debug)]
 enum ChunkPlan {
-    /// Every row (`chunks`: how many chunks it has, when their sums were compared).
-    Whole { chunks: Option<usize> },
+    /// Every row (`chunks`: how many chunks it has, when their sums were compared; `sampled`:
+    /// a sample of them decided, see [`SAMPLE_CHUNKS`]).
+    Whole {
+        chunks: Option<usize>,
+        sampled: bool,
+    },
     /// Every chunk's sums agree: nothing to read.
     Equal { rows: u64, chunks: usize },
     /// Only the chunks in `filter` (the key `ranges` of the store's rows); `skipped_rows` are

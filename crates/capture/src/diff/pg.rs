@@ -31,6 +31,8 @@ pub struct PgQueryReader {
     url: String,
     target: String,
     client: Option<Client>,
+    /// Per query, whether sampling its chunk sums is worth it, and since when.
+    sample_worth: std::collections::HashMap<String, (bool, std::time::Instant)>,
 }
 
 impl PgQueryReader {
@@ -39,6 +41,7 @@ impl PgQueryReader {
             url: url.to_owned(),
             target: describe_url(url),
             client: None,
+            sample_worth: std::collections::HashMap::new(),
         }
     }
 
@@ -352,53 +355,145 @@ impl QueryReader for PgQueryReader {
             if bounds.is_empty() {
                 return Ok(None);
             }
-            // `bit_xor` came with PostgreSQL 14: older servers compare row by row.
-            let version: i32 = client
-                .query_one("SELECT current_setting('server_version_num')::int", &[])
-                .await
-                .and_then(|row| row.try_get(0))
-                .map_err(&err)?;
-            if version < 140_000 {
+            if !sums_supported(client, &err).await? {
                 return Ok(None);
             }
-            let sql = format!(
-                "SELECT {bucket}, count(*)::int8, coalesce(bit_xor({}), 0)::int8 FROM {} GROUP BY 1",
-                row_hash_sql(columns, &types),
-                subquery(query),
-            );
-            // The planner takes the chunk expression for as many groups as keys and would
-            // sort a million rows to group them into a hundred: hashing (and a parallel scan
-            // where the server allows one) is what this statement wants. Local to its own
-            // read-only transaction.
-            client
-                .batch_execute(
-                    "BEGIN READ ONLY; SET LOCAL jit = off; SET LOCAL enable_sort = off; \
-                     SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0",
-                )
-                .await
-                .map_err(&err)?;
-            let summed = async {
+            let sql = sums_sql(&bucket, columns, &types, query, "");
+            read_only_sums(client, &err, async {
                 set_chunk_settings(client, bounds, None, &err).await?;
                 let rows = client.query(sql.as_str(), &[]).await.map_err(&err)?;
-                rows.iter()
-                    .map(|row| {
-                        Ok(ChunkSum {
-                            chunk: row
-                                .try_get::<_, Option<i32>>(0)
-                                .map_err(&err)?
-                                .map(i64::from),
-                            rows: row.try_get(1).map_err(&err)?,
-                            sum: row.try_get(2).map_err(&err)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, StageError>>()
+                chunk_sums_of(&rows, &err).map(Some)
+            })
+            .await
+        })
+    }
+
+    fn sample_sums<'a>(
+        &'a mut self,
+        query: &'a str,
+        columns: &'a [QueryColumn],
+        order: &'a [usize],
+        sample: &'a ChunkFilter,
+    ) -> BoxFuture<'a, Result<Option<Vec<ChunkSum>>, StageError>> {
+        Box::pin(async move {
+            let judged = self
+                .sample_worth
+                .get(query)
+                .filter(|(_, at)| at.elapsed() < SAMPLE_JUDGED_FOR)
+                .map(|(worth, _)| *worth);
+            if judged == Some(false) {
+                return Ok(None);
             }
+            let shown = format!("`{}`", short_query(query));
+            let err = self.error(&format!("sampling the chunk sums of query {shown}"));
+            let target = self.target.clone();
+            let client = self.client().await?;
+            let types = types_of(client, query, columns, &target, &err).await?;
+            let ([key], Some(_)) = (order, chunk_of(columns, &types, order)) else {
+                return Ok(None);
+            };
+            let bounds = &sample.bounds;
+            let ty = &types[*key];
+            let column = format!("q.{}", quote_ident(&columns[*key].name));
+            let (column, elem) = if collatable(ty) {
+                (format!("{column} COLLATE \"C\""), "text")
+            } else {
+                (column, ty.name())
+            };
+            // Each sampled chunk's rows, by its two bounds (bound parameters, as text cast
+            // to the key's type, so the planner sees the values and can use an index), and
+            // grouped by where they fall among all those bounds (`$1`): range j's rows are
+            // in bucket 2j + 1.
+            let mut ranges = Vec::with_capacity(sample.chunks.len());
+            let mut edges: Vec<String> = Vec::with_capacity(2 * sample.chunks.len());
+            for &c in &sample.chunks {
+                let (Some(lo), Some(hi)) = (
+                    usize::try_from(c - 1).ok().and_then(|i| bounds.get(i)),
+                    usize::try_from(c).ok().and_then(|i| bounds.get(i)),
+                ) else {
+                    return Err(StageError::definite(format!(
+                        "source {target}: query {shown}: chunk {c} of {} has no two bounds to \
+                         sample it by",
+                        bounds.len() + 1
+                    )));
+                };
+                let n = edges.len() + 2;
+                ranges.push(format!(
+                    "({column} >= ${n}::text::{elem} AND {column} < ${}::text::{elem})",
+                    n + 1
+                ));
+                edges.push(tidesync_core::pg::input_text(lo));
+                edges.push(tidesync_core::pg::input_text(hi));
+            }
+            if ranges.is_empty() || !sums_supported(client, &err).await? {
+                return Ok(None);
+            }
+            let all_edges = array_literal(edges.iter().cloned());
+            let mut values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&all_edges];
+            values.extend(
+                edges
+                    .iter()
+                    .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)),
+            );
+            let sampled = sums_sql(
+                // A scalar subquery: evaluated once, not the cast per row.
+                &format!("width_bucket({column}, (SELECT $1::text::{elem}[]))"),
+                columns,
+                &types,
+                query,
+                &format!(" WHERE {}", ranges.join(" OR ")),
+            );
+            let summed = read_only_sums(client, &err, async {
+                // The plans' own estimates, judged again now and then: a sample that scans
+                // the query's rows (no index on the key, a query the planner cannot narrow)
+                // costs about as much as the sums of every chunk, and is not worth it.
+                let worth = match judged {
+                    Some(worth) => worth,
+                    None => {
+                        let bucket = chunk_of(columns, &types, order).unwrap_or_default();
+                        let all = sums_sql(&bucket, columns, &types, query, "");
+                        let sampled_cost = plan_cost(client, &sampled, &values, &err).await?;
+                        let all_cost = plan_cost(client, &all, &[], &err).await?;
+                        let worth = matches!((sampled_cost, all_cost),
+                            (Some(s), Some(a)) if s * SAMPLE_COST_SHARE <= a);
+                        tracing::debug!(
+                            source = %target,
+                            query = %shown,
+                            sampled_cost,
+                            all_cost,
+                            worth,
+                            "judged a sample of the chunk sums"
+                        );
+                        worth
+                    }
+                };
+                if !worth {
+                    return Ok((worth, None));
+                }
+                let rows = client
+                    .query(sampled.as_str(), &values)
+                    .await
+                    .map_err(&err)?;
+                let sums = chunk_sums_of(&rows, &err)?
+                    .into_iter()
+                    .map(|s| ChunkSum {
+                        chunk: s
+                            .chunk
+                            .filter(|b| b % 2 == 1)
+                            .and_then(|b| usize::try_from((b - 1) / 2).ok())
+                            .and_then(|j| sample.chunks.get(j).copied()),
+                        ..s
+                    })
+                    .collect();
+                Ok((worth, Some(sums)))
+            })
             .await;
-            let end = if summed.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            let ended = client.batch_execute(end).await.map_err(&err);
-            let sums = summed?;
-            ended?;
-            Ok(Some(sums))
+            let (worth, sums) = summed?;
+            if judged.is_none() {
+                self.sample_worth
+                    .insert(query.to_owned(), (worth, std::time::Instant::now()));
+            }
+            Ok(sums)
         })
     }
 
@@ -551,6 +646,112 @@ fn array_literal(values: impl IntoIterator<Item = String>) -> String {
     }
     out.push('}');
     out
+}
+
+/// A sample of chunk sums is read when its plan's estimated cost is at most this share
+/// (its inverse) of the estimate for the sums of every chunk.
+const SAMPLE_COST_SHARE: f64 = 8.0;
+/// How long that judgement of a query holds (a table grows, gets an index).
+const SAMPLE_JUDGED_FOR: Duration = Duration::from_secs(600);
+
+/// Whether the server sums chunks: `bit_xor` came with PostgreSQL 14 (older servers
+/// compare row by row).
+async fn sums_supported(
+    client: &Client,
+    err: &impl Fn(tokio_postgres::Error) -> StageError,
+) -> Result<bool, StageError> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(err)?;
+    Ok(version >= 140_000)
+}
+
+/// The statement summing `query`'s rows (those passing `filter`, a `WHERE` clause or
+/// nothing) per chunk `bucket`.
+fn sums_sql(
+    bucket: &str,
+    columns: &[QueryColumn],
+    types: &[Type],
+    query: &str,
+    filter: &str,
+) -> String {
+    format!(
+        "SELECT {bucket}, count(*)::int8, coalesce(bit_xor({}), 0)::int8 FROM {}{filter} GROUP BY 1",
+        row_hash_sql(columns, types),
+        subquery(query),
+    )
+}
+
+/// Runs `sums` in a read-only transaction of its own with the settings chunk sums want:
+/// the planner takes the chunk expression for as many groups as keys and would sort a
+/// million rows to group them into ten thousand; hashing (and a parallel scan where the
+/// server allows one) is what these statements want.
+async fn read_only_sums<T>(
+    client: &Client,
+    err: &impl Fn(tokio_postgres::Error) -> StageError,
+    sums: impl std::future::Future<Output = Result<T, StageError>>,
+) -> Result<T, StageError> {
+    client
+        .batch_execute(
+            "BEGIN READ ONLY; SET LOCAL jit = off; SET LOCAL enable_sort = off; \
+             SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0",
+        )
+        .await
+        .map_err(err)?;
+    let summed = sums.await;
+    let end = if summed.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = client.batch_execute(end).await.map_err(err);
+    let summed = summed?;
+    ended?;
+    Ok(summed)
+}
+
+/// The rows of a [`sums_sql`] statement.
+fn chunk_sums_of(
+    rows: &[tokio_postgres::Row],
+    err: &impl Fn(tokio_postgres::Error) -> StageError,
+) -> Result<Vec<ChunkSum>, StageError> {
+    rows.iter()
+        .map(|row| {
+            Ok(ChunkSum {
+                chunk: row
+                    .try_get::<_, Option<i32>>(0)
+                    .map_err(err)?
+                    .map(i64::from),
+                rows: row.try_get(1).map_err(err)?,
+                sum: row.try_get(2).map_err(err)?,
+            })
+        })
+        .collect()
+}
+
+/// The planner's estimated total cost of `sql` with `params`: the first line of its
+/// `EXPLAIN` (`Node  (cost=START..TOTAL rows=..`); `None` when it reads otherwise.
+async fn plan_cost(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    err: &impl Fn(tokio_postgres::Error) -> StageError,
+) -> Result<Option<f64>, StageError> {
+    let rows = client
+        .query(format!("EXPLAIN {sql}").as_str(), params)
+        .await
+        .map_err(err)?;
+    let first: Option<String> = rows
+        .first()
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(err)?;
+    Ok(first.as_deref().and_then(total_cost))
+}
+
+/// TOTAL of `..(cost=START..TOTAL rows=..`.
+fn total_cost(line: &str) -> Option<f64> {
+    let (_, after) = line.split_once("(cost=")?;
+    let (_, total) = after.split_once("..")?;
+    total.split_whitespace().next()?.parse().ok()
 }
 
 /// Sets the session's [`BOUNDS_SETTING`] (and [`CHUNKS_SETTING`]) through bound parameters.

@@ -164,6 +164,24 @@ pub trait QueryReader: Send {
         Box::pin(async { Ok(None) })
     }
 
+    /// The sums of [`Self::chunk_sums`] for the chunks `sample.chunks` alone (each with both
+    /// bounds: neither the first nor the last), when the database finds their rows without
+    /// reading the others (an index on the key): a cheap look at how many chunks differ
+    /// before paying for every chunk's sums. `None` when it would cost a fair share of
+    /// reading them all (its own plan's estimate says so), or it does not know how. A sum
+    /// whose `chunk` is `None` counts rows the database placed outside every sampled chunk
+    /// (it compares keys otherwise than the bounds say): the sample is no guide then.
+    fn sample_sums<'a>(
+        &'a mut self,
+        query: &'a str,
+        columns: &'a [QueryColumn],
+        order: &'a [usize],
+        sample: &'a ChunkFilter,
+    ) -> BoxFuture<'a, Result<Option<Vec<ChunkSum>>, StageError>> {
+        let _ = (query, columns, order, sample);
+        Box::pin(async { Ok(None) })
+    }
+
     /// The rows of `query` whose key columns (`order`) have one of the values in `keys` (each
     /// in `order`'s order, as [`Self::read_hashes`] gave them), in any order, with their
     /// values and the same hash [`Self::read_hashes`] gives. Keys no longer in the query's
