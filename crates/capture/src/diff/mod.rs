@@ -1666,11 +1666,17 @@ fn map_page(
                         let ord = if key_cast {
                             model_key(&at, mapping, &row.key)?.0
                         } else {
-                            // The key columns are the key: no copy of their values.
-                            let refs: Vec<&Value> = row.key.iter().collect();
+                            // The key columns are the key: no copy of their values (nor a
+                            // vector of references for a key of one column).
                             let mut ord_bytes = Vec::with_capacity(16);
-                            ord::encode(&mut ord_bytes, &mapping.key_names, &refs)
-                                .map_err(|e| definite(format!("{}: {e}", at())))?;
+                            let encoded = match row.key.as_slice() {
+                                [one] => ord::encode(&mut ord_bytes, &mapping.key_names, &[one]),
+                                many => {
+                                    let refs: Vec<&Value> = many.iter().collect();
+                                    ord::encode(&mut ord_bytes, &mapping.key_names, &refs)
+                                }
+                            };
+                            encoded.map_err(|e| definite(format!("{}: {e}", at())))?;
                             ord_bytes
                         };
                         QueryRow {
@@ -1687,9 +1693,11 @@ fn map_page(
     let Some(last) = last else {
         return Ok((out, mark));
     };
+    // Each row after the one before it: the last page's last row, then this page's rows.
+    let mut prev = last.as_deref();
     for row in &out {
-        if let Some(prev) = last.as_ref()
-            && *prev >= row.ord
+        if let Some(prev) = prev
+            && *prev >= *row.ord
         {
             let key = match &row.model {
                 Some((key, ..)) => key.clone(),
@@ -1709,6 +1717,9 @@ fn map_page(
             };
             return Err(definite(format!("{}: {problem}", at())));
         }
+        prev = Some(&row.ord);
+    }
+    if let Some(row) = out.last() {
         *last = Some(row.ord.clone());
     }
     Ok((out, mark))
@@ -1845,4 +1856,65 @@ pub(crate) fn reader_check_names(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn mapping() -> Mapping {
+        Mapping {
+            stream: "items".into(),
+            names: vec!["id".into()],
+            fields: vec![Resolved::Column { at: 0, cast: None }],
+            key_at: vec![0],
+            key_names: vec!["id".into()],
+        }
+    }
+
+    fn page(ids: &[i64]) -> RawPage {
+        RawPage::Hashed(
+            ids.iter()
+                .map(|&id| HashedRow {
+                    key: vec![Value::Int(id)],
+                    values: None,
+                    hash: id,
+                })
+                .collect(),
+        )
+    }
+
+    /// Keys must rise strictly within a page and from one page's last row to the next page's
+    /// first; the last key seen carries over.
+    #[test]
+    fn mapped_pages_check_the_key_order_within_and_across_pages() {
+        let m = mapping();
+        let map = |ids: &[i64], last: &mut Option<Vec<u8>>| {
+            map_page("pg", &m, page(ids), None, Some(last), &mut Vec::new())
+                .map(|(rows, _)| rows.len())
+                .map_err(|e| e.to_string())
+        };
+        let mut last = None;
+        assert_eq!(map(&[1, 2, 5], &mut last), Ok(3));
+        assert_eq!(map(&[], &mut last), Ok(0));
+        assert_eq!(map(&[6, 9], &mut last), Ok(2));
+        let err = map(&[9, 10], &mut last.clone()).unwrap_err();
+        assert!(err.contains("key (9) appears more than once"), "{err}");
+        let err = map(&[7], &mut last.clone()).unwrap_err();
+        assert!(err.contains("do not come in key order (key (7)"), "{err}");
+        let err = map(&[10, 12, 11], &mut last.clone()).unwrap_err();
+        assert!(err.contains("key (11) after a greater one"), "{err}");
+        let err = map(&[10, 10], &mut last).unwrap_err();
+        assert!(err.contains("key (10) appears more than once"), "{err}");
+        // Without a key order to keep (rows changed since a watermark), nothing is checked.
+        assert_eq!(
+            map_page("pg", &m, page(&[3, 1]), None, None, &mut Vec::new())
+                .unwrap()
+                .0
+                .len(),
+            2
+        );
+    }
 }
