@@ -24,7 +24,8 @@
 //! - `synchronous=FULL`: a commit is on disk before we acknowledge a source, even on power loss.
 //!
 //! Blocking SQLite calls run on tokio's blocking pool; one connection writes and another
-//! reads, so WAL lets sinks read the log while the source appends.
+//! reads, so WAL lets sinks read the log while the source appends. A third checkpoints the
+//! WAL on a thread of its own (see `checkpoint`), not inside the writer's commits.
 
 mod checkpoint;
 mod chunks;
