@@ -389,7 +389,7 @@ impl QueryReader for PgQueryReader {
             let target = self.target.clone();
             let client = self.client().await?;
             let types = types_of(client, query, columns, &target, &err).await?;
-            let ([key], Some(_)) = (order, chunk_of(columns, &types, order)) else {
+            let ([key], Some(every_bucket)) = (order, chunk_of(columns, &types, order)) else {
                 return Ok(None);
             };
             let bounds = &sample.bounds;
@@ -450,8 +450,8 @@ impl QueryReader for PgQueryReader {
                 let worth = match judged {
                     Some(worth) => worth,
                     None => {
-                        let bucket = chunk_of(columns, &types, order).unwrap_or_default();
-                        let all = sums_sql(&bucket, columns, &types, query, "");
+                        // (`EXPLAIN` evaluates no setting: none need be made first.)
+                        let all = sums_sql(&every_bucket, columns, &types, query, "");
                         let sampled_cost = plan_cost(client, &sampled, &values, &err).await?;
                         let all_cost = plan_cost(client, &all, &[], &err).await?;
                         let worth = matches!((sampled_cost, all_cost),
