@@ -459,7 +459,8 @@ impl SqliteStore {
 
     /// Cuts `stream`'s fingerprints into chunks of `chunk_rows` anew, in one transaction;
     /// returns how many chunks (none for a stream of fewer than two chunks' worth of rows)
-    /// and rows.
+    /// and rows. Only the tests' full recompute now (the `diff` source rebalances).
+    #[cfg(test)]
     pub fn rechunk(
         &self,
         pipeline: &str,
@@ -619,11 +620,7 @@ impl SqliteStore {
 
     /// How many fingerprints `stream` of `pipeline` has (the rows its `diff` source knows).
     pub fn fingerprint_count(&self, pipeline: &str, stream: &str) -> Result<u64, StoreError> {
-        lock(&self.inner.reader)
-            .prepare_cached("SELECT count(*) FROM fingerprints WHERE pipeline = ?1 AND stream = ?2")
-            .and_then(|mut st| st.query_row(params![pipeline, stream], |r| r.get::<_, i64>(0)))
-            .map(|n| n as u64)
-            .map_err(StoreError::sqlite("counting fingerprints"))
+        chunks::fingerprint_count(&lock(&self.inner.reader), pipeline, stream)
     }
 
     /// The pipelines this store has seen.

@@ -752,10 +752,7 @@ impl DiffSource {
     /// chunks: which key ranges must be compared row by row.
     async fn plan_chunks(&self, i: usize) -> Result<ChunkPlan, StageError> {
         if !self.chunkable(i) {
-            return Ok(ChunkPlan::Whole {
-                chunks: None,
-                sampled: false,
-            });
+            return Ok(ChunkPlan::whole(None));
         }
         let prepared = &self.prepared[i];
         let store = self.store.clone();
@@ -766,20 +763,14 @@ impl DiffSource {
             .map_err(|e| StageError::transient(format!("chunk reader failed: {e}")))?
             .map_err(StageError::from)?;
         if chunks.len() < 2 {
-            return Ok(ChunkPlan::Whole {
-                chunks: None,
-                sampled: false,
-            });
+            return Ok(ChunkPlan::whole(None));
         }
         let bounds: Option<Vec<Value>> = chunks[1..]
             .iter()
             .map(|c| c.bound.as_ref().and_then(|k| k.0.first().cloned()))
             .collect();
         let Some(bounds) = bounds else {
-            return Ok(ChunkPlan::Whole {
-                chunks: None,
-                sampled: false,
-            });
+            return Ok(ChunkPlan::whole(None));
         };
         let read_store = started.elapsed();
         if let Some(plan) = self.sample_chunks(i, &chunks, &bounds).await? {
@@ -802,10 +793,7 @@ impl DiffSource {
             "read the chunk sums"
         );
         let Some(sums) = sums else {
-            return Ok(ChunkPlan::Whole {
-                chunks: None,
-                sampled: false,
-            });
+            return Ok(ChunkPlan::whole(None));
         };
         let n = chunks.len();
         let mut found = vec![(0_i64, 0_i64); n];
@@ -814,10 +802,7 @@ impl DiffSource {
                 Some(c) if c < n => found[c] = (sum.rows, sum.sum),
                 // Rows with a null key: compared row by row, which names the problem.
                 _ => {
-                    return Ok(ChunkPlan::Whole {
-                        chunks: Some(n),
-                        sampled: false,
-                    });
+                    return Ok(ChunkPlan::whole(Some(n)));
                 }
             }
         }
@@ -833,10 +818,7 @@ impl DiffSource {
         let all_rows: u64 = found.iter().map(|f| f.0 as u64).sum();
         let differ_rows = all_rows - skipped_rows;
         if differ.len() == n || differ_rows as f64 > REREAD_WHOLE_ABOVE * all_rows as f64 {
-            return Ok(ChunkPlan::Whole {
-                chunks: Some(n),
-                sampled: false,
-            });
+            return Ok(ChunkPlan::whole(Some(n)));
         }
         // Neighbouring chunks are read as one range.
         let mut ranges: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
@@ -1189,10 +1171,7 @@ impl DiffSource {
                 let (kind, plan) = if run.full {
                     let values = !self.hashes || !self.has_stored(stream_index).await?;
                     let plan = if values {
-                        ChunkPlan::Whole {
-                            chunks: None,
-                            sampled: false,
-                        }
+                        ChunkPlan::whole(None)
                     } else {
                         self.plan_chunks(stream_index).await?
                     };
@@ -1201,13 +1180,7 @@ impl DiffSource {
                 } else {
                     let stream = &self.prepared[stream_index].mapping.stream;
                     let since = self.marks.get(stream).map(|m| self.below(m));
-                    (
-                        ScanKind::Changed { since },
-                        ChunkPlan::Whole {
-                            chunks: None,
-                            sampled: false,
-                        },
-                    )
+                    (ScanKind::Changed { since }, ChunkPlan::whole(None))
                 };
                 let scan = self.start_scan(stream_index, kind, plan, started);
                 if let Some(run) = self.run.as_mut() {
@@ -1509,6 +1482,17 @@ enum ChunkPlan {
         skipped_rows: u64,
         chunks: usize,
     },
+}
+
+impl ChunkPlan {
+    /// Every row, not by a sample's decision (`chunks`: how many, when their sums were
+    /// compared).
+    fn whole(chunks: Option<usize>) -> ChunkPlan {
+        ChunkPlan::Whole {
+            chunks,
+            sampled: false,
+        }
+    }
 }
 
 /// What a stream's scan reads.
