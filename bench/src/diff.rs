@@ -10,7 +10,9 @@
 //!    finds nothing changed: its time is the "unchanged" result. Right after it, `--changed`
 //!    percent of the rows (spread over the table) get a new price; the third run must find
 //!    exactly that many updates: its time is the "1% changed" result. Run times are the
-//!    source's own ("diff run complete ... ms=") from its log.
+//!    source's own, from its log: from the run's start to the commit of its last batch
+//!    ("diff run committed ... ms=", logged when that batch's position is acked), so the
+//!    last batch's append counts.
 //! 4. Peak RSS of the tidesync process over the whole run. The floor again at the end, so
 //!    drift of the machine shows; the faster floor is the one compared.
 
@@ -51,7 +53,8 @@ pub struct Options {
     common: Common,
 }
 
-/// One completed run from the log: (rows, inserts, updates, deletes, ms).
+/// One completed and committed run from the log: its counts ("diff run complete") and its
+/// time to the commit of its last batch ("diff run committed", the line after).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RunLine {
     rows: u64,
@@ -62,15 +65,17 @@ struct RunLine {
 }
 
 fn runs(log: &Path) -> Vec<RunLine> {
+    let committed = log_lines(log, "diff run committed");
     log_lines(log, "diff run complete")
         .iter()
-        .filter_map(|l| {
+        .zip(committed.iter())
+        .filter_map(|(l, c)| {
             Some(RunLine {
                 rows: field(l, "rows")?,
                 inserts: field(l, "inserts")?,
                 updates: field(l, "updates")?,
                 deletes: field(l, "deletes")?,
-                ms: field(l, "ms")?,
+                ms: field(c, "ms")?,
             })
         })
         .collect()

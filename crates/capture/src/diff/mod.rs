@@ -277,6 +277,9 @@ pub struct DiffSource {
     /// Streams compared whole since their chunks were last checked: before the next run,
     /// their chunks are cut again where they grew or shrank too far.
     rebalance: BTreeSet<usize>,
+    /// The last complete run's position and start, until its batch is committed (acked):
+    /// then the run's time to commit is logged.
+    committing: Option<(Position, Instant)>,
 }
 
 impl std::fmt::Debug for DiffSource {
@@ -320,6 +323,7 @@ impl DiffSource {
             run: None,
             rerun: false,
             rebalance: BTreeSet::new(),
+            committing: None,
         }
     }
 
@@ -1156,7 +1160,9 @@ impl DiffSource {
                     "where the diff run waited"
                 );
                 self.marks = run.marks;
-                return Ok(Some(out.captured(self.last_position())));
+                let position = self.last_position();
+                self.committing = Some((position.clone(), run.started));
+                return Ok(Some(out.captured(position)));
             }
             if out.changes.len() >= max.max(1)
                 || (!out.is_empty()
@@ -1811,8 +1817,18 @@ impl Source for DiffSource {
         })
     }
 
-    fn ack(&mut self, _position: Position) -> BoxFuture<'_, Result<(), StageError>> {
-        // Nothing upstream to release: the fingerprints are in the store.
+    fn ack(&mut self, position: Position) -> BoxFuture<'_, Result<(), StageError>> {
+        // Nothing upstream to release: the fingerprints are in the store. The ack of a run's
+        // last batch says the whole run is committed.
+        if let Some((at, started)) = self.committing.take_if(|(at, _)| *at == position) {
+            tracing::info!(
+                source = %self.target,
+                pipeline = %self.opts.pipeline,
+                ms = started.elapsed().as_millis() as u64,
+                position = %at,
+                "diff run committed"
+            );
+        }
         Box::pin(async { Ok(()) })
     }
 
