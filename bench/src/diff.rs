@@ -65,8 +65,10 @@ struct RunLine {
 }
 
 fn runs(log: &Path) -> Vec<RunLine> {
-    let committed = log_lines(log, "diff run committed");
-    log_lines(log, "diff run complete")
+    // With the message's own prefix: a position logged before the first run ends reads
+    // "no diff run completed yet".
+    let committed = log_lines(log, ": diff run committed ");
+    log_lines(log, ": diff run complete ")
         .iter()
         .zip(committed.iter())
         .filter_map(|(l, c)| {

@@ -608,7 +608,7 @@ fn p1_postgres_agent_refusals_replays_first_start_download_and_verify() {
         "two more comparisons",
         Duration::from_secs(30),
         &logs,
-        || (log_text(&agent_log).matches("diff run complete").count() >= 3).then_some(()),
+        || (log_text(&agent_log).matches(": diff run complete ").count() >= 3).then_some(()),
     );
     assert_eq!(position(port), applied + 3);
     // The agent's own status, from the configuration it writes for that.
