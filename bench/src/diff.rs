@@ -54,7 +54,7 @@ pub struct Options {
 }
 
 /// One completed and committed run from the log: its counts ("diff run complete") and its
-/// time to the commit of its last batch ("diff run committed", the line after).
+/// time to the commit of its last batch ("diff run committed", the same position).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RunLine {
     rows: u64,
@@ -66,12 +66,18 @@ struct RunLine {
 
 fn runs(log: &Path) -> Vec<RunLine> {
     // With the message's own prefix: a position logged before the first run ends reads
-    // "no diff run completed yet".
-    let committed = log_lines(log, ": diff run committed ");
+    // "no diff run completed yet". Both lines end with the run's position (its start, to
+    // the microsecond), which pairs them; a run not yet committed is not listed.
+    let position = |l: &str| l.split_once(" position=").map(|(_, p)| p.trim().to_owned());
+    let committed: std::collections::HashMap<String, String> =
+        log_lines(log, ": diff run committed ")
+            .into_iter()
+            .filter_map(|c| Some((position(&c)?, c)))
+            .collect();
     log_lines(log, ": diff run complete ")
         .iter()
-        .zip(committed.iter())
-        .filter_map(|(l, c)| {
+        .map_while(|l| {
+            let c = committed.get(&position(l)?)?;
             Some(RunLine {
                 rows: field(l, "rows")?,
                 inserts: field(l, "inserts")?,
@@ -264,4 +270,68 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_lines_pair_by_position_and_skip_positions_logged_before_the_first_run() {
+        let log = std::env::temp_dir().join(format!("pg-diff-runs-{}.log", std::process::id()));
+        let a = "diff run started 2026-12-07T09:04:27.348060Z";
+        let b = "diff run started 2026-12-07T09:04:47.349429Z";
+        let text = [
+            "T DEBUG tidesync_engine::runtime: captured pipeline=items changes=1000 head=1000 \
+             position=no diff run completed yet append_us=5000"
+                .to_owned(),
+            format!(
+                "T INFO tidesync_capture::diff: diff run complete source=s pipeline=items \
+                 rows=10 inserts=10 updates=0 deletes=0 ms=70 full=true position={a}"
+            ),
+            format!(
+                "T INFO tidesync_capture::diff: diff run committed source=s pipeline=items \
+                 ms=75 position={a}"
+            ),
+            // Complete, not yet committed: not listed.
+            format!(
+                "T INFO tidesync_capture::diff: diff run complete source=s pipeline=items \
+                 rows=10 inserts=0 updates=2 deletes=1 ms=30 full=true position={b}"
+            ),
+        ]
+        .join("\n");
+        std::fs::write(&log, &text).unwrap();
+        let early = runs(&log);
+        std::fs::write(
+            &log,
+            format!(
+                "{text}\nT INFO tidesync_capture::diff: diff run committed source=s \
+                 pipeline=items ms=41 position={b}\n"
+            ),
+        )
+        .unwrap();
+        let late = runs(&log);
+        std::fs::remove_file(&log).unwrap();
+        let first = RunLine {
+            rows: 10,
+            inserts: 10,
+            updates: 0,
+            deletes: 0,
+            ms: 75,
+        };
+        assert_eq!(early, vec![first]);
+        assert_eq!(
+            late,
+            vec![
+                first,
+                RunLine {
+                    rows: 10,
+                    inserts: 0,
+                    updates: 2,
+                    deletes: 1,
+                    ms: 41,
+                }
+            ]
+        );
+    }
 }

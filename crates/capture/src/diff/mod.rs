@@ -1138,6 +1138,9 @@ impl DiffSource {
                 if run.full {
                     self.last_full_us = run.started_us;
                 }
+                self.marks = run.marks;
+                let position = self.last_position();
+                // The position names the run in this line and in "diff run committed".
                 tracing::info!(
                     source = %self.target,
                     pipeline = %self.opts.pipeline,
@@ -1147,6 +1150,7 @@ impl DiffSource {
                     deletes = run.totals.deletes,
                     ms = run.started.elapsed().as_millis() as u64,
                     full = run.full,
+                    position = %position,
                     "diff run complete"
                 );
                 let w = run.waits;
@@ -1159,8 +1163,6 @@ impl DiffSource {
                     outside_ms = w.outside.as_millis() as u64,
                     "where the diff run waited"
                 );
-                self.marks = run.marks;
-                let position = self.last_position();
                 self.committing = Some((position.clone(), run.started));
                 return Ok(Some(out.captured(position)));
             }
