@@ -68,13 +68,17 @@ fn runs(log: &Path) -> Vec<RunLine> {
     // With the message's own prefix: a position logged before the first run ends reads
     // "no diff run completed yet". Both lines end with the run's position (its start, to
     // the microsecond), which pairs them; a run not yet committed is not listed.
+    // One read of the log per call (it is polled while the runs go on).
     let position = |l: &str| l.split_once(" position=").map(|(_, p)| p.trim().to_owned());
-    let committed: std::collections::HashMap<String, String> =
-        log_lines(log, ": diff run committed ")
-            .into_iter()
-            .filter_map(|c| Some((position(&c)?, c)))
-            .collect();
-    log_lines(log, ": diff run complete ")
+    let (committed, complete): (Vec<String>, Vec<String>) = log_lines(log, ": diff run ")
+        .into_iter()
+        .filter(|l| l.contains(": diff run committed ") || l.contains(": diff run complete "))
+        .partition(|l| l.contains(": diff run committed "));
+    let committed: std::collections::HashMap<String, &String> = committed
+        .iter()
+        .filter_map(|c| Some((position(c)?, c)))
+        .collect();
+    complete
         .iter()
         .map_while(|l| {
             let c = committed.get(&position(l)?)?;
