@@ -9,8 +9,9 @@
 //!    first run logs N inserts (the initial load, reported but not the target). The second run
 //!    finds nothing changed: its time is the "unchanged" result. Right after it, `--changed`
 //!    percent of the rows (spread over the table) get a new price; the third run must find
-//!    exactly that many updates: its time is the "1% changed" result. Run times are the
-//!    source's own, from its log: from the run's start to the commit of its last batch
+//!    exactly that many updates. This repeats `--changed-runs` times (the same rows, a new
+//!    price each time); the median time is the "1% changed" result, all are listed. Run
+//!    times are the source's own, from its log: from the run's start to the commit of its last batch
 //!    ("diff run committed ... ms=", logged when that batch's position is acked), so the
 //!    last batch's append counts.
 //! 4. Peak RSS of the tidesync process over the whole run. The floor again at the end, so
@@ -43,6 +44,9 @@ pub struct Options {
     /// Percent of the rows changed before the measured changed run.
     #[arg(long, default_value_t = 1.0)]
     changed: f64,
+    /// Changed runs measured, each after its own change of the same rows; the median counts.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    changed_runs: u64,
     /// The diff source's interval_secs (must exceed one run's time).
     #[arg(long, default_value_t = 20)]
     interval_secs: u64,
@@ -64,10 +68,12 @@ struct RunLine {
     ms: u64,
 }
 
-fn runs(log: &Path) -> Vec<RunLine> {
+fn runs(log: &Path) -> anyhow::Result<Vec<RunLine>> {
     // With the message's own prefix: a position logged before the first run ends reads
     // "no diff run completed yet". Both lines end with the run's position (its start, to
-    // the microsecond), which pairs them; a run not yet committed is not listed.
+    // the microsecond), which pairs them; a run not yet committed is not listed. Runs
+    // commit in order: one never committed while a later one was is an error (waiting
+    // would never end).
     // One read of the log per call (it is polled while the runs go on).
     let position = |l: &str| l.split_once(" position=").map(|(_, p)| p.trim().to_owned());
     let (committed, complete): (Vec<String>, Vec<String>) = log_lines(log, ": diff run ")
@@ -78,9 +84,9 @@ fn runs(log: &Path) -> Vec<RunLine> {
         .iter()
         .filter_map(|c| Some((position(c)?, c)))
         .collect();
-    complete
+    let paired: Vec<Option<RunLine>> = complete
         .iter()
-        .map_while(|l| {
+        .map(|l| {
             let c = committed.get(&position(l)?)?;
             Some(RunLine {
                 rows: field(l, "rows")?,
@@ -90,7 +96,17 @@ fn runs(log: &Path) -> Vec<RunLine> {
                 ms: field(c, "ms")?,
             })
         })
-        .collect()
+        .collect();
+    let listed = paired.iter().take_while(|r| r.is_some()).count();
+    if paired[listed..].iter().any(Option::is_some) {
+        bail!(
+            "diff run {} (\"{}\") has no \"diff run committed\" line (or not one with its \
+             counts), but a later run has",
+            listed + 1,
+            complete[listed].trim()
+        );
+    }
+    Ok(paired.into_iter().flatten().collect())
 }
 
 async fn floor(db: &Db) -> anyhow::Result<Duration> {
@@ -166,7 +182,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         loop {
             child.sample()?;
             child.check_running().with_context(|| log_tail(&log, 30))?;
-            let done = runs(&log);
+            let done = runs(&log)?;
             if done.len() >= n {
                 return Ok(done);
             }
@@ -189,20 +205,38 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         "the unchanged run found changes: {unchanged:?}"
     );
     let every = (100.0 / options.changed).round().max(1.0) as u64;
-    let changed_rows = rt.block_on(async {
-        db.execute(
-            &format!("UPDATE items SET price = price + 1 WHERE id % {every} = 0"),
-            &[],
-        )
-        .await
-        .context("changing rows")
-    })?;
-    let changed = wait_runs(&mut child, 3)?[2];
-    ensure!(
-        changed.updates == changed_rows && changed.inserts + changed.deletes == 0,
-        "the changed run found {changed:?}, expected {changed_rows} updates (was the update \
-         committed before the run started? raise --interval-secs)"
-    );
+    let mut changed_runs: Vec<RunLine> = Vec::new();
+    let mut changed_rows = 0;
+    for k in 0..options.changed_runs as usize {
+        changed_rows = rt.block_on(async {
+            db.execute(
+                &format!("UPDATE items SET price = price + 1 WHERE id % {every} = 0"),
+                &[],
+            )
+            .await
+            .context("changing rows")
+        })?;
+        let changed = wait_runs(&mut child, 3 + k)?[2 + k];
+        ensure!(
+            changed.updates == changed_rows && changed.inserts + changed.deletes == 0,
+            "changed run {} found {changed:?}, expected {changed_rows} updates (was the update \
+             committed before the run started? raise --interval-secs)",
+            k + 1
+        );
+        eprintln!(
+            "  changed run {} of {}: {:.3} s",
+            k + 1,
+            options.changed_runs,
+            changed.ms as f64 / 1000.0
+        );
+        changed_runs.push(changed);
+    }
+    let all_changed = changed_runs
+        .iter()
+        .map(|r| format!("{:.3}", r.ms as f64 / 1000.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let changed = median(&changed_runs);
     let peak = child.peak_bytes();
     child.stop(Duration::from_secs(30))?;
     for _ in 0..2 {
@@ -226,11 +260,13 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         secs(unchanged)
     );
     println!(
-        "| {}% changed run ({} updates) | {:.3} s = {ratio_changed:.2}x floor |",
+        "| {}% changed run ({} updates), median of {} | {:.3} s = {ratio_changed:.2}x floor |",
         options.changed,
         thousands(changed_rows as f64),
+        changed_runs.len(),
         secs(changed)
     );
+    println!("| changed runs | {all_changed} s |");
     println!("| tidesync peak RSS | {} MB |", mb(peak));
     if options.common.write_results {
         add_result_row(
@@ -240,7 +276,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
              A `diff` source reads `items` in key order and compares it with the store's \
              fingerprints; the floor is `COPY (SELECT * FROM items) TO '/dev/null'` run by the \
              server (fastest of 5). Targets (issue 6): the changed run at most 3x the floor, \
-             the unchanged run at most 1.5x, peak memory under 200 MB.",
+             the unchanged run at most 1.5x, peak memory under 200 MB. Rows from 2026-12-07 \
+             11:30 on measure several changed runs (the last column) and report the median; \
+             earlier rows one.",
             &[
                 "date (UTC)",
                 "commit",
@@ -255,6 +293,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
                 "load",
                 "machine",
                 "command",
+                "changed runs s",
             ],
             &[
                 date,
@@ -270,10 +309,18 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
                 format!("{load_before:.2}"),
                 machine(),
                 format!("`{}`", command_line()),
+                all_changed,
             ],
         )?;
     }
     Ok(())
+}
+
+/// The run of median time (the slower middle one of an even count); `runs` is not empty.
+fn median(runs: &[RunLine]) -> RunLine {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by_key(|r| r.ms);
+    sorted[sorted.len() / 2]
 }
 
 #[cfg(test)]
@@ -281,7 +328,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn run_lines_pair_by_position_and_skip_positions_logged_before_the_first_run() {
+    fn run_lines_pair_by_position_skip_early_positions_and_fail_on_a_run_never_committed() {
         let log = std::env::temp_dir().join(format!("pg-diff-runs-{}.log", std::process::id()));
         let a = "diff run started 2026-12-07T09:04:27.348060Z";
         let b = "diff run started 2026-12-07T09:04:47.349429Z";
@@ -305,7 +352,7 @@ mod tests {
         ]
         .join("\n");
         std::fs::write(&log, &text).unwrap();
-        let early = runs(&log);
+        let early = runs(&log).unwrap();
         std::fs::write(
             &log,
             format!(
@@ -314,8 +361,25 @@ mod tests {
             ),
         )
         .unwrap();
-        let late = runs(&log);
+        let late = runs(&log).unwrap();
+        // A third run committed while the second never was: an error naming the second.
+        let c = "diff run started 2026-12-07T09:05:07.000001Z";
+        std::fs::write(
+            &log,
+            format!(
+                "{text}\nT INFO tidesync_capture::diff: diff run complete source=s \
+                 pipeline=items rows=10 inserts=0 updates=0 deletes=0 ms=9 full=true \
+                 position={c}\nT INFO tidesync_capture::diff: diff run committed source=s \
+                 pipeline=items ms=12 position={c}\n"
+            ),
+        )
+        .unwrap();
+        let err = runs(&log).unwrap_err().to_string();
         std::fs::remove_file(&log).unwrap();
+        assert!(
+            err.starts_with("diff run 2 (") && err.contains(b) && err.contains("later run"),
+            "{err}"
+        );
         let first = RunLine {
             rows: 10,
             inserts: 10,

@@ -277,9 +277,9 @@ pub struct DiffSource {
     /// Streams compared whole since their chunks were last checked: before the next run,
     /// their chunks are cut again where they grew or shrank too far.
     rebalance: BTreeSet<usize>,
-    /// The last complete run's position and start, until its batch is committed (acked):
-    /// then the run's time to commit is logged.
-    committing: Option<(Position, Instant)>,
+    /// Complete runs until their last batches are committed: then each run's time to
+    /// commit is logged.
+    committing: Committing,
 }
 
 impl std::fmt::Debug for DiffSource {
@@ -288,6 +288,35 @@ impl std::fmt::Debug for DiffSource {
             .field("target", &self.target)
             .field("pipeline", &self.opts.pipeline)
             .finish_non_exhaustive()
+    }
+}
+
+/// Complete runs' positions and starts, oldest first, whose last batches are not yet
+/// committed (acked). More than one when a run ends while the one before it is still being
+/// appended (a run longer than the interval starts the next one at once); at most
+/// [`Committing::KEPT`], so a caller that never acks keeps no more.
+#[derive(Debug, Default)]
+struct Committing(VecDeque<(Position, Instant)>);
+
+impl Committing {
+    const KEPT: usize = 16;
+
+    fn completed(&mut self, position: Position, started: Instant) {
+        if self.0.len() >= Self::KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back((position, started));
+    }
+
+    /// The run whose last batch `position` is, if one waits. Batches are acked in order and
+    /// a run's last batch is the first with its position (the batches of the next run carry
+    /// it until that run completes), so only the oldest run waiting can match.
+    fn acked(&mut self, position: &Position) -> Option<(Position, Instant)> {
+        if self.0.front().is_some_and(|(at, _)| at == position) {
+            self.0.pop_front()
+        } else {
+            None
+        }
     }
 }
 
@@ -323,7 +352,7 @@ impl DiffSource {
             run: None,
             rerun: false,
             rebalance: BTreeSet::new(),
-            committing: None,
+            committing: Committing::default(),
         }
     }
 
@@ -1163,7 +1192,7 @@ impl DiffSource {
                     outside_ms = w.outside.as_millis() as u64,
                     "where the diff run waited"
                 );
-                self.committing = Some((position.clone(), run.started));
+                self.committing.completed(position.clone(), run.started);
                 return Ok(Some(out.captured(position)));
             }
             if out.changes.len() >= max.max(1)
@@ -1822,7 +1851,7 @@ impl Source for DiffSource {
     fn ack(&mut self, position: Position) -> BoxFuture<'_, Result<(), StageError>> {
         // Nothing upstream to release: the fingerprints are in the store. The ack of a run's
         // last batch says the whole run is committed.
-        if let Some((at, started)) = self.committing.take_if(|(at, _)| *at == position) {
+        if let Some((at, started)) = self.committing.acked(&position) {
             tracing::info!(
                 source = %self.target,
                 pipeline = %self.opts.pipeline,
@@ -1886,6 +1915,37 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    /// A run that ends before the one before it is committed waits behind it: each is
+    /// reported once, at the ack of its own last batch, whatever acks come between.
+    #[test]
+    fn runs_are_committed_in_order_each_at_its_own_ack() {
+        let run = |us: i64| Position::DiffRun {
+            started_us: us,
+            full_us: us,
+            marks: Vec::new(),
+        };
+        let t = Instant::now();
+        let mut c = Committing::default();
+        assert_eq!(c.acked(&run(0)), None);
+        c.completed(run(1), t);
+        c.completed(run(2), t);
+        // A batch of an earlier run, then run 1's last batch, then run 2's batches before
+        // its last one (they carry run 1's position), then run 2's last.
+        assert_eq!(c.acked(&run(0)), None);
+        assert_eq!(c.acked(&run(1)), Some((run(1), t)));
+        assert_eq!(c.acked(&run(1)), None);
+        assert_eq!(c.acked(&run(2)), Some((run(2), t)));
+        assert_eq!(c.acked(&run(2)), None);
+        for us in 0..40 {
+            c.completed(run(us), t);
+        }
+        assert_eq!(c.0.len(), Committing::KEPT);
+        assert_eq!(
+            c.acked(&run(40 - Committing::KEPT as i64)).map(|r| r.0),
+            Some(run(24))
+        );
     }
 
     /// Keys must rise strictly within a page and from one page's last row to the next page's
