@@ -144,9 +144,17 @@ pub fn add_result_row(
     };
     let header_line = format!("| {} |", header.join(" | "));
     let separator = format!("|{}", "---|".repeat(header.len()));
-    let mut rows: Vec<&str> = old
-        .lines()
-        .filter(|l| l.starts_with('|') && *l != header_line && !l.starts_with("|---"))
+    // The old table's rows: its header (the line above a `|---` separator, whatever
+    // columns it named: a benchmark may add one) and separator give way to the new ones.
+    let lines: Vec<&str> = old.lines().collect();
+    let mut rows: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .filter(|&(i, l)| {
+            let is_header = lines.get(i + 1).is_some_and(|n| n.starts_with("|---"));
+            l.starts_with('|') && !l.starts_with("|---") && !is_header
+        })
+        .map(|(_, l)| *l)
         .collect();
     let new_row = format!("| {} |", row.join(" | "));
     rows.push(&new_row);
@@ -235,6 +243,19 @@ mod tests {
         assert_eq!(
             text,
             "# Results\n\nintro text\n<!-- b:begin -->\nAbout b, v2.\n\n| x | y |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n<!-- b:end -->\n"
+        );
+        // A column added: the old header goes, the old rows stay (one cell short).
+        add_result_row(
+            &path,
+            "b",
+            "About b, v3.",
+            &["x", "y", "z"],
+            &["5".into(), "6".into(), "7".into()],
+        )?;
+        let text = std::fs::read_to_string(&path)?;
+        assert_eq!(
+            text,
+            "# Results\n\nintro text\n<!-- b:begin -->\nAbout b, v3.\n\n| x | y | z |\n|---|---|---|\n| 1 | 2 |\n| 3 | 4 |\n| 5 | 6 | 7 |\n<!-- b:end -->\n"
         );
         Ok(())
     }
