@@ -11,9 +11,9 @@
 //!    percent of the rows (spread over the table) get a new price; the third run must find
 //!    exactly that many updates. This repeats `--changed-runs` times (the same rows, a new
 //!    price each time); the median time is the "1% changed" result, all are listed. Run
-//!    times are the source's own, from its log: from the run's start to the commit of its last batch
-//!    ("diff run committed ... ms=", logged when that batch's position is acked), so the
-//!    last batch's append counts.
+//!    times are the source's own, from its log: from the run's start to the commit of its
+//!    last batch ("diff run committed ... ms=", logged when that batch's position is
+//!    acked), so the last batch's append counts.
 //! 4. Peak RSS of the tidesync process over the whole run. The floor again at the end, so
 //!    drift of the machine shows; the faster floor is the one compared.
 
@@ -41,7 +41,7 @@ pub struct Options {
     /// Rows in the table.
     #[arg(long, default_value_t = 1_000_000)]
     rows: u64,
-    /// Percent of the rows changed before the measured changed run.
+    /// Percent of the rows changed before each measured changed run.
     #[arg(long, default_value_t = 1.0)]
     changed: f64,
     /// Changed runs measured, each after its own change of the same rows; the median counts.
