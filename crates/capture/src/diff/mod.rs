@@ -310,13 +310,12 @@ impl Committing {
 
     /// The run whose last batch `position` is, if one waits. Batches are acked in order and
     /// a run's last batch is the first with its position (the batches of the next run carry
-    /// it until that run completes), so only the oldest run waiting can match.
+    /// it until that run completes), so the oldest run waiting is the one to match; should
+    /// an ack skip it, the runs before the match are committed too and are dropped unlogged
+    /// (their time to commit is unknown), rather than stop the queue for good.
     fn acked(&mut self, position: &Position) -> Option<(Position, Instant)> {
-        if self.0.front().is_some_and(|(at, _)| at == position) {
-            self.0.pop_front()
-        } else {
-            None
-        }
+        let at = self.0.iter().position(|(p, _)| p == position)?;
+        self.0.drain(..=at).next_back()
     }
 }
 
@@ -1938,6 +1937,13 @@ mod tests {
         assert_eq!(c.acked(&run(1)), None);
         assert_eq!(c.acked(&run(2)), Some((run(2), t)));
         assert_eq!(c.acked(&run(2)), None);
+        // An ack that skips a run's last batch: the later run is still reported, the
+        // skipped one dropped.
+        c.completed(run(3), t);
+        c.completed(run(4), t);
+        assert_eq!(c.acked(&run(4)), Some((run(4), t)));
+        assert_eq!(c.acked(&run(3)), None);
+        assert!(c.0.is_empty());
         for us in 0..40 {
             c.completed(run(us), t);
         }
