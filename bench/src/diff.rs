@@ -207,7 +207,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let every = (100.0 / options.changed).round().max(1.0) as u64;
     let mut changed_runs: Vec<RunLine> = Vec::new();
     let mut changed_rows = 0;
+    // tidesync's CPU time before each changed run's UPDATE, and once after the last run (see
+    // `per_run_cpu`).
+    let mut cpu_marks: Vec<Duration> = Vec::new();
     for k in 0..options.changed_runs as usize {
+        child.sample()?;
+        cpu_marks.push(child.usage().cpu);
         changed_rows = rt.block_on(async {
             db.execute(
                 &format!("UPDATE items SET price = price + 1 WHERE id % {every} = 0"),
@@ -231,6 +236,22 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         );
         changed_runs.push(changed);
     }
+    // The sink applies the last batches after the run's commit line: give it a moment (a
+    // second, or a quarter of the interval if that is shorter, so that the next run, which
+    // changes nothing, has not started) before the last mark.
+    std::thread::sleep(Duration::from_secs_f64(
+        (options.interval_secs as f64 / 4.0).min(1.0),
+    ));
+    child.sample()?;
+    cpu_marks.push(child.usage().cpu);
+    let cpu = per_run_cpu(&cpu_marks);
+    eprintln!(
+        "  tidesync CPU per changed run: {}",
+        cpu.iter()
+            .map(|c| format!("{:.2} s", c.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let all_changed = changed_runs
         .iter()
         .map(|r| format!("{:.3}", r.ms as f64 / 1000.0))
@@ -267,6 +288,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         secs(changed)
     );
     println!("| changed runs | {all_changed} s |");
+    let cpu_median =
+        median_duration(&cpu).map_or_else(String::new, |c| format!("{:.2}", c.as_secs_f64()));
+    println!("| tidesync CPU per changed run, median | {cpu_median} s |");
     println!("| tidesync peak RSS | {} MB |", mb(peak));
     if options.common.write_results {
         add_result_row(
@@ -294,6 +318,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
                 "machine",
                 "command",
                 "changed runs s",
+                "CPU per changed run s",
             ],
             &[
                 date,
@@ -310,10 +335,28 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
                 machine(),
                 format!("`{}`", command_line()),
                 all_changed,
+                cpu_median,
             ],
         )?;
     }
     Ok(())
+}
+
+/// The CPU time of each run from marks taken before each run and once after the last: each
+/// run's share is the time to the next mark (so it carries the previous run's tail of sink
+/// applies after that run's commit line, and the last run its own).
+fn per_run_cpu(marks: &[Duration]) -> Vec<Duration> {
+    marks
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .collect()
+}
+
+/// The median of `values` (the upper middle one of an even count); `None` when empty.
+fn median_duration(values: &[Duration]) -> Option<Duration> {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    sorted.get(sorted.len() / 2).copied()
 }
 
 /// The run of median time (the slower middle one of an even count); `runs` is not empty.
@@ -401,5 +444,17 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn per_run_cpu_is_the_time_between_marks_and_its_median_the_upper_middle() {
+        let ms = Duration::from_millis;
+        let cpu = per_run_cpu(&[ms(1000), ms(1900), ms(2600), ms(3800)]);
+        assert_eq!(cpu, vec![ms(900), ms(700), ms(1200)]);
+        assert_eq!(median_duration(&cpu), Some(ms(900)));
+        assert_eq!(median_duration(&[ms(3), ms(1)]), Some(ms(3)));
+        assert_eq!(median_duration(&[]), None);
+        // One mark (no run): no runs.
+        assert!(per_run_cpu(&[ms(5)]).is_empty());
     }
 }
