@@ -888,11 +888,7 @@ impl DiffSource {
         if n < 4 * SAMPLE_CHUNKS {
             return Ok(None);
         }
-        // Evenly spaced, never the first nor the last chunk (each has a bound missing).
-        let step = (n - 2) / SAMPLE_CHUNKS;
-        let picked: Vec<usize> = (0..SAMPLE_CHUNKS)
-            .map(|k| 1 + k * step + step / 2)
-            .collect();
+        let picked = sample_picks(n);
         let prepared = &self.prepared[i];
         let started = Instant::now();
         let filter = ChunkFilter {
@@ -1462,6 +1458,29 @@ impl Found {
     }
 }
 
+/// The chunks of [`SAMPLE_CHUNKS`] a stream of `n` chunks (at least `4 * SAMPLE_CHUNKS`)
+/// samples: one in each of as many equal strides of the chunks between the first and the
+/// last (each of those has a bound missing), at an offset within its stride that varies
+/// from stride to stride. Offsets at one place in every stride would alias with a periodic
+/// change: with every 100th row changed and chunks of 10 rows, every tenth chunk differs,
+/// and a fixed offset finds all or none of them. The offsets are fixed (a hash of the
+/// stride's number), so a run's plan does not depend on chance.
+fn sample_picks(n: usize) -> Vec<usize> {
+    let step = (n - 2) / SAMPLE_CHUNKS;
+    (0..SAMPLE_CHUNKS)
+        .map(|k| {
+            // splitmix64 of the stride's number.
+            let mut z = (k as u64)
+                .wrapping_add(1)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            1 + k * step + (z % step as u64) as usize
+        })
+        .collect()
+}
+
 /// Whether a stored chunk's sums disagree with the database's `(rows, sum)` of its range
 /// (or are not known: rows without a database hash).
 fn differs(stored: &tidesync_store::StoredChunk, (rows, sum): (i64, i64)) -> bool {
@@ -1918,6 +1937,34 @@ mod tests {
 
     /// A run that ends before the one before it is committed waits behind it: each is
     /// reported once, at the ack of its own last batch, whatever acks come between.
+    #[test]
+    fn sampled_chunks_are_spread_and_do_not_alias_with_periodic_changes() {
+        for n in [
+            4 * SAMPLE_CHUNKS,
+            4 * SAMPLE_CHUNKS + 1,
+            1_000,
+            10_000,
+            99_999,
+            100_000,
+        ] {
+            let picked = sample_picks(n);
+            assert_eq!(picked.len(), SAMPLE_CHUNKS);
+            assert!(picked.windows(2).all(|w| w[0] < w[1]), "{n}: {picked:?}");
+            assert!(picked[0] >= 1 && picked[SAMPLE_CHUNKS - 1] <= n - 2, "{n}");
+            // Whatever the period of a change (every p-th chunk differing, from any first
+            // one), some sampled chunk shows it. Offsets fixed within their strides failed
+            // this: with 100,000 chunks, none of the sample was a chunk numbered 9 mod 10.
+            for p in 2..=10 {
+                for r in 0..p {
+                    assert!(
+                        picked.iter().any(|c| c % p == r),
+                        "{n}: none is {r} mod {p}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn runs_are_committed_in_order_each_at_its_own_ack() {
         let run = |us: i64| Position::DiffRun {
