@@ -257,7 +257,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         .map(|r| format!("{:.3}", r.ms as f64 / 1000.0))
         .collect::<Vec<_>>()
         .join(", ");
-    let changed = median(&changed_runs);
+    let changed = median_by(&changed_runs, |r| r.ms).context("no changed run was measured")?;
     let peak = child.peak_bytes();
     child.stop(Duration::from_secs(30))?;
     for _ in 0..2 {
@@ -289,7 +289,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     );
     println!("| changed runs | {all_changed} s |");
     let cpu_median =
-        median_duration(&cpu).map_or_else(String::new, |c| format!("{:.2}", c.as_secs_f64()));
+        median_by(&cpu, |c| *c).map_or_else(String::new, |c| format!("{:.2}", c.as_secs_f64()));
     println!("| tidesync CPU per changed run, median | {cpu_median} s |");
     println!("| tidesync peak RSS | {} MB |", mb(peak));
     if options.common.write_results {
@@ -352,18 +352,12 @@ fn per_run_cpu(marks: &[Duration]) -> Vec<Duration> {
         .collect()
 }
 
-/// The median of `values` (the upper middle one of an even count); `None` when empty.
-fn median_duration(values: &[Duration]) -> Option<Duration> {
+/// The median of `values` by `key` (the upper middle one of an even count); `None` when
+/// empty.
+fn median_by<T: Copy, K: Ord>(values: &[T], key: impl Fn(&T) -> K) -> Option<T> {
     let mut sorted = values.to_vec();
-    sorted.sort();
+    sorted.sort_by_key(key);
     sorted.get(sorted.len() / 2).copied()
-}
-
-/// The run of median time (the slower middle one of an even count); `runs` is not empty.
-fn median(runs: &[RunLine]) -> RunLine {
-    let mut sorted = runs.to_vec();
-    sorted.sort_by_key(|r| r.ms);
-    sorted[sorted.len() / 2]
 }
 
 #[cfg(test)]
@@ -451,9 +445,9 @@ mod tests {
         let ms = Duration::from_millis;
         let cpu = per_run_cpu(&[ms(1000), ms(1900), ms(2600), ms(3800)]);
         assert_eq!(cpu, vec![ms(900), ms(700), ms(1200)]);
-        assert_eq!(median_duration(&cpu), Some(ms(900)));
-        assert_eq!(median_duration(&[ms(3), ms(1)]), Some(ms(3)));
-        assert_eq!(median_duration(&[]), None);
+        assert_eq!(median_by(&cpu, |c| *c), Some(ms(900)));
+        assert_eq!(median_by(&[ms(3), ms(1)], |c| *c), Some(ms(3)));
+        assert_eq!(median_by(&[] as &[Duration], |c| *c), None);
         // One mark (no run): no runs.
         assert!(per_run_cpu(&[ms(5)]).is_empty());
     }

@@ -1935,8 +1935,6 @@ mod tests {
         )
     }
 
-    /// A run that ends before the one before it is committed waits behind it: each is
-    /// reported once, at the ack of its own last batch, whatever acks come between.
     #[test]
     fn sampled_chunks_are_spread_and_do_not_alias_with_periodic_changes() {
         for n in [
@@ -1965,6 +1963,8 @@ mod tests {
         }
     }
 
+    /// A run that ends before the one before it is committed waits behind it: each is
+    /// reported once, at the ack of its own last batch, whatever acks come between.
     #[test]
     fn runs_are_committed_in_order_each_at_its_own_ack() {
         let run = |us: i64| Position::DiffRun {
